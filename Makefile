@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make repro` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+# The whole pipeline, offline, on generated images and a random VGG16; params.yaml stays untouched.
+DEMO_PARAMS := -S data.source=synthetic -S data.synthetic.per_class=160 -S data.synthetic.size=96 \
+	-S sample.train_per_class=80 -S sample.validation_per_class=40 -S sample.test_per_class=40
+
+.PHONY: setup repro test test-fast demo lint format clean
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	python -m pytest
+
+test-fast: setup
+	python -m pytest -m "not slow"
+
+demo: setup
+	dvc exp run --temp --name demo-$$(date +%Y%m%d-%H%M%S) $(DEMO_PARAMS)
+	dvc exp show --no-pager --sort-by metrics/data.json:images -n 1
+
+lint: setup
+	ruff check .
+	ruff format --check .
+
+format: setup
+	ruff format .
+	ruff check --fix .

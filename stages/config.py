@@ -1,0 +1,317 @@
+"""``params.yaml``, read with a YAML 1.2 parser and validated in full before any stage does work.
+
+Every field is required: ``params.yaml`` is the one place a value lives, and DVC tracks each key a stage
+lists there. A wrong key, type or value raises ``ConfigError`` with one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from stages import paths
+from stages.common import PipelineError
+
+Source = Literal["kaggle", "archive", "petimages", "synthetic"]
+Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
+Padding = Literal["valid", "same"]
+Base = Literal["vgg16"]
+
+
+class ConfigError(PipelineError):
+    """A key of ``params.yaml`` is unknown, missing, of the wrong type or impossible."""
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{paths.PARAMS}: {key} {problem}")
+
+
+def _fraction(value: float, key: str, top: float = 1.0) -> None:
+    _check(
+        0.0 <= value < top,
+        key,
+        f"is {value}; use a number from 0 up to (not including) {top}",
+    )
+
+
+def _positive(value: float, key: str) -> None:
+    _check(value > 0, key, f"is {value}; use a number above 0")
+
+
+def _patience(value: int | None, key: str) -> None:
+    _check(
+        value is None or value >= 1,
+        key,
+        f"is {value}; use a whole number >= 1, or null to never stop early",
+    )
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    per_class: int
+    size: int
+
+    def __post_init__(self) -> None:
+        _check(
+            self.per_class >= 1,
+            "data.synthetic.per_class",
+            f"is {self.per_class}; use at least 1",
+        )
+        _check(
+            self.size >= 8,
+            "data.synthetic.size",
+            f"is {self.size}; use at least 8 (pixels)",
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Source
+    competition: str
+    archive: str
+    petimages_url: str
+    synthetic: SyntheticConfig
+
+    def __post_init__(self) -> None:
+        if self.source == "archive":
+            _check(
+                bool(self.archive),
+                "data.archive",
+                "is empty; set it to a .zip or folder when data.source is archive",
+            )
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    train_per_class: int
+    validation_per_class: int
+    test_per_class: int
+
+    def __post_init__(self) -> None:
+        for split in paths.SPLITS:
+            count = getattr(self, f"{split}_per_class")
+            _check(count >= 1, f"sample.{split}_per_class", f"is {count}; use at least 1")
+
+    def counts(self) -> dict[str, int]:
+        """Images per class for each split, in split order."""
+        return {split: getattr(self, f"{split}_per_class") for split in paths.SPLITS}
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    size: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check(
+            self.size >= 32,
+            "image.size",
+            f"is {self.size}; use at least 32 (VGG16's smallest input)",
+        )
+        _check(
+            self.batch_size >= 1,
+            "image.batch_size",
+            f"is {self.batch_size}; use at least 1",
+        )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: Flip
+    rotation: float
+    zoom: float
+
+    def __post_init__(self) -> None:
+        _fraction(self.rotation, "augment.rotation")
+        _fraction(self.zoom, "augment.zoom")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    filters: tuple[int, ...]
+    kernel_size: int
+    padding: Padding
+    dropout: float
+    learning_rate: float
+    epochs: int
+    patience: int | None
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.filters) >= 1,
+            "baseline.filters",
+            "is empty; list at least one filter count",
+        )
+        _check(
+            all(f >= 1 for f in self.filters),
+            "baseline.filters",
+            f"is {list(self.filters)}; use counts >= 1",
+        )
+        _check(
+            self.kernel_size >= 1,
+            "baseline.kernel_size",
+            f"is {self.kernel_size}; use at least 1",
+        )
+        _fraction(self.dropout, "baseline.dropout")
+        _positive(self.learning_rate, "baseline.learning_rate")
+        _check(self.epochs >= 1, "baseline.epochs", f"is {self.epochs}; use at least 1")
+        _patience(self.patience, "baseline.patience")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    base: Base
+    weights: str
+
+    def __post_init__(self) -> None:
+        _check(
+            bool(self.weights),
+            "features.weights",
+            "is empty; use imagenet, none or the path of a weights file",
+        )
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    units: int
+    dropout: float
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    patience: int | None
+
+    def __post_init__(self) -> None:
+        _check(self.units >= 1, "head.units", f"is {self.units}; use at least 1")
+        _fraction(self.dropout, "head.dropout")
+        _positive(self.learning_rate, "head.learning_rate")
+        _check(
+            self.batch_size >= 1,
+            "head.batch_size",
+            f"is {self.batch_size}; use at least 1",
+        )
+        _check(self.epochs >= 1, "head.epochs", f"is {self.epochs}; use at least 1")
+        _patience(self.patience, "head.patience")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    unfreeze: str
+    learning_rate: float
+    epochs: int
+    patience: int | None
+
+    def __post_init__(self) -> None:
+        _check(
+            bool(self.unfreeze),
+            "finetune.unfreeze",
+            "is empty; name the top block(s), e.g. block5",
+        )
+        _positive(self.learning_rate, "finetune.learning_rate")
+        _check(self.epochs >= 1, "finetune.epochs", f"is {self.epochs}; use at least 1")
+        _patience(self.patience, "finetune.patience")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    data: DataConfig
+    sample: SampleConfig
+    image: ImageConfig
+    augment: AugmentConfig
+    baseline: BaselineConfig
+    features: FeaturesConfig
+    head: HeadConfig
+    finetune: FinetuneConfig
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", f"is {self.seed}; use a whole number >= 0")
+
+
+def load_params(path: Path = paths.PARAMS) -> Params:
+    """Read and validate the whole of ``params.yaml``."""
+    try:
+        raw = YAML(typ="safe", pure=True).load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run the stage from the repository root") from None
+    except YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}; fix the syntax") from None
+    return parse(Params, raw)
+
+
+def parse(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from plain YAML data, checking keys and types field by field."""
+    where = prefix or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{paths.PARAMS}: {where} must be a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(
+            f"{paths.PARAMS}: unknown key {key}; remove it or fix its spelling (known here: {', '.join(fields)})"
+        )
+    values = {}
+    for name in fields:
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in raw:
+            raise ConfigError(f"{paths.PARAMS}: missing key {key}; add it (the README lists every key)")
+        values[name] = _coerce(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _coerce(kind: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return parse(kind, value, key)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        _check(
+            value in choices,
+            key,
+            f"is {value!r}; use one of {', '.join(map(str, choices))}",
+        )
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is tuple:
+        (item, _) = typing.get_args(kind)
+        _check(isinstance(value, list), key, f"is {value!r}; use a list, e.g. [32, 64]")
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if kind is float:
+        # ruamel reads 1e-05 as a float already; a quoted number is still a user's obvious intent.
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            key,
+            f"is {value!r}; use a number",
+        )
+        return float(value)
+    if kind is int:
+        _check(
+            isinstance(value, int) and not isinstance(value, bool),
+            key,
+            f"is {value!r}; use a whole number",
+        )
+        return value
+    if kind is str:
+        _check(isinstance(value, str), key, f"is {value!r}; use a string")
+        return value
+    raise TypeError(f"unsupported field type {kind!r} for {key}")

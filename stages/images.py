@@ -1,0 +1,87 @@
+"""Reading photos from an archive: which members are cats or dogs, and which ones decode."""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+JPEG_QUALITY = 95  # re-encoded images (PNG, CMYK, grayscale, rotated) stay visually lossless
+
+# Kaggle: train/cat.123.jpg. Microsoft's PetImages: PetImages/Cat/123.jpg.
+_KAGGLE = re.compile(r"(?:^|/)(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
+_PETIMAGES = re.compile(r"(?:^|/)PetImages/(Cat|Dog)/(\d+)\.jpe?g$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A member that decoded: the bytes to write, and its size after EXIF rotation."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+class BadImage(Exception):
+    """A member that cannot be used; ``reason`` is the key counted in ``metrics/data.json``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def is_unsafe(member: str) -> bool:
+    """True for a member path that would escape a folder it is extracted into."""
+    path = PurePosixPath(member.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or bool(re.match(r"^[A-Za-z]:", member))
+
+
+def parse_member(member: str) -> tuple[str, str] | None:
+    """``(label, number)`` of a Kaggle- or PetImages-style member name, or None for anything else."""
+    name = member.replace("\\", "/")
+    match = _KAGGLE.search(name) or _PETIMAGES.search(name)
+    if match is None:
+        return None
+    return match.group(1).lower(), match.group(2)
+
+
+def output_name(label: str, number: str) -> str:
+    """The sampled file's name, in Kaggle's style whatever the source."""
+    return f"{label}.{number}.jpg"
+
+
+def to_rgb_jpeg(data: bytes) -> Photo:
+    """Decode ``data`` fully and return it as an upright 3-channel JPEG; raise BadImage if it cannot be used.
+
+    A plain upright RGB JPEG is kept byte for byte; anything else (PNG named .jpg, CMYK, grayscale,
+    alpha, an EXIF rotation) is converted and re-encoded, so every sampled file decodes to RGB anywhere.
+    """
+    if not data:
+        raise BadImage("empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PetImages has many files with corrupt EXIF that decode fine
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                orientation = image.getexif().get(0x0112, 1)
+                if image.format == "JPEG" and image.mode == "RGB" and orientation == 1:
+                    return Photo(data, image.width, image.height)
+                upright = ImageOps.exif_transpose(image)
+                if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+                    upright = upright.convert("RGBA")
+                    background = Image.new("RGBA", upright.size, (255, 255, 255, 255))
+                    upright = Image.alpha_composite(background, upright)
+                rgb = upright.convert("RGB")
+                out = io.BytesIO()
+                rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+                return Photo(out.getvalue(), rgb.width, rgb.height)
+    except UnidentifiedImageError:
+        raise BadImage("not_image") from None
+    except Image.DecompressionBombError:
+        raise BadImage("too_large") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise BadImage("truncated" if "truncated" in str(error).lower() else "undecodable") from None

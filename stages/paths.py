@@ -1,0 +1,33 @@
+"""Every path the pipeline reads or writes, named once; relative to the repository root."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+RAW_DIR = Path("data/raw")
+SAMPLE_DIR = Path("data/sample")
+MANIFEST = SAMPLE_DIR / "manifest.csv"
+FEATURES_DIR = Path("data/features")
+
+MODELS_DIR = Path("models")
+BASE_MODEL = MODELS_DIR / "base.keras"
+BASELINE_MODEL = MODELS_DIR / "baseline.keras"
+HEAD_MODEL = MODELS_DIR / "head.keras"
+FINETUNED_MODEL = MODELS_DIR / "finetuned.keras"
+
+METRICS_DIR = Path("metrics")
+DATA_METRICS = METRICS_DIR / "data.json"
+FEATURES_METRICS = METRICS_DIR / "features.json"
+
+SPLITS = ("train", "validation", "test")
+CLASS_NAMES = ("cat", "dog")  # index = label: cat 0, dog 1, everywhere
+
+
+def features_file(split: str) -> Path:
+    """Where ``extract_features`` stores one split's features."""
+    return FEATURES_DIR / f"{split}.npz"
+
+
+def live_dir(stage: str) -> Path:
+    """The DVCLive folder of a training stage."""
+    return METRICS_DIR / stage

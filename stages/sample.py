@@ -1,0 +1,188 @@
+"""Stage ``sample``: draw a seeded, stratified, validated sample of the raw archive into ``data/sample/``.
+
+Members are read straight from the zip (4,000 of 25,000 need not be unpacked). Per class, candidates are
+shuffled with the seed and taken in that order; a member that is unsafe, empty, not an image, truncated or
+undecodable is skipped and the next candidate takes its place; a byte-identical copy of an image already
+taken is dropped, so no image lands in two splits.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import random
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from stages import paths
+from stages.common import PipelineError, atomic_path, run, write_json
+from stages.config import SampleConfig, load_params
+from stages.images import BadImage, is_unsafe, output_name, parse_member, to_rgb_jpeg
+
+MANIFEST_COLUMNS = [
+    "split",
+    "label",
+    "path",
+    "source_member",
+    "sha256",
+    "width",
+    "height",
+]
+
+
+@dataclass
+class Tally:
+    """What the sampler saw, for ``metrics/data.json``."""
+
+    skipped: collections.Counter[str]
+    duplicates_dropped: int = 0
+    candidates_read: int = 0
+
+
+def find_archive(raw_dir: Path) -> Path:
+    """The one zip that ``download`` left in ``raw_dir``."""
+    zips = sorted(raw_dir.glob("*.zip")) if raw_dir.is_dir() else []
+    if len(zips) != 1:
+        raise PipelineError(
+            f"{raw_dir}: expected one .zip from the download stage, found {len(zips)}; run dvc repro download"
+        )
+    return zips[0]
+
+
+def candidates(names: list[str], seed: int, tally: Tally) -> dict[str, list[tuple[str, str]]]:
+    """Per label, the usable-looking members as ``(member, number)``, shuffled with ``seed``."""
+    by_label: dict[str, list[tuple[str, str]]] = {label: [] for label in paths.CLASS_NAMES}
+    for name in sorted(names):
+        parsed = parse_member(name)
+        if parsed is None:
+            continue
+        if is_unsafe(name):
+            tally.skipped["unsafe_path"] += 1
+            continue
+        label, number = parsed
+        by_label[label].append((name, number))
+    for label, members in by_label.items():
+        random.Random(f"{seed}:{label}").shuffle(members)
+    return by_label
+
+
+def draw(archive: zipfile.ZipFile, cfg: SampleConfig, seed: int, out_dir: Path) -> tuple[pd.DataFrame, Tally]:
+    """Write the sample under ``out_dir``; return its manifest and what was skipped."""
+    tally = Tally(skipped=collections.Counter())
+    counts = cfg.counts()
+    needed = sum(counts.values())
+    seen: set[str] = set()
+    written: set[tuple[str, str]] = set()
+    rows = []
+    pools = candidates(archive.namelist(), seed, tally)
+    with tqdm(total=needed * len(paths.CLASS_NAMES), desc="sampling", unit="img") as bar:
+        for label in paths.CLASS_NAMES:
+            slots = _slots(counts)
+            taken = 0
+            for member, number in pools[label]:
+                if taken == needed:
+                    break
+                tally.candidates_read += 1
+                data = archive.read(member)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest in seen:
+                    tally.duplicates_dropped += 1
+                    continue
+                try:
+                    photo = to_rgb_jpeg(data)
+                except BadImage as bad:
+                    tally.skipped[bad.reason] += 1
+                    continue
+                name = output_name(label, number)
+                if (
+                    label,
+                    name,
+                ) in written:  # e.g. a folder archive with cat.1.jpg in two subfolders
+                    tally.skipped["name_clash"] += 1
+                    continue
+                seen.add(digest)
+                written.add((label, name))
+                split = next(slots)
+                relative = Path(split, label, name)
+                (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                (out_dir / relative).write_bytes(photo.data)
+                rows.append(
+                    [
+                        split,
+                        label,
+                        relative.as_posix(),
+                        member,
+                        hashlib.sha256(photo.data).hexdigest(),
+                        photo.width,
+                        photo.height,
+                    ]
+                )
+                taken += 1
+                bar.update()
+            if taken < needed:
+                raise PipelineError(
+                    f"too few usable {label} images: sample.* asks for {needed} per class "
+                    f"({', '.join(f'{s} {n}' for s, n in counts.items())}), the archive has {taken} "
+                    f"(skipped: {dict(sorted(tally.skipped.items())) or 'none'}, "
+                    f"duplicates: {tally.duplicates_dropped}); "
+                    "lower sample.*_per_class"
+                )
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).sort_values(["split", "label", "path"], kind="stable")
+    return manifest.reset_index(drop=True), tally
+
+
+def _slots(counts: dict[str, int]) -> Iterator[str]:
+    for split, count in counts.items():
+        yield from [split] * count
+
+
+def summary(manifest: pd.DataFrame, tally: Tally) -> dict:
+    """The numbers of ``metrics/data.json``: images per split and class, and what was left out."""
+    per_split = manifest.groupby(["split", "label"]).size()
+    reasons = (
+        "unsafe_path",
+        "empty",
+        "not_image",
+        "truncated",
+        "undecodable",
+        "too_large",
+        "name_clash",
+    )
+    return {
+        "images": len(manifest),
+        **{
+            split: {label: int(per_split.get((split, label), 0)) for label in paths.CLASS_NAMES}
+            for split in paths.SPLITS
+        },
+        "skipped": {reason: tally.skipped.get(reason, 0) for reason in reasons},
+        "duplicates_dropped": tally.duplicates_dropped,
+        "candidates_read": tally.candidates_read,
+    }
+
+
+def main() -> None:
+    params = load_params()
+    source = find_archive(paths.RAW_DIR)
+    with atomic_path(paths.SAMPLE_DIR) as out_dir:
+        out_dir.mkdir()
+        try:
+            with zipfile.ZipFile(source) as archive:
+                manifest, tally = draw(archive, params.sample, params.seed, out_dir)
+        except zipfile.BadZipFile:
+            raise PipelineError(f"{source} is not a readable zip; run dvc repro -f download") from None
+        manifest.to_csv(out_dir / paths.MANIFEST.name, index=False, lineterminator="\n")
+    metrics = summary(manifest, tally)
+    write_json(paths.DATA_METRICS, metrics)
+    print(
+        f"sample: {metrics['images']} images from {source}; skipped {sum(tally.skipped.values())}, "
+        f"duplicates dropped {tally.duplicates_dropped}"
+    )
+
+
+if __name__ == "__main__":
+    run(main)

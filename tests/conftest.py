@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny params.yaml in a temp folder, and image and zip makers."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from ruamel.yaml import YAML
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The smallest config that still exercises every stage: 32 px images, a random VGG16, 1-3 epochs.
+TINY = {
+    "data.source": "synthetic",
+    "data.synthetic.per_class": 40,
+    "data.synthetic.size": 40,
+    "sample.train_per_class": 16,
+    "sample.validation_per_class": 8,
+    "sample.test_per_class": 8,
+    "image.size": 32,
+    "image.batch_size": 16,
+    "baseline.filters": [8, 16],
+    "baseline.padding": "same",
+    "baseline.epochs": 2,
+    "features.weights": "none",
+    "head.units": 16,
+    "head.epochs": 2,
+    "finetune.epochs": 1,
+}
+
+
+def write_params(path: Path, overrides: dict) -> None:
+    """Write the repository's params.yaml to ``path`` with dotted-key ``overrides`` applied."""
+    yaml = YAML()
+    params = yaml.load((REPO / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    with open(path, "w") as out:
+        yaml.dump(params, out)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp folder holding a tiny synthetic params.yaml, made the current directory."""
+    write_params(tmp_path / "params.yaml", TINY)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_stage(name: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m stages.<name>`` as a user would, in ``cwd``."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=full_env, capture_output=True, text=True
+    )
+
+
+def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (40, 30), exif=None) -> bytes:
+    """A small image of the given format and mode, in memory."""
+    color = {"RGB": (200, 80, 20), "L": 128, "CMYK": (0, 128, 255, 0), "RGBA": (10, 200, 10, 128), "P": 3}[mode]
+    buffer = io.BytesIO()
+    kwargs = {"exif": exif} if exif is not None else {}
+    Image.new(mode, size, color).save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    """A zip with exactly these members (names are written as given, even unsafe ones)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name, (2013, 1, 1, 0, 0, 0)), data)
+    return path
+
+
+def kaggle_members(per_class: int, start: int = 0) -> dict[str, bytes]:
+    """Distinct, valid ``train/cat.N.jpg`` / ``train/dog.N.jpg`` members."""
+    members = {}
+    for label in ("cat", "dog"):
+        for n in range(start, start + per_class):
+            members[f"train/{label}.{n}.jpg"] = image_bytes(size=(20 + n, 16 + (label == "dog")))
+    return members

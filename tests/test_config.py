@@ -1,0 +1,82 @@
+"""params.yaml: the repository's file is valid, and every kind of mistake names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages.config import ConfigError, load_params
+from tests.conftest import REPO, run_stage, write_params
+
+
+def test_repository_params_are_valid_and_match_the_book() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "kaggle"
+    assert params.sample.counts() == {"train": 1000, "validation": 500, "test": 500}
+    assert params.image.size == 180
+    assert params.baseline.filters == (32, 64, 128, 256, 256)
+    assert params.finetune.learning_rate == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("text", ["1e-05", "1e-3", "'1e-3'", "1.0e-5", "3"])
+def test_learning_rates_written_by_dvc_exp_run_are_floats(tmp_path: Path, text: str) -> None:
+    # `dvc exp run -S finetune.learning_rate=1e-5` writes 1e-05, which PyYAML would read as a string.
+    write_params(tmp_path / "params.yaml", {})
+    content = (tmp_path / "params.yaml").read_text().replace("learning_rate: 1.0e-05", f"learning_rate: {text}")
+    (tmp_path / "params.yaml").write_text(content)
+    value = load_params(tmp_path / "params.yaml").finetune.learning_rate
+    assert isinstance(value, float)
+    assert value == float(text.strip("'"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"data.source": "kagle"}, "data.source is 'kagle'; use one of kaggle, archive, petimages, synthetic"),
+        ({"sample.train_per_class": "many"}, "sample.train_per_class is 'many'; use a whole number"),
+        ({"sample.test_per_class": 0}, "sample.test_per_class is 0; use at least 1"),
+        ({"sample.train_per_class": True}, "sample.train_per_class is True; use a whole number"),
+        ({"data.synthetic.size": 2.5}, "data.synthetic.size is 2.5; use a whole number"),
+        ({"data.source": "archive"}, "data.archive is empty"),
+        ({"image.size": 16}, "image.size is 16; use at least 32"),
+        ({"head.dropout": 1.5}, "head.dropout is 1.5"),
+        ({"head.learning_rate": "fast"}, "head.learning_rate is 'fast'; use a number"),
+        ({"head.patience": 0}, "head.patience is 0"),
+        ({"baseline.filters": "32,64"}, "baseline.filters is '32,64'; use a list"),
+        ({"baseline.filters": [32, "x"]}, "baseline.filters[1] is 'x'"),
+        ({"seed": -1}, "seed is -1"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, overrides: dict, expected: str) -> None:
+    write_params(tmp_path / "params.yaml", overrides)
+    with pytest.raises(ConfigError) as error:
+        load_params(tmp_path / "params.yaml")
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_and_missing_keys_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    write_params(path, {})
+    path.write_text(path.read_text().replace("  units: 256", "  unit: 256"))
+    with pytest.raises(ConfigError, match=r"unknown key head\.unit; remove it or fix its spelling"):
+        load_params(path)
+    path.write_text(path.read_text().replace("  unit: 256\n", ""))
+    with pytest.raises(ConfigError, match=r"missing key head\.units"):
+        load_params(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\ndata: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_params(path)
+
+
+def test_a_stage_stops_with_one_line_before_any_work(tmp_path: Path) -> None:
+    write_params(tmp_path / "params.yaml", {"data.source": "synthetic", "sample.validation_per_class": -5})
+    result = run_stage("download", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: params.yaml: sample.validation_per_class is -5; use at least 1")
+    assert not (tmp_path / "data").exists()

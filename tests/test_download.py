@@ -1,0 +1,197 @@
+"""The download stage: every source ends as one zip in data/raw/, and every failure as one line."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from stages import download
+from stages.common import PipelineError
+from tests.conftest import kaggle_members, make_zip, run_stage, write_params
+
+NO_KAGGLE_ENV = {"KAGGLE_API_TOKEN": "", "KAGGLE_USERNAME": "", "KAGGLE_KEY": "", "KAGGLE_CONFIG_DIR": ""}
+
+
+def _names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return sorted(archive.namelist())
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_synthetic_is_kaggle_layout_and_deterministic(workdir: Path) -> None:
+    download.main()
+    first = workdir / "data/raw/train.zip"
+    names = _names(first)
+    assert names[0] == "train/"
+    assert sum(n.startswith("train/cat.") for n in names) == 40
+    assert sum(n.startswith("train/dog.") for n in names) == 40
+    digest = _sha(first)
+    download.main()
+    assert _sha(first) == digest
+    write_params(workdir / "params.yaml", {"data.source": "synthetic", "data.synthetic.per_class": 40, "seed": 7})
+    download.main()
+    assert _sha(first) != digest
+
+
+def test_archive_bundle_takes_its_inner_train_zip(workdir: Path, tmp_path: Path) -> None:
+    train = make_zip(tmp_path / "inner.zip", kaggle_members(3))
+    bundle = make_zip(
+        tmp_path / "dogs-vs-cats.zip",
+        {"train.zip": train.read_bytes(), "test1.zip": b"PK", "sampleSubmission.csv": b"id,label\n"},
+    )
+    download.download(_archive_cfg(bundle), 0, _empty(workdir / "out"))
+    assert _names(workdir / "out/train.zip") == _names(train)
+
+
+def test_archive_train_zip_is_copied(workdir: Path, tmp_path: Path) -> None:
+    train = make_zip(tmp_path / "train.zip", kaggle_members(2))
+    download.download(_archive_cfg(train), 0, _empty(workdir / "out"))
+    assert _sha(workdir / "out/train.zip") == _sha(train)
+
+
+def test_archive_folder_is_zipped_in_kaggle_layout(workdir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in kaggle_members(2).items():
+        (folder / Path(name).name).write_bytes(data)
+    download.download(_archive_cfg(folder), 0, _empty(workdir / "out"))
+    assert _names(workdir / "out/train.zip") == sorted(kaggle_members(2))
+
+
+@pytest.mark.parametrize(("make", "message"), [("missing", "does not exist"), ("text", "is not a zip file")])
+def test_bad_archive_is_one_line(workdir: Path, tmp_path: Path, make: str, message: str) -> None:
+    path = tmp_path / "train.zip"
+    if make == "text":
+        path.write_text("not a zip")
+    write_params(workdir / "params.yaml", {"data.source": "archive", "data.archive": str(path)})
+    result = run_stage("download", workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: data.archive: ")
+    assert message in result.stderr
+    assert not (workdir / "data/raw").exists()
+
+
+def test_petimages_downloads_with_the_real_code_path(workdir: Path, tmp_path: Path) -> None:
+    # A local stand-in in Microsoft's layout, fetched through urllib like the real https URL.
+    zip_path = make_zip(
+        tmp_path / "kagglecatsanddogs_5340.zip",
+        {"PetImages/Cat/0.jpg": b"x", "PetImages/Dog/0.jpg": b"y", "PetImages/Cat/Thumbs.db": b""},
+    )
+    write_params(workdir / "params.yaml", {"data.source": "petimages", "data.petimages_url": zip_path.as_uri()})
+    download.main()
+    assert _sha(workdir / "data/raw/kagglecatsanddogs_5340.zip") == _sha(zip_path)
+
+
+def test_petimages_unreachable_is_one_line(workdir: Path) -> None:
+    write_params(workdir / "params.yaml", {"data.source": "petimages", "data.petimages_url": "file:///nowhere/x.zip"})
+    result = run_stage("download", workdir)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot download data.petimages_url file:///nowhere/x.zip")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (workdir / "data/raw").exists()
+
+
+def test_kaggle_without_credentials_fails_fast_and_leaves_nothing(workdir: Path, tmp_path: Path) -> None:
+    write_params(workdir / "params.yaml", {"data.source": "kaggle"})
+    home = tmp_path / "home"
+    home.mkdir()
+    result = run_stage("download", workdir, env={"HOME": str(home), **NO_KAGGLE_ENV})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: no Kaggle credentials found: put your API token in ~/.kaggle/kaggle.json (chmod 600) or set "
+        "KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN); get one at https://www.kaggle.com/settings/api"
+    ]
+    assert not (workdir / "data/raw").exists()
+    assert not (home / ".config/kaggle").exists()  # kaggle was never imported
+
+
+def test_kaggle_credentials_are_found_where_kaggle_looks(tmp_path: Path) -> None:
+    assert download.kaggle_credentials({}, tmp_path) is None
+    assert download.kaggle_credentials({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}, tmp_path)
+    assert download.kaggle_credentials({"KAGGLE_API_TOKEN": "t"}, tmp_path)
+    assert download.kaggle_credentials({"KAGGLE_USERNAME": "u"}, tmp_path) is None
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle/kaggle.json").write_text("{}")
+    assert download.kaggle_credentials({}, tmp_path) == str(tmp_path / ".kaggle/kaggle.json")
+    other = tmp_path / "cfg"
+    other.mkdir()
+    (other / "access_token").write_text("t")
+    assert download.kaggle_credentials({"KAGGLE_CONFIG_DIR": str(other)}, tmp_path) == str(other / "access_token")
+
+
+class FakeKaggle:
+    """Stands in for KaggleApi at its boundary: records the call, then fails or writes a file."""
+
+    def __init__(self, error: Exception | None = None, payload: bytes = b"") -> None:
+        self.error, self.payload, self.calls = error, payload, []
+
+    def competition_download_file(self, competition: str, file_name: str, path: str, quiet: bool) -> None:
+        self.calls.append((competition, file_name))
+        (Path(path) / file_name).write_bytes(self.payload[: len(self.payload) // 2])  # a partial file first
+        if self.error:
+            raise self.error
+        (Path(path) / file_name).write_bytes(self.payload)
+
+
+def _http_error(status: int) -> requests.HTTPError:
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"{status} Client Error", response=response)
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            _http_error(403),
+            "Kaggle refused dogs-vs-cats (HTTP 403): accept the competition rules at "
+            "https://www.kaggle.com/competitions/dogs-vs-cats/rules, then rerun",
+        ),
+        (_http_error(401), "Kaggle rejected the credentials (HTTP 401)"),
+        (requests.ConnectionError("Max retries exceeded"), "cannot reach Kaggle (ConnectionError)"),
+        (SystemExit(1), "Kaggle did not accept the credentials"),
+    ],
+)
+def test_kaggle_failures_become_one_clear_error(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, message: str
+) -> None:
+    write_params(workdir / "params.yaml", {"data.source": "kaggle"})
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "not-a-real-token")
+    monkeypatch.setattr(download, "kaggle_client", lambda: FakeKaggle(error, b"PK-partial-bytes"))
+    with pytest.raises(PipelineError) as raised:
+        download.main()
+    assert message in str(raised.value)
+    assert "not-a-real-token" not in str(raised.value)
+    assert not (workdir / "data/raw").exists()
+    assert list(workdir.glob("data/.raw*")) == []
+
+
+def test_kaggle_download_lands_as_train_zip(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_params(workdir / "params.yaml", {"data.source": "kaggle"})
+    payload = make_zip(tmp_path / "train.zip", kaggle_members(2)).read_bytes()
+    fake = FakeKaggle(payload=payload)
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    monkeypatch.setattr(download, "kaggle_client", lambda: fake)
+    download.main()
+    assert fake.calls == [("dogs-vs-cats", "train.zip")]
+    assert [p.name for p in (workdir / "data/raw").iterdir()] == ["train.zip"]
+    assert (workdir / "data/raw/train.zip").read_bytes() == payload
+
+
+def _archive_cfg(path: Path):
+    from stages.config import DataConfig, SyntheticConfig
+
+    return DataConfig("archive", "dogs-vs-cats", str(path), "", SyntheticConfig(1, 32))
+
+
+def _empty(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path

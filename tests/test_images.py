@@ -1,0 +1,90 @@
+"""Member names and decoding: every kept image is an upright 3-channel JPEG."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from stages.images import BadImage, is_unsafe, parse_member, to_rgb_jpeg
+from tests.conftest import image_bytes
+
+
+@pytest.mark.parametrize(
+    ("member", "expected"),
+    [
+        ("train/cat.123.jpg", ("cat", "123")),
+        ("train/dog.0.jpg", ("dog", "0")),
+        ("dog.7.JPG", ("dog", "7")),
+        ("PetImages/Cat/5.jpg", ("cat", "5")),
+        ("kagglecatsanddogs/PetImages/Dog/12499.jpg", ("dog", "12499")),
+        ("train/", None),
+        ("sampleSubmission.csv", None),
+        ("PetImages/Cat/Thumbs.db", None),
+        ("train/bird.1.jpg", None),
+        ("train/concat.1.jpg", None),
+    ],
+)
+def test_parse_member(member: str, expected: tuple[str, str] | None) -> None:
+    assert parse_member(member) == expected
+
+
+@pytest.mark.parametrize(
+    ("member", "unsafe"),
+    [
+        ("../cat.1.jpg", True),
+        ("/etc/cat.1.jpg", True),
+        ("train/../../cat.1.jpg", True),
+        ("C:/cat.1.jpg", True),
+        ("train/cat.1.jpg", False),
+        ("train/cat..1.jpg", False),
+    ],
+)
+def test_is_unsafe(member: str, unsafe: bool) -> None:
+    assert is_unsafe(member) is unsafe
+
+
+def _decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_plain_rgb_jpeg_is_kept_byte_for_byte() -> None:
+    data = image_bytes()
+    photo = to_rgb_jpeg(data)
+    assert photo.data == data
+    assert (photo.width, photo.height) == (40, 30)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "L")]
+)
+def test_other_modes_become_rgb_jpeg(fmt: str, mode: str) -> None:
+    photo = to_rgb_jpeg(image_bytes(fmt, mode))
+    image = _decode(photo.data)
+    assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (40, 30))
+
+
+def test_exif_rotation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    photo = to_rgb_jpeg(image_bytes(size=(40, 30), exif=exif))
+    assert (photo.width, photo.height) == (30, 40)
+    assert _decode(photo.data).size == (30, 40)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"<html>not found</html>", "not_image"),
+        (image_bytes()[:200], "truncated"),
+        (image_bytes()[:2] + b"\x00" * 300, "not_image"),
+    ],
+)
+def test_bad_members_raise_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(BadImage) as error:
+        to_rgb_jpeg(data)
+    assert error.value.reason == reason

@@ -1,0 +1,68 @@
+"""End to end: the real `dvc repro` in a temp git copy of the repository, on the tiny synthetic config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, TINY, write_params
+
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "data", "models", "metrics", "__pycache__", ".pytest_cache", ".ruff_cache", "tmp", "cache"
+)
+
+
+def sh(args: list[str], cwd: Path) -> str:
+    """Run a command as a user would, with this interpreter's bin first on PATH; fail loudly with its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git + DVC copy of the repository with the tiny params, after one `dvc repro`."""
+    root = tmp_path_factory.mktemp("project") / "repo"
+    shutil.copytree(REPO, root, ignore=COPY_IGNORE)
+    write_params(root / "params.yaml", TINY)
+    sh(["git", "init", "-q", "-b", "main"], root)
+    sh(["git", "config", "user.email", "test@example.com"], root)
+    sh(["git", "config", "user.name", "test"], root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-q", "-m", "tiny config"], root)
+    root.joinpath("repro.log").write_text(sh(["dvc", "repro"], root))
+    return root
+
+
+def test_repro_writes_every_declared_output(project: Path) -> None:
+    assert (project / "data/raw/train.zip").is_file()
+    manifest = pd.read_csv(project / "data/sample/manifest.csv")
+    assert len(manifest) == 2 * (TINY["sample.train_per_class"] + 2 * TINY["sample.test_per_class"])
+    assert json.loads((project / "metrics/data.json").read_text())["train"] == {"cat": 16, "dog": 16}
+    assert (project / "dvc.lock").is_file()
+
+
+def test_second_repro_does_nothing(project: Path) -> None:
+    out = sh(["dvc", "repro"], project)
+    assert "Data and pipelines are up to date." in out
+    assert "Running stage" not in out
+
+
+def test_data_is_ignored_by_git_and_metrics_are_not(project: Path) -> None:
+    status = sh(["git", "status", "--porcelain", "--untracked-files=all"], project)
+    assert "data/" not in status
+    assert "metrics/data.json" in status
+
+
+def test_metrics_show_reads_the_metrics(project: Path) -> None:
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], project))
+    data = shown[""]["data"]["metrics/data.json"]["data"]
+    assert data["images"] == 64
