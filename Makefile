@@ -7,7 +7,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # The whole pipeline, offline, on generated images and a random VGG16; params.yaml stays untouched.
 DEMO_PARAMS := -S data.source=synthetic -S data.synthetic.per_class=160 -S data.synthetic.size=96 \
-	-S sample.train_per_class=80 -S sample.validation_per_class=40 -S sample.test_per_class=40
+	-S sample.train_per_class=80 -S sample.validation_per_class=40 -S sample.test_per_class=40 \
+	-S image.size=96 -S baseline.epochs=15 -S features.weights=none -S head.normalize=true \
+	-S head.epochs=10 -S finetune.epochs=2
 
 .PHONY: setup repro test test-fast demo lint format clean
 setup: $(STAMP)
@@ -30,7 +32,7 @@ test-fast: setup
 
 demo: setup
 	dvc exp run --temp --name demo-$$(date +%Y%m%d-%H%M%S) $(DEMO_PARAMS)
-	dvc exp show --no-pager --sort-by metrics/data.json:images -n 1
+	dvc exp show --no-pager --only-changed
 
 lint: setup
 	ruff check .

@@ -182,6 +182,7 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
+    normalize: bool
     units: int
     dropout: float
     learning_rate: float
@@ -304,6 +305,9 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
             f"is {value!r}; use a number",
         )
         return float(value)
+    if kind is bool:
+        _check(isinstance(value, bool), key, f"is {value!r}; use true or false")
+        return value
     if kind is int:
         _check(
             isinstance(value, int) and not isinstance(value, bool),

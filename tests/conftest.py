@@ -29,6 +29,7 @@ TINY = {
     "baseline.padding": "same",
     "baseline.epochs": 2,
     "features.weights": "none",
+    "head.normalize": True,
     "head.units": 16,
     "head.epochs": 2,
     "finetune.epochs": 1,

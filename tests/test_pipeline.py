@@ -42,12 +42,29 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_repro_writes_every_declared_output(project: Path) -> None:
+STAGES = ["download", "sample", "train_baseline", "extract_features", "train_head", "finetune"]
+
+
+def ran(output: str) -> list[str]:
+    """The stages a dvc command ran, in order, from its output."""
+    return [stage for line in output.splitlines() for stage in STAGES if line == f"Running stage '{stage}':"]
+
+
+def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) -> None:
+    assert ran((project / "repro.log").read_text()) == STAGES
     assert (project / "data/raw/train.zip").is_file()
     manifest = pd.read_csv(project / "data/sample/manifest.csv")
     assert len(manifest) == 2 * (TINY["sample.train_per_class"] + 2 * TINY["sample.test_per_class"])
     assert json.loads((project / "metrics/data.json").read_text())["train"] == {"cat": 16, "dog": 16}
     assert (project / "dvc.lock").is_file()
+    for split in ("train", "validation", "test"):
+        assert (project / f"data/features/{split}.npz").is_file()
+    for model in ("baseline", "base", "head", "finetuned"):
+        assert (project / f"models/{model}.keras").stat().st_size > 0
+    for stage in ("train_baseline", "train_head", "finetune"):
+        summary = json.loads((project / f"metrics/{stage}/metrics.json").read_text())
+        assert set(summary) >= {"train", "eval", "step", "best"}
+    assert json.loads((project / "metrics/features.json").read_text())["feature_shape"] == [1, 1, 512]
 
 
 def test_second_repro_does_nothing(project: Path) -> None:
@@ -56,13 +73,30 @@ def test_second_repro_does_nothing(project: Path) -> None:
     assert "Running stage" not in out
 
 
-def test_data_is_ignored_by_git_and_metrics_are_not(project: Path) -> None:
+def test_data_and_models_are_ignored_by_git_and_metrics_are_not(project: Path) -> None:
     status = sh(["git", "status", "--porcelain", "--untracked-files=all"], project)
     assert "data/" not in status
+    assert ".keras" not in status
     assert "metrics/data.json" in status
+    assert "metrics/train_head/metrics.json" in status
+    assert "metrics/finetune/plots/metrics/eval/loss.tsv" in status
 
 
 def test_metrics_show_reads_the_metrics(project: Path) -> None:
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], project))
     data = shown[""]["data"]["metrics/data.json"]["data"]
     assert data["images"] == 64
+
+
+def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> None:
+    sh(["git", "add", "-A"], project)
+    sh(["git", "commit", "-q", "-m", "tiny run"], project)
+    before = (project / "models/baseline.keras").read_bytes()
+    out = sh(["dvc", "exp", "run", "-S", "head.learning_rate=2e-3"], project)
+    assert ran(out) == ["train_head", "finetune"]
+    assert (project / "models/baseline.keras").read_bytes() == before
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], project))
+    (baseline,) = [row for row in shown if row["rev"] == "workspace"]
+    params = baseline["data"]["params"]["params.yaml"]["data"]
+    assert params["head"]["learning_rate"] == 0.002
+    assert "metrics/train_head/metrics.json" in baseline["data"]["metrics"]

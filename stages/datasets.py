@@ -1,0 +1,63 @@
+"""The sampled images and the extracted features, as the training stages read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stages import paths
+from stages.common import PipelineError, atomic_path
+
+
+def image_dataset(split: str, image_size: int, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Batches of (raw RGB pixels resized to ``image_size``, label 0 cat / 1 dog) from ``data/sample/<split>``.
+
+    The dataset's ``file_paths`` (without shuffling) name the images in order, relative to ``data/sample``.
+    """
+    folder = paths.SAMPLE_DIR / split
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: not found; run dvc repro sample")
+    # An absolute folder: the dataset reads files lazily, so it must not depend on the working directory.
+    dataset = keras.utils.image_dataset_from_directory(
+        folder.resolve(),
+        labels="inferred",
+        label_mode="binary",
+        class_names=list(paths.CLASS_NAMES),
+        image_size=(image_size, image_size),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        verbose=False,
+    )
+    files = [Path(p).relative_to(paths.SAMPLE_DIR.resolve()).as_posix() for p in dataset.file_paths]
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset.file_paths = files
+    return dataset
+
+
+@dataclass(frozen=True)
+class Features:
+    """One split's extracted features, labels (0 cat / 1 dog) and file ids (paths under ``data/sample``)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    files: np.ndarray
+
+
+def save_features(path: Path, features: Features) -> None:
+    """Write ``features`` as a compressed-free ``.npz``, atomically."""
+    with atomic_path(path) as tmp:
+        np.savez(tmp, features=features.features, labels=features.labels, files=features.files)
+
+
+def load_features(split: str) -> Features:
+    """Read ``data/features/<split>.npz``."""
+    path = paths.features_file(split)
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run dvc repro extract_features")
+    with np.load(path, allow_pickle=False) as data:
+        return Features(data["features"], data["labels"], data["files"])

@@ -1,0 +1,55 @@
+"""Stage ``extract_features``: run the pretrained base once over every split and keep its features.
+
+The extractor (preprocessing + base) is saved too, so ``finetune`` starts from exactly the weights that
+produced the features: with ``features.weights: none`` a rebuilt random base would be another network.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from stages import paths
+from stages.common import run, write_json
+from stages.config import load_params
+from stages.datasets import Features, image_dataset, save_features
+from stages.models import build_extractor
+from stages.training import save_model, seed_everything
+
+
+def extract(extractor, split: str, image_size: int, batch_size: int) -> Features:
+    """Features, labels and file ids of one split, in file order."""
+    dataset = image_dataset(split, image_size, batch_size, shuffle=False, seed=0)
+    features = extractor.predict(dataset, verbose=1)
+    labels = np.concatenate([y.numpy().reshape(-1) for _, y in dataset]).astype(np.int8)
+    return Features(features, labels, np.array(dataset.file_paths))
+
+
+def main() -> None:
+    params = load_params()
+    seed_everything(params.seed)  # fixes the random base when features.weights is none
+    extractor = build_extractor(params.image.size, params.features)
+    counted, seconds = 0, 0.0
+    for split in paths.SPLITS:
+        start = time.perf_counter()
+        features = extract(extractor, split, params.image.size, params.image.batch_size)
+        seconds += time.perf_counter() - start
+        counted += len(features.labels)
+        save_features(paths.features_file(split), features)
+        print(f"extract_features: {split}: {features.features.shape} features")
+    save_model(extractor, paths.BASE_MODEL)
+    write_json(
+        paths.FEATURES_METRICS,
+        {
+            "base": params.features.base,
+            "images": counted,
+            "feature_shape": list(extractor.output_shape[1:]),
+            "seconds": round(seconds, 2),
+            "images_per_second": round(counted / seconds, 2),
+        },
+    )
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,44 @@
+"""Stage ``finetune``: the trained head on the pretrained base, its top block unfrozen, at a low rate.
+
+The head was trained on frozen features, so its first gradients are small; a large rate would wreck the
+pretrained filters before the head settles (the book's reason for RMSprop at 1e-5).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from stages import models, paths
+from stages.common import PipelineError, run
+from stages.config import load_params
+from stages.datasets import image_dataset
+from stages.training import compile_binary, fit, save_model, seed_everything
+
+STAGE = "finetune"
+
+
+def load(path) -> keras.Model:
+    """A model saved by an earlier stage (safe mode stays on)."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run dvc repro {STAGE}")
+    return keras.models.load_model(path)
+
+
+def main() -> None:
+    params = load_params()
+    image, cfg = params.image, params.finetune
+    extractor, head = load(paths.BASE_MODEL), load(paths.HEAD_MODEL)
+    seed_everything(params.seed)
+    model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed))
+    unfrozen = models.unfreeze(extractor, cfg.unfreeze)
+    print(f"finetune: training {', '.join(unfrozen)} and the head")
+    compile_binary(model, cfg.learning_rate)  # after unfreezing: compile fixes what is trainable
+    model.summary(show_trainable=True)
+    train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed)
+    validation = image_dataset("validation", image.size, image.batch_size, shuffle=False, seed=params.seed)
+    fit(model, train, validation=validation, stage=STAGE, epochs=cfg.epochs, patience=cfg.patience)
+    save_model(model, paths.FINETUNED_MODEL)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,209 @@
+"""Model builders. They build and return a model, nothing else: compiling, fitting and saving happen in
+the stages. Preprocessing is a layer inside every model, so a saved model takes raw RGB pixels (0-255)
+and training, evaluation and prediction cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from stages.config import AugmentConfig, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig
+
+PACKAGE = "dogs_vs_cats"
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # caffe-style VGG16/ResNet50 preprocessing
+TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ImagenetPreprocess(keras.layers.Layer):
+    """Raw RGB pixels to what an ImageNet base expects, as ``keras.applications.*.preprocess_input`` does.
+
+    A layer rather than a call to ``preprocess_input`` on a symbolic tensor, which Keras 3 cannot
+    serialize (keras#19145). Modes: ``caffe`` (RGB to BGR, minus the ImageNet mean), ``tf`` (to -1..1),
+    ``torch`` (0..1, then the ImageNet mean and std), ``none``.
+    """
+
+    MODES = ("caffe", "tf", "torch", "none")
+
+    def __init__(self, mode: str = "caffe", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, not {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, self.compute_dtype)
+        if self.mode == "caffe":
+            return keras.ops.flip(x, axis=-1) - keras.ops.convert_to_tensor(IMAGENET_MEAN_BGR, x.dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = keras.ops.convert_to_tensor(TORCH_MEAN, x.dtype)
+            std = keras.ops.convert_to_tensor(TORCH_STD, x.dtype)
+            return (x / 255.0 - mean) / std
+        return x
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """A pretrained convolutional base from ``keras.applications`` and what goes with it."""
+
+    build: Callable[..., keras.Model]
+    preprocess: str  # an ImagenetPreprocess mode
+    min_size: int  # smallest input side Keras accepts without the top
+    top_block: str  # layer-name prefix of the last block, what ``finetune.unfreeze`` usually names
+
+
+BASES: dict[str, BaseSpec] = {
+    "vgg16": BaseSpec(keras.applications.VGG16, "caffe", 32, "block5"),
+}
+
+
+def augmentation(cfg: AugmentConfig, seed: int) -> keras.Sequential:
+    """Random flip, rotation and zoom; Keras runs these layers only in training."""
+    layers: list[keras.layers.Layer] = []
+    if cfg.flip != "none":
+        layers.append(keras.layers.RandomFlip(cfg.flip, seed=seed))
+    if cfg.rotation > 0:
+        layers.append(keras.layers.RandomRotation(cfg.rotation, seed=seed + 1))
+    if cfg.zoom > 0:
+        layers.append(keras.layers.RandomZoom(cfg.zoom, seed=seed + 2))
+    return keras.Sequential(layers or [keras.layers.Identity()], name="augmentation")
+
+
+def conv_output_size(size: int, cfg: BaselineConfig) -> int:
+    """Side of the last feature map: each conv shrinks by kernel-1 with ``valid`` padding, each pool halves."""
+    for index in range(len(cfg.filters)):
+        if cfg.padding == "valid":
+            size -= cfg.kernel_size - 1
+        if index < len(cfg.filters) - 1:
+            size //= 2
+    return size
+
+
+def build_baseline(image_size: int, cfg: BaselineConfig, augment: keras.Sequential) -> keras.Model:
+    """The book's convnet from scratch: Conv2D + MaxPooling2D blocks, Flatten, Dropout, a sigmoid unit."""
+    if conv_output_size(image_size, cfg) < 1:
+        raise ConfigError(
+            f"params.yaml: baseline.filters has {len(cfg.filters)} {cfg.padding} convolutions, too many for "
+            f"image.size {image_size}; set baseline.padding: same, a larger image.size, or fewer filters"
+        )
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = augment(inputs)
+    x = keras.layers.Rescaling(1.0 / 255)(x)
+    for index, filters in enumerate(cfg.filters):
+        x = keras.layers.Conv2D(filters, cfg.kernel_size, padding=cfg.padding, activation="relu")(x)
+        if index < len(cfg.filters) - 1:  # the book pools after every convolution but the last
+            x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(cfg.dropout)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="dog_probability")(x)
+    return keras.Model(inputs, outputs, name="baseline")
+
+
+def build_extractor(image_size: int, cfg: FeaturesConfig) -> keras.Model:
+    """Preprocessing + the pretrained convolutional base without its top: raw pixels in, features out."""
+    spec = BASES[cfg.base]
+    if image_size < spec.min_size:
+        raise ConfigError(f"params.yaml: image.size {image_size} is below {cfg.base}'s minimum {spec.min_size}")
+    weights = _weights_argument(cfg)
+    try:
+        base = spec.build(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+    except Exception as error:
+        # Keras raises a bare Exception for a failed download and ValueError/OSError for a bad file.
+        if "URL fetch failure" in str(error):
+            raise ConfigError(
+                f"params.yaml: features.weights is imagenet, but Keras could not download {cfg.base}'s weights "
+                "(no network?); set features.weights to a local .h5 file, or none for random weights"
+            ) from None
+        if weights not in (None, "imagenet"):
+            raise ConfigError(
+                f"params.yaml: features.weights {weights} is not a {cfg.base} notop weights file "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:160]}); give the right .h5 file"
+            ) from None
+        raise
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = ImagenetPreprocess(spec.preprocess, name="preprocess")(inputs)
+    # training=False keeps any BatchNorm in the base in inference mode, even while fine-tuning.
+    outputs = base(x, training=False)
+    return keras.Model(inputs, outputs, name="extractor")
+
+
+def _weights_argument(cfg: FeaturesConfig) -> str | None:
+    if cfg.weights == "none":
+        return None
+    if cfg.weights == "imagenet":
+        return "imagenet"
+    path = Path(cfg.weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"params.yaml: features.weights {cfg.weights} does not exist; use imagenet, none or the path of "
+            f"{cfg.base}'s notop .h5 weights file"
+        )
+    return os.fspath(path)
+
+
+def base_of(extractor: keras.Model) -> keras.Model:
+    """The pretrained base nested inside an extractor."""
+    (base,) = [layer for layer in extractor.layers if isinstance(layer, keras.Model)]
+    return base
+
+
+def build_head(
+    feature_shape: tuple[int, ...], cfg: HeadConfig, stats: tuple[np.ndarray, np.ndarray] | None = None
+) -> keras.Model:
+    """The dense classifier trained on extracted features: Flatten, Dense, Dropout, a sigmoid unit.
+
+    With ``cfg.normalize``, ``stats`` (per-feature mean and variance of the training features) standardize
+    the features first. The book needs no such layer: ImageNet features are well scaled. A random base's
+    features are not (tiny, nearly constant), and the head would not learn from them in a few epochs.
+    """
+    inputs = keras.Input(feature_shape, name="features")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    if cfg.normalize:
+        if stats is None:
+            raise ValueError("head.normalize needs the training features' mean and variance")
+        x = keras.layers.Normalization(mean=stats[0], variance=stats[1], name="standardize")(x)
+    x = keras.layers.Dense(cfg.units, activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="dog_probability")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def build_finetune(extractor: keras.Model, head: keras.Model, augment: keras.Sequential) -> keras.Model:
+    """Augmentation, then the extractor, then the trained head: one model from raw pixels to P(dog)."""
+    inputs = keras.Input(extractor.input_shape[1:], name="image")
+    x = augment(inputs)
+    x = extractor(x)
+    outputs = head(x)
+    return keras.Model(inputs, outputs, name="finetuned")
+
+
+def unfreeze(extractor: keras.Model, prefix: str) -> list[str]:
+    """Make trainable exactly the base's layers whose names start with ``prefix``; return their names.
+
+    The model must be compiled after this: Keras reads ``trainable`` when it compiles.
+    """
+    base = base_of(extractor)
+    extractor.trainable = True
+    names = []
+    for layer in base.layers:
+        layer.trainable = layer.name.startswith(prefix)
+        if layer.trainable:
+            names.append(layer.name)
+    if not any(layer.weights for layer in base.layers if layer.trainable):
+        blocks = sorted({layer.name.split("_")[0] for layer in base.layers if layer.weights})
+        raise ConfigError(
+            f"params.yaml: finetune.unfreeze {prefix!r} matches no layer with weights in {base.name}; "
+            f"use a layer-name prefix such as {', '.join(blocks[-3:])}"
+        )
+    return names

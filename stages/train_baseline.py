@@ -1,0 +1,29 @@
+"""Stage ``train_baseline``: the book's small convnet trained from scratch, with augmentation and dropout."""
+
+from __future__ import annotations
+
+from stages import paths
+from stages.common import run
+from stages.config import load_params
+from stages.datasets import image_dataset
+from stages.models import augmentation, build_baseline
+from stages.training import compile_binary, fit, save_model, seed_everything
+
+STAGE = "train_baseline"
+
+
+def main() -> None:
+    params = load_params()
+    image, cfg = params.image, params.baseline
+    seed_everything(params.seed)
+    model = build_baseline(image.size, cfg, augmentation(params.augment, params.seed))
+    train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed)
+    validation = image_dataset("validation", image.size, image.batch_size, shuffle=False, seed=params.seed)
+    compile_binary(model, cfg.learning_rate)
+    model.summary()
+    fit(model, train, validation=validation, stage=STAGE, epochs=cfg.epochs, patience=cfg.patience)
+    save_model(model, paths.BASELINE_MODEL)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,38 @@
+"""Stage ``train_head``: the dense classifier trained on the extracted features (fast: no convolutions)."""
+
+from __future__ import annotations
+
+from stages import paths
+from stages.common import run
+from stages.config import load_params
+from stages.datasets import load_features
+from stages.models import build_head
+from stages.training import compile_binary, fit, save_model, seed_everything
+
+STAGE = "train_head"
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.head
+    train, validation = load_features("train"), load_features("validation")
+    seed_everything(params.seed)
+    flat = train.features.reshape(len(train.features), -1)
+    model = build_head(train.features.shape[1:], cfg, (flat.mean(axis=0), flat.var(axis=0)))
+    compile_binary(model, cfg.learning_rate)
+    model.summary()
+    fit(
+        model,
+        train.features,
+        train.labels,
+        validation=(validation.features, validation.labels),
+        stage=STAGE,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        batch_size=cfg.batch_size,
+    )
+    save_model(model, paths.HEAD_MODEL)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,77 @@
+"""What the training stages share: seeding, the fit loop with DVCLive, and saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
+
+from stages import paths
+from stages.common import atomic_path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic, so two CPU runs agree."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def compile_binary(model: keras.Model, learning_rate: float) -> None:
+    """RMSprop on binary cross-entropy, reporting accuracy, as the book trains every model."""
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def fit(
+    model: keras.Model,
+    x,
+    y=None,
+    *,
+    validation,
+    stage: str,
+    epochs: int,
+    patience: int | None,
+    batch_size: int | None = None,
+) -> dict[str, list[float]]:
+    """Fit ``model`` on a dataset ``x`` or arrays ``x``, ``y``; log each epoch with DVCLive in ``metrics/<stage>/``.
+
+    The weights of the epoch with the lowest validation loss are restored at the end (the book keeps that
+    epoch with ModelCheckpoint); ``patience`` stops early, None never does.
+    """
+    live = Live(str(paths.live_dir(stage)), dvcyaml=False, save_dvc_exp=False, report=None)
+    keep_best = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience or epochs, restore_best_weights=True
+    )
+    history = model.fit(
+        x,
+        y,
+        validation_data=validation,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=y is not None,  # a tf.data dataset shuffles itself
+        callbacks=[keep_best, DVCLiveCallback(live=live)],
+        verbose=1,
+    ).history
+    best = int(np.argmin(history["val_loss"]))
+    live.summary["best"] = {
+        "epoch": best + 1,
+        "loss": history["loss"][best],
+        "accuracy": history["accuracy"][best],
+        "val_loss": history["val_loss"][best],
+        "val_accuracy": history["val_accuracy"][best],
+    }
+    live.make_summary()
+    return history
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save a ``.keras`` file atomically, so an interrupted stage leaves no model that looks finished."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)

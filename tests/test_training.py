@@ -1,0 +1,160 @@
+"""The learning stages on learnable synthetic data: they learn, they log, they repeat, they freeze."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from stages import download, extract_features, finetune, sample, train_baseline, train_head
+from stages.config import load_params
+from stages.datasets import image_dataset, load_features
+from stages.models import augmentation, build_baseline, build_head
+from stages.training import compile_binary, fit, seed_everything
+from tests.conftest import TINY, run_stage, write_params
+
+LEARNED = 0.85  # validation accuracy both models must reach; chance is 0.5
+LEARNABLE = {
+    **TINY,
+    "data.synthetic.per_class": 60,
+    "sample.train_per_class": 30,
+    "sample.validation_per_class": 15,
+    "sample.test_per_class": 15,
+    "baseline.filters": [16, 32, 64],
+    "baseline.epochs": 8,
+    "head.epochs": 5,
+}
+
+
+@contextlib.contextmanager
+def inside(path: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder where every stage up to finetune has run on 32 px synthetic images (30 train per class)."""
+    root = tmp_path_factory.mktemp("trained")
+    write_params(root / "params.yaml", LEARNABLE)
+    with inside(root):
+        for stage in (download, sample, train_baseline, extract_features, train_head, finetune):
+            stage.main()
+    return root
+
+
+def _accuracy(model: keras.Model, inputs, labels: np.ndarray) -> float:
+    probabilities = np.asarray(model.predict(inputs, verbose=0)).reshape(-1)
+    return float(np.mean((probabilities > 0.5) == labels.reshape(-1)))
+
+
+def _validation_images(root: Path) -> tuple:
+    with inside(root):
+        dataset = image_dataset("validation", 32, 64, shuffle=False, seed=0)
+        labels = np.concatenate([y.numpy() for _, y in dataset])
+    return dataset, labels
+
+
+def test_baseline_learns_far_above_chance(trained: Path) -> None:
+    dataset, labels = _validation_images(trained)
+    model = keras.models.load_model(trained / "models/baseline.keras")
+    assert _accuracy(model, dataset, labels) >= LEARNED
+
+
+def test_head_learns_far_above_chance(trained: Path) -> None:
+    with inside(trained):
+        validation = load_features("validation")
+    model = keras.models.load_model(trained / "models/head.keras")
+    assert _accuracy(model, validation.features, validation.labels) >= LEARNED
+
+
+def test_swapped_labels_fail_the_same_bar(trained: Path) -> None:
+    # The check above must be able to fail: trained on flipped labels, both models score below chance.
+    with inside(trained):
+        params = load_params()
+        train, validation = load_features("train"), load_features("validation")
+        seed_everything(params.seed)
+        flat = train.features.reshape(len(train.features), -1)
+        head = build_head(train.features.shape[1:], params.head, (flat.mean(0), flat.var(0)))
+        compile_binary(head, params.head.learning_rate)
+        fit(
+            head,
+            train.features,
+            1 - train.labels,
+            validation=(validation.features, validation.labels),
+            stage="swapped_head",
+            epochs=params.head.epochs,
+            patience=None,
+            batch_size=params.head.batch_size,
+        )
+        assert _accuracy(head, validation.features, validation.labels) < 0.5
+
+        images = image_dataset("train", 32, 16, shuffle=True, seed=0).map(lambda x, y: (x, 1 - y))
+        seed_everything(params.seed)
+        baseline = build_baseline(32, params.baseline, augmentation(params.augment, params.seed))
+        compile_binary(baseline, params.baseline.learning_rate)
+        val_images = image_dataset("validation", 32, 16, shuffle=False, seed=0)
+        fit(
+            baseline,
+            images,
+            validation=val_images,
+            stage="swapped_baseline",
+            epochs=params.baseline.epochs,
+            patience=None,
+        )
+    dataset, labels = _validation_images(trained)
+    assert _accuracy(baseline, dataset, labels) < 0.5
+
+
+@pytest.mark.parametrize(("stage", "epochs"), [("train_baseline", 8), ("train_head", 5), ("finetune", 1)])
+def test_every_epoch_is_logged_for_dvc_plots(trained: Path, stage: str, epochs: int) -> None:
+    live = trained / "metrics" / stage
+    for split in ("train", "eval"):
+        for metric in ("loss", "accuracy"):
+            rows = (live / f"plots/metrics/{split}/{metric}.tsv").read_text().splitlines()
+            assert rows[0] == f"step\t{metric}"
+            assert len(rows) == 1 + epochs
+    summary = json.loads((live / "metrics.json").read_text())
+    assert summary["step"] == epochs - 1
+    assert 1 <= summary["best"]["epoch"] <= epochs
+    assert not (live / "dvc.yaml").exists()  # dvc.yaml is ours; DVCLive must not rewrite it
+
+
+@pytest.mark.parametrize("stage", ["train_head", "train_baseline"])
+def test_same_params_give_the_same_metrics_in_another_run(trained: Path, stage: str) -> None:
+    summary = trained / "metrics" / stage / "metrics.json"
+    first = summary.read_text()
+    result = run_stage(stage, trained)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert summary.read_text() == first
+
+
+def test_finetune_trains_block5_and_the_head_and_nothing_else(trained: Path) -> None:
+    base = keras.models.load_model(trained / "models/base.keras")
+    head = keras.models.load_model(trained / "models/head.keras")
+    tuned = keras.models.load_model(trained / "models/finetuned.keras")
+    tuned_base = tuned.get_layer("extractor").get_layer("vgg16")
+    checked = 0
+    for layer in base.get_layer("vgg16").layers:
+        if not layer.weights:
+            continue
+        before, after = layer.get_weights(), tuned_base.get_layer(layer.name).get_weights()
+        same = all(np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+        assert same == (not layer.name.startswith("block5")), layer.name
+        checked += 1
+    assert checked == 13
+    tuned_head = tuned.get_layer("head")
+    for before, after in zip(head.layers, tuned_head.layers, strict=True):
+        if before.weights:
+            same = all(np.array_equal(b, a) for b, a in zip(before.get_weights(), after.get_weights(), strict=True))
+            assert same == (not before.trainable_weights), before.name  # standardize has no trainable weights
