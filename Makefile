@@ -11,7 +11,7 @@ DEMO_PARAMS := -S data.source=synthetic -S data.synthetic.per_class=160 -S data.
 	-S image.size=96 -S baseline.epochs=15 -S features.weights=none -S head.normalize=true \
 	-S head.epochs=10 -S finetune.epochs=2
 
-.PHONY: setup repro test test-fast demo lint format clean
+.PHONY: setup repro test test-fast demo report lint format
 setup: $(STAMP)
 
 $(STAMP): requirements.txt
@@ -41,3 +41,8 @@ lint: setup
 format: setup
 	ruff format .
 	ruff check --fix .
+
+BASE ?= main
+report: setup
+	python -m stages.report --base $(BASE) --out report.md
+	dvc plots diff $(BASE) --out dvc_plots

@@ -222,6 +222,16 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    threshold: float
+    gallery_size: int
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.threshold < 1.0, "evaluate.threshold", f"is {self.threshold}; use a number between 0 and 1")
+        _check(self.gallery_size >= 0, "evaluate.gallery_size", f"is {self.gallery_size}; use 0 or more")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     data: DataConfig
@@ -232,6 +242,7 @@ class Params:
     features: FeaturesConfig
     head: HeadConfig
     finetune: FinetuneConfig
+    evaluate: EvaluateConfig
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", f"is {self.seed}; use a whole number >= 0")

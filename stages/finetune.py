@@ -6,10 +6,8 @@ pretrained filters before the head settles (the book's reason for RMSprop at 1e-
 
 from __future__ import annotations
 
-import keras
-
 from stages import models, paths
-from stages.common import PipelineError, run
+from stages.common import run
 from stages.config import load_params
 from stages.datasets import image_dataset
 from stages.training import compile_binary, fit, save_model, seed_everything
@@ -17,17 +15,10 @@ from stages.training import compile_binary, fit, save_model, seed_everything
 STAGE = "finetune"
 
 
-def load(path) -> keras.Model:
-    """A model saved by an earlier stage (safe mode stays on)."""
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; run dvc repro {STAGE}")
-    return keras.models.load_model(path)
-
-
 def main() -> None:
     params = load_params()
     image, cfg = params.image, params.finetune
-    extractor, head = load(paths.BASE_MODEL), load(paths.HEAD_MODEL)
+    extractor, head = models.load_saved(paths.BASE_MODEL), models.load_saved(paths.HEAD_MODEL)
     seed_everything(params.seed)
     model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed))
     unfrozen = models.unfreeze(extractor, cfg.unfreeze)

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from stages.common import PipelineError
 from stages.config import AugmentConfig, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig
 
 PACKAGE = "dogs_vs_cats"
@@ -207,3 +208,10 @@ def unfreeze(extractor: keras.Model, prefix: str) -> list[str]:
             f"use a layer-name prefix such as {', '.join(blocks[-3:])}"
         )
     return names
+
+
+def load_saved(path: Path) -> keras.Model:
+    """A model saved by a stage; importing this module registered its custom layers, and safe mode stays on."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run dvc repro")
+    return keras.models.load_model(path)

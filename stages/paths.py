@@ -18,6 +18,8 @@ FINETUNED_MODEL = MODELS_DIR / "finetuned.keras"
 METRICS_DIR = Path("metrics")
 DATA_METRICS = METRICS_DIR / "data.json"
 FEATURES_METRICS = METRICS_DIR / "features.json"
+EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+EVALUATE_DIR = METRICS_DIR / "evaluate"  # predictions, ROC points and galleries, one file per model
 
 SPLITS = ("train", "validation", "test")
 CLASS_NAMES = ("cat", "dog")  # index = label: cat 0, dog 1, everywhere
@@ -31,3 +33,18 @@ def features_file(split: str) -> Path:
 def live_dir(stage: str) -> Path:
     """The DVCLive folder of a training stage."""
     return METRICS_DIR / stage
+
+
+def predictions_file(model: str) -> Path:
+    """Per-image predictions of one model on the test split."""
+    return EVALUATE_DIR / "predictions" / f"{model}.csv"
+
+
+def roc_file(model: str) -> Path:
+    """ROC curve points of one model."""
+    return EVALUATE_DIR / "roc" / f"{model}.csv"
+
+
+def gallery_file(model: str) -> Path:
+    """The PNG of one model's most confidently wrong test images."""
+    return EVALUATE_DIR / "gallery" / f"{model}.png"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,40 @@ def kaggle_members(per_class: int, start: int = 0) -> dict[str, bytes]:
         for n in range(start, start + per_class):
             members[f"train/{label}.{n}.jpg"] = image_bytes(size=(20 + n, 16 + (label == "dog")))
     return members
+
+
+# Enough synthetic data to learn from at 32 px: 30 training images per class, a few epochs.
+LEARNABLE = {
+    **TINY,
+    "data.synthetic.per_class": 60,
+    "sample.train_per_class": 30,
+    "sample.validation_per_class": 15,
+    "sample.test_per_class": 15,
+    "baseline.filters": [16, 32, 64],
+    "baseline.epochs": 8,
+    "head.epochs": 5,
+}
+
+
+@contextlib.contextmanager
+def inside(path: Path) -> Iterator[None]:
+    """Run the enclosed code with ``path`` as the working directory."""
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder where every stage up to finetune has run, in process, on the LEARNABLE config."""
+    from stages import download, extract_features, finetune, sample, train_baseline, train_head
+
+    root = tmp_path_factory.mktemp("trained")
+    write_params(root / "params.yaml", LEARNABLE)
+    with inside(root):
+        for stage in (download, sample, train_baseline, extract_features, train_head, finetune):
+            stage.main()
+    return root

@@ -42,7 +42,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-STAGES = ["download", "sample", "train_baseline", "extract_features", "train_head", "finetune"]
+STAGES = ["download", "sample", "train_baseline", "extract_features", "train_head", "finetune", "evaluate"]
 
 
 def ran(output: str) -> list[str]:
@@ -65,6 +65,10 @@ def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) 
         summary = json.loads((project / f"metrics/{stage}/metrics.json").read_text())
         assert set(summary) >= {"train", "eval", "step", "best"}
     assert json.loads((project / "metrics/features.json").read_text())["feature_shape"] == [1, 1, 512]
+    results = json.loads((project / "metrics/evaluate.json").read_text())
+    assert set(results) == {"test_images", "baseline", "head", "finetuned"}
+    for model in ("baseline", "head", "finetuned"):
+        assert (project / f"metrics/evaluate/gallery/{model}.png").is_file()
 
 
 def test_second_repro_does_nothing(project: Path) -> None:
@@ -88,15 +92,35 @@ def test_metrics_show_reads_the_metrics(project: Path) -> None:
     assert data["images"] == 64
 
 
+def test_plots_show_renders_every_declared_plot(project: Path) -> None:
+    sh(["dvc", "plots", "show", "--out", "plots_html"], project)
+    html = (project / "plots_html/index.html").read_text()
+    for title in ("Baseline loss", "Head accuracy", "Fine-tuning loss", "Confusion matrix, head", "ROC curves"):
+        assert title in html
+    assert "gallery" in html
+
+
 def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> None:
     sh(["git", "add", "-A"], project)
     sh(["git", "commit", "-q", "-m", "tiny run"], project)
     before = (project / "models/baseline.keras").read_bytes()
     out = sh(["dvc", "exp", "run", "-S", "head.learning_rate=2e-3"], project)
-    assert ran(out) == ["train_head", "finetune"]
+    assert ran(out) == ["train_head", "finetune", "evaluate"]
     assert (project / "models/baseline.keras").read_bytes() == before
+
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], project))
-    (baseline,) = [row for row in shown if row["rev"] == "workspace"]
-    params = baseline["data"]["params"]["params.yaml"]["data"]
-    assert params["head"]["learning_rate"] == 0.002
-    assert "metrics/train_head/metrics.json" in baseline["data"]["metrics"]
+    (workspace,) = [row for row in shown if row["rev"] == "workspace"]
+    assert workspace["data"]["params"]["params.yaml"]["data"]["head"]["learning_rate"] == 0.002
+    assert "metrics/evaluate.json" in workspace["data"]["metrics"]
+
+    diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "--json"], project))
+    assert "metrics/train_head/metrics.json" in diff
+    assert "metrics/train_baseline/metrics.json" not in diff
+    params = json.loads(sh(["dvc", "params", "diff", "HEAD", "--json"], project))
+    assert params["params.yaml"]["head.learning_rate"]["new"] == 0.002
+
+    sh([sys.executable, "-m", "stages.report", "--base", "HEAD", "--out", "report.md"], project)
+    report = (project / "report.md").read_text()
+    assert "| fine-tuned VGG16 |" in report
+    assert "metrics/train_head/metrics.json" in report
+    assert "head.learning_rate" in report

@@ -2,55 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from stages import download, extract_features, finetune, sample, train_baseline, train_head
 from stages.config import load_params
 from stages.datasets import image_dataset, load_features
 from stages.models import augmentation, build_baseline, build_head
 from stages.training import compile_binary, fit, seed_everything
-from tests.conftest import TINY, run_stage, write_params
+from tests.conftest import inside, run_stage
 
 LEARNED = 0.85  # validation accuracy both models must reach; chance is 0.5
-LEARNABLE = {
-    **TINY,
-    "data.synthetic.per_class": 60,
-    "sample.train_per_class": 30,
-    "sample.validation_per_class": 15,
-    "sample.test_per_class": 15,
-    "baseline.filters": [16, 32, 64],
-    "baseline.epochs": 8,
-    "head.epochs": 5,
-}
-
-
-@contextlib.contextmanager
-def inside(path: Path) -> Iterator[None]:
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder where every stage up to finetune has run on 32 px synthetic images (30 train per class)."""
-    root = tmp_path_factory.mktemp("trained")
-    write_params(root / "params.yaml", LEARNABLE)
-    with inside(root):
-        for stage in (download, sample, train_baseline, extract_features, train_head, finetune):
-            stage.main()
-    return root
 
 
 def _accuracy(model: keras.Model, inputs, labels: np.ndarray) -> float:

@@ -1,0 +1,166 @@
+"""Stage ``evaluate``: score every model on the held-out test split, and write what DVC plots and people read.
+
+Writes ``metrics/evaluate.json`` (one section per model) and, under ``metrics/evaluate/``, per-image
+predictions (for DVC's confusion template), ROC points, and a PNG of each model's most confidently
+wrong test images. The test images are checked against ``data/sample/manifest.csv`` first, so a missing
+or changed file stops the stage instead of silently shrinking the test set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from sklearn import metrics as skm
+
+from stages import paths
+from stages.common import PipelineError, atomic_path, run, write_json
+from stages.config import load_params
+from stages.datasets import image_dataset, load_features
+from stages.models import load_saved
+
+THUMBNAIL = 128  # gallery tile side, pixels
+CAPTION = 30  # gallery caption height, pixels
+
+
+def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float | int | None]:
+    """Binary classification metrics for P(dog) ``probabilities`` against 0/1 ``labels``."""
+    predicted = (probabilities >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    both_classes = len(np.unique(labels)) == 2
+    return {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if both_classes else None,
+        "log_loss": float(skm.log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "true_negatives": int(tn),
+        "false_positives": int(fp),
+        "false_negatives": int(fn),
+        "true_positives": int(tp),
+    }
+
+
+def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+    """The ROC curve as ``fpr, tpr, threshold`` rows."""
+    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.clip(thresholds, 0.0, 1.0)})
+
+
+def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
+    """The manifest's test rows, after checking every test file is there, unchanged, and alone."""
+    if not manifest_path.is_file():
+        raise PipelineError(f"{manifest_path}: not found; run dvc repro sample")
+    manifest = pd.read_csv(manifest_path)
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    for row in test.itertuples():
+        file = sample_dir / row.path
+        if not file.is_file():
+            raise PipelineError(f"{file}: listed in {manifest_path} but missing; run dvc repro -f sample")
+        if hashlib.sha256(file.read_bytes()).hexdigest() != row.sha256:
+            raise PipelineError(f"{file}: changed since sampling (sha256 differs); run dvc repro -f sample")
+    on_disk = {p.relative_to(sample_dir).as_posix() for p in (sample_dir / "test").rglob("*") if p.is_file()}
+    extra = sorted(on_disk - set(test["path"]))
+    if extra:
+        raise PipelineError(f"{sample_dir / extra[0]}: not in {manifest_path}; run dvc repro -f sample")
+    return test
+
+
+def predictions_table(files: list[str], labels: np.ndarray, probabilities: np.ndarray, threshold: float):
+    """``file, label, probability, predicted`` with class names, sorted by file."""
+    names = np.array(paths.CLASS_NAMES)
+    table = pd.DataFrame(
+        {
+            "file": files,
+            "label": names[labels.astype(int)],
+            "probability": probabilities.round(6),
+            "predicted": names[(probabilities >= threshold).astype(int)],
+        }
+    )
+    return table.sort_values("file").reset_index(drop=True)
+
+
+def most_confidently_wrong(table: pd.DataFrame, size: int) -> pd.DataFrame:
+    """The ``size`` misclassified rows whose P(dog) is furthest from 0.5, most confident first."""
+    wrong = table[table["label"] != table["predicted"]]
+    confidence = (wrong["probability"] - 0.5).abs().rename("confidence")
+    ordered = pd.concat([wrong, confidence], axis=1).sort_values(["confidence", "file"], ascending=[False, True])
+    return ordered.drop(columns="confidence").head(size)
+
+
+def gallery(table: pd.DataFrame, sample_dir: Path, size: int, title: str) -> Image.Image:
+    """A strip of the ``size`` most confidently wrong images, captioned with truth and P(dog)."""
+    wrong = most_confidently_wrong(table, size)
+    font = ImageFont.load_default(size=11)
+    tiles = max(len(wrong), 1)
+    sheet = Image.new("RGB", (tiles * THUMBNAIL, THUMBNAIL + 2 * CAPTION), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 4), f"{title}: {len(wrong)} most confidently wrong", fill="black", font=font)
+    if wrong.empty:
+        draw.text((4, CAPTION + 4), "no misclassified test images", fill="black", font=font)
+    for index, row in enumerate(wrong.itertuples()):
+        with Image.open(sample_dir / row.file) as image:
+            thumb = ImageOps.contain(image.convert("RGB"), (THUMBNAIL, THUMBNAIL))
+        x = index * THUMBNAIL
+        sheet.paste(thumb, (x + (THUMBNAIL - thumb.width) // 2, CAPTION + (THUMBNAIL - thumb.height) // 2))
+        caption = f"true {row.label}\nP(dog)={row.probability:.3f}"
+        draw.multiline_text((x + 4, CAPTION + THUMBNAIL + 2), caption, fill="black", font=font, spacing=1)
+    return sheet
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def _write_png(image: Image.Image, path: Path) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def predict_all(image_size: int, batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    """Per model: test file ids, labels and P(dog), from the saved models (preprocessing included)."""
+    saved = {"baseline": paths.BASELINE_MODEL, "head": paths.HEAD_MODEL, "finetuned": paths.FINETUNED_MODEL}
+    loaded = {name: load_saved(path) for name, path in saved.items()}
+    images = image_dataset("test", image_size, batch_size, shuffle=False, seed=0)
+    image_labels = np.concatenate([y.numpy().reshape(-1) for _, y in images]).astype(int)
+    features = load_features("test")
+    out = {}
+    for name, model in loaded.items():
+        if name == "head":
+            probabilities = model.predict(features.features, batch_size=batch_size, verbose=0)
+            out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1))
+        else:
+            probabilities = model.predict(images, verbose=0)
+            out[name] = (images.file_paths, image_labels, probabilities.reshape(-1))
+    return out
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.evaluate
+    test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
+    expected = sorted(test["path"])
+    results = {}
+    for name, (files, labels, probabilities) in predict_all(params.image.size, params.image.batch_size).items():
+        if sorted(files) != expected:
+            stale = "data/features/test.npz" if name == "head" else "the test images"
+            raise PipelineError(f"{stale} do not match {paths.MANIFEST}; run dvc repro")
+        table = predictions_table(files, labels, probabilities, cfg.threshold)
+        results[name] = score(labels, probabilities, cfg.threshold)
+        _write_csv(table, paths.predictions_file(name))
+        _write_csv(roc_points(labels, probabilities), paths.roc_file(name))
+        _write_png(gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, name), paths.gallery_file(name))
+        print(f"evaluate: {name}: accuracy {results[name]['accuracy']:.4f}, ROC AUC {results[name]['roc_auc']:.4f}")
+    write_json(paths.EVALUATE_METRICS, {"test_images": len(test), **results})
+
+
+if __name__ == "__main__":
+    run(main)

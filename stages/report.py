@@ -1,0 +1,93 @@
+"""``python -m stages.report``: one Markdown page comparing the models, and how metrics and params moved.
+
+Needs only DVC and git (no TensorFlow), and works in any clone because metrics files are in git. The
+pull-request workflow posts this page as a comment; ``make report`` writes it locally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+from stages import paths
+from stages.common import atomic_path, run
+
+COLUMNS = {
+    "accuracy": "accuracy",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1",
+    "roc_auc": "ROC AUC",
+    "log_loss": "log loss",
+}
+MODEL_NAMES = {"baseline": "baseline convnet", "head": "VGG16 features + head", "finetuned": "fine-tuned VGG16"}
+
+
+def models_table(results: dict) -> str:
+    """The three models side by side, as a Markdown table."""
+    lines = ["| model | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for key, name in MODEL_NAMES.items():
+        section = results.get(key, {})
+        cells = [_number(section.get(metric)) for metric in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def dvc_markdown(args: list[str]) -> str:
+    """What a ``dvc ... --md`` command prints, or its error as a sentence."""
+    result = subprocess.run(["dvc", *args, "--md"], capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"`dvc {' '.join(args)}` failed: {reason}"
+    return result.stdout.strip() or "No changes."
+
+
+def render(base: str, evaluate_json: Path = paths.EVALUATE_METRICS) -> str:
+    """The whole page."""
+    parts = ["# Dogs vs. Cats: model comparison", ""]
+    if evaluate_json.is_file():
+        results = json.loads(evaluate_json.read_text())
+        parts += [f"On the held-out test split ({results.get('test_images', '?')} images):", "", models_table(results)]
+    else:
+        parts.append(f"No `{evaluate_json}` yet: run `dvc repro`.")
+    parts += [
+        "",
+        f"## Metrics against `{base}`",
+        "",
+        dvc_markdown(["metrics", "diff", base]),
+        "",
+        f"## Params against `{base}`",
+        "",
+        dvc_markdown(["params", "diff", base]),
+        "",
+        "## Plots",
+        "",
+        f"`dvc plots diff {base}` renders the training curves, confusion matrices, ROC curves and galleries to "
+        "`dvc_plots/index.html` (`make report` does this too). The galleries of the most confidently wrong "
+        "test images are committed: "
+        + ", ".join(f"[{model}]({paths.gallery_file(model).as_posix()})" for model in MODEL_NAMES)
+        + ".",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="main", help="git revision to compare against (default: main)")
+    parser.add_argument("--out", type=Path, default=Path("report.md"), help="where to write the page")
+    args = parser.parse_args()
+    page = render(args.base)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(page)
+    print(f"report: wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,164 @@
+"""evaluate: metrics that agree with their definitions, outputs DVC can plot, and a test set that cannot shrink."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stages import evaluate
+from stages.common import PipelineError
+from tests.conftest import image_bytes, inside
+
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+PROBS = np.array([0.1, 0.4, 0.6, 0.2, 0.9, 0.7, 0.3, 0.55, 0.8, 0.45])
+
+
+def test_score_matches_the_definitions() -> None:
+    got = evaluate.score(LABELS, PROBS, 0.5)
+    predicted = PROBS >= 0.5
+    tp = int(np.sum(predicted & (LABELS == 1)))
+    fp = int(np.sum(predicted & (LABELS == 0)))
+    fn = int(np.sum(~predicted & (LABELS == 1)))
+    tn = int(np.sum(~predicted & (LABELS == 0)))
+    assert (tn, fp, fn, tp) == (3, 1, 2, 4)
+    assert (got["true_negatives"], got["false_positives"]) == (tn, fp)
+    assert (got["false_negatives"], got["true_positives"]) == (fn, tp)
+    assert got["accuracy"] == pytest.approx((tp + tn) / len(LABELS))
+    assert got["precision"] == pytest.approx(tp / (tp + fp))
+    assert got["recall"] == pytest.approx(tp / (tp + fn))
+    assert got["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    # ROC AUC: the chance that a random dog scores above a random cat (Mann-Whitney).
+    pairs = [(d > c) + 0.5 * (d == c) for d in PROBS[LABELS == 1] for c in PROBS[LABELS == 0]]
+    assert got["roc_auc"] == pytest.approx(np.mean(pairs))
+    expected_loss = -np.mean(LABELS * np.log(PROBS) + (1 - LABELS) * np.log(1 - PROBS))
+    assert got["log_loss"] == pytest.approx(expected_loss)
+
+
+def test_threshold_moves_the_decision() -> None:
+    assert evaluate.score(LABELS, PROBS, 0.5)["true_positives"] == 4
+    assert evaluate.score(LABELS, PROBS, 0.25)["true_positives"] == 6
+
+
+def test_perfect_and_constant_classifiers() -> None:
+    perfect = evaluate.score(LABELS, LABELS.astype(float), 0.5)
+    assert perfect["accuracy"] == perfect["precision"] == perfect["recall"] == perfect["f1"] == 1.0
+    assert perfect["roc_auc"] == 1.0
+    assert perfect["log_loss"] == pytest.approx(0.0, abs=1e-5)
+    constant = evaluate.score(LABELS, np.full(len(LABELS), 0.7), 0.5)
+    assert constant["accuracy"] == pytest.approx(0.6)  # the share of dogs: everything is called a dog
+    assert constant["recall"] == 1.0
+    assert constant["precision"] == pytest.approx(0.6)
+    assert constant["roc_auc"] == 0.5
+    assert constant["log_loss"] == pytest.approx(-(0.6 * np.log(0.7) + 0.4 * np.log(0.3)))
+    assert (constant["true_negatives"], constant["false_positives"]) == (0, 4)
+
+
+def test_roc_points_run_from_corner_to_corner() -> None:
+    roc = evaluate.roc_points(LABELS, PROBS)
+    assert list(roc.columns) == ["fpr", "tpr", "threshold"]
+    assert (roc.iloc[0]["fpr"], roc.iloc[0]["tpr"]) == (0.0, 0.0)
+    assert (roc.iloc[-1]["fpr"], roc.iloc[-1]["tpr"]) == (1.0, 1.0)
+    assert roc["fpr"].is_monotonic_increasing and roc["tpr"].is_monotonic_increasing
+
+
+def _sample(root: Path) -> tuple[Path, Path]:
+    sample_dir = root / "sample"
+    rows = []
+    for split, label, n in (("train", "cat", 1), ("test", "cat", 2), ("test", "dog", 3)):
+        path = Path(split, label, f"{label}.{n}.jpg")
+        data = image_bytes(size=(20 + n, 20))
+        (sample_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (sample_dir / path).write_bytes(data)
+        rows.append([split, label, path.as_posix(), f"train/{label}.{n}.jpg", hashlib.sha256(data).hexdigest(), 1, 1])
+    manifest = sample_dir / "manifest.csv"
+    pd.DataFrame(rows, columns=["split", "label", "path", "source_member", "sha256", "width", "height"]).to_csv(
+        manifest, index=False
+    )
+    return manifest, sample_dir
+
+
+def test_test_split_is_checked_against_the_manifest(tmp_path: Path) -> None:
+    manifest, sample_dir = _sample(tmp_path)
+    assert list(evaluate.checked_test_split(manifest, sample_dir)["path"]) == [
+        "test/cat/cat.2.jpg",
+        "test/dog/dog.3.jpg",
+    ]
+
+    (sample_dir / "test/dog/dog.3.jpg").write_bytes(image_bytes(size=(5, 5)))
+    with pytest.raises(PipelineError, match=r"dog\.3\.jpg: changed since sampling \(sha256 differs\)"):
+        evaluate.checked_test_split(manifest, sample_dir)
+
+    (sample_dir / "test/dog/dog.3.jpg").unlink()
+    with pytest.raises(PipelineError, match=r"dog\.3\.jpg: listed in .*manifest.csv but missing"):
+        evaluate.checked_test_split(manifest, sample_dir)
+
+
+def test_an_extra_test_file_is_an_error(tmp_path: Path) -> None:
+    manifest, sample_dir = _sample(tmp_path)
+    (sample_dir / "test/cat/cat.99.jpg").write_bytes(image_bytes())
+    with pytest.raises(PipelineError, match=r"cat\.99\.jpg: not in .*manifest.csv"):
+        evaluate.checked_test_split(manifest, sample_dir)
+
+
+def test_gallery_shows_the_most_confidently_wrong_first(tmp_path: Path) -> None:
+    _, sample_dir = _sample(tmp_path)
+    table = pd.DataFrame(
+        {
+            "file": ["test/cat/cat.2.jpg", "test/dog/dog.3.jpg"],
+            "label": ["cat", "dog"],
+            "probability": [0.9, 0.45],
+            "predicted": ["dog", "cat"],
+        }
+    )
+    assert list(evaluate.most_confidently_wrong(table, 1)["file"]) == ["test/cat/cat.2.jpg"]
+    assert list(evaluate.most_confidently_wrong(table, 5)["file"]) == ["test/cat/cat.2.jpg", "test/dog/dog.3.jpg"]
+    sheet = evaluate.gallery(table, sample_dir, 1, "model")
+    assert sheet.size == (evaluate.THUMBNAIL, evaluate.THUMBNAIL + 2 * evaluate.CAPTION)
+    assert evaluate.gallery(table, sample_dir, 5, "model").width == 2 * evaluate.THUMBNAIL
+    right = table.assign(predicted=table["label"])
+    assert evaluate.gallery(right, sample_dir, 5, "model").width == evaluate.THUMBNAIL
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained: Path) -> Path:
+    with inside(trained):
+        evaluate.main()
+    return trained
+
+
+def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -> None:
+    results = json.loads((evaluated / "metrics/evaluate.json").read_text())
+    assert results["test_images"] == 30
+    for model in ("baseline", "head", "finetuned"):
+        table = pd.read_csv(evaluated / f"metrics/evaluate/predictions/{model}.csv")
+        assert list(table.columns) == ["file", "label", "probability", "predicted"]
+        assert len(table) == 30
+        assert table["file"].str.startswith("test/").all()
+        assert set(table["label"]) == {"cat", "dog"}
+        assert (table["predicted"] == np.where(table["probability"] >= 0.5, "dog", "cat")).all()
+        section = results[model]
+        assert section["accuracy"] == pytest.approx((table["label"] == table["predicted"]).mean())
+        confusion = section["true_negatives"] + section["false_positives"] + section["false_negatives"]
+        assert confusion + section["true_positives"] == 30
+        roc = pd.read_csv(evaluated / f"metrics/evaluate/roc/{model}.csv")
+        assert roc["tpr"].iloc[-1] == 1.0
+        with Image.open(evaluated / f"metrics/evaluate/gallery/{model}.png") as image:
+            assert image.format == "PNG"
+    assert results["baseline"]["accuracy"] >= 0.85  # learnable data, a working model
+    assert results["head"]["accuracy"] >= 0.85
+
+
+def test_evaluate_refuses_a_changed_test_image(evaluated: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(evaluated, copy, ignore=shutil.ignore_patterns("raw", "*.keras"))
+    victim = next((copy / "data/sample/test/dog").iterdir())
+    victim.write_bytes(image_bytes())
+    with inside(copy), pytest.raises(PipelineError, match="changed since sampling"):
+        evaluate.main()
