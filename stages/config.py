@@ -23,7 +23,7 @@ from stages.common import PipelineError
 Source = Literal["kaggle", "archive", "petimages", "synthetic"]
 Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Padding = Literal["valid", "same"]
-Base = Literal["vgg16"]
+Base = Literal["vgg16", "xception", "resnet50", "efficientnetv2b0"]
 
 
 class ConfigError(PipelineError):
@@ -214,7 +214,7 @@ class FinetuneConfig:
         _check(
             bool(self.unfreeze),
             "finetune.unfreeze",
-            "is empty; name the top block(s), e.g. block5",
+            "is empty; use top (the base's last block) or layer-name prefixes, e.g. block4,block5",
         )
         _positive(self.learning_rate, "finetune.learning_rate")
         _check(self.epochs >= 1, "finetune.epochs", f"is {self.epochs}; use at least 1")

@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from stages import paths
 from stages.common import PipelineError, atomic_path
@@ -37,6 +38,12 @@ def image_dataset(split: str, image_size: int, batch_size: int, shuffle: bool, s
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset.file_paths = files
     return dataset
+
+
+def resized_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """Raw RGB pixels resized as ``image_dataset_from_directory`` does it (bilinear, no crop), as float32."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return tf.image.resize(array, (size, size), method="bilinear").numpy()
 
 
 @dataclass(frozen=True)

@@ -125,21 +125,23 @@ def _write_png(image: Image.Image, path: Path) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
-def predict_all(image_size: int, batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
-    """Per model: test file ids, labels and P(dog), from the saved models (preprocessing included)."""
+def predict_all(batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    """Per model: test file ids, labels and P(dog), from the saved models (preprocessing included).
+
+    Image models get the test images at their own input size, the head the test features.
+    """
     saved = {"baseline": paths.BASELINE_MODEL, "head": paths.HEAD_MODEL, "finetuned": paths.FINETUNED_MODEL}
-    loaded = {name: load_saved(path) for name, path in saved.items()}
-    images = image_dataset("test", image_size, batch_size, shuffle=False, seed=0)
-    image_labels = np.concatenate([y.numpy().reshape(-1) for _, y in images]).astype(int)
-    features = load_features("test")
     out = {}
-    for name, model in loaded.items():
+    for name, path in saved.items():
+        model = load_saved(path)
         if name == "head":
+            features = load_features("test")
             probabilities = model.predict(features.features, batch_size=batch_size, verbose=0)
             out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1))
-        else:
-            probabilities = model.predict(images, verbose=0)
-            out[name] = (images.file_paths, image_labels, probabilities.reshape(-1))
+            continue
+        images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
+        labels = np.concatenate([y.numpy().reshape(-1) for _, y in images]).astype(int)
+        out[name] = (images.file_paths, labels, model.predict(images, verbose=0).reshape(-1))
     return out
 
 
@@ -149,7 +151,7 @@ def main() -> None:
     test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
     expected = sorted(test["path"])
     results = {}
-    for name, (files, labels, probabilities) in predict_all(params.image.size, params.image.batch_size).items():
+    for name, (files, labels, probabilities) in predict_all(params.image.batch_size).items():
         if sorted(files) != expected:
             stale = "data/features/test.npz" if name == "head" else "the test images"
             raise PipelineError(f"{stale} do not match {paths.MANIFEST}; run dvc repro")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+EXIF_ORIENTATION = 0x0112
 JPEG_QUALITY = 95  # re-encoded images (PNG, CMYK, grayscale, rotated) stay visually lossless
 
 # Kaggle: train/cat.123.jpg. Microsoft's PetImages: PetImages/Cat/123.jpg.
@@ -54,12 +57,38 @@ def output_name(label: str, number: str) -> str:
     return f"{label}.{number}.jpg"
 
 
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says, transparency on white, as 3-channel RGB."""
+    upright = ImageOps.exif_transpose(image)
+    if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+        upright = Image.alpha_composite(Image.new("RGBA", upright.size, "white"), upright.convert("RGBA"))
+    return upright.convert("RGB")
+
+
+def read_image(data: bytes) -> Image.Image:
+    """Decode ``data`` fully to upright RGB; raise BadImage if it cannot be used."""
+    with _decoded(data) as image:
+        return upright_rgb(image)
+
+
 def to_rgb_jpeg(data: bytes) -> Photo:
     """Decode ``data`` fully and return it as an upright 3-channel JPEG; raise BadImage if it cannot be used.
 
     A plain upright RGB JPEG is kept byte for byte; anything else (PNG named .jpg, CMYK, grayscale,
     alpha, an EXIF rotation) is converted and re-encoded, so every sampled file decodes to RGB anywhere.
     """
+    with _decoded(data) as image:
+        if image.format == "JPEG" and image.mode == "RGB" and image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+            return Photo(data, image.width, image.height)
+        rgb = upright_rgb(image)
+        out = io.BytesIO()
+        rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+        return Photo(out.getvalue(), rgb.width, rgb.height)
+
+
+@contextlib.contextmanager
+def _decoded(data: bytes) -> Iterator[Image.Image]:
+    """Open and fully decode ``data``; every way it can fail becomes a BadImage with a reason."""
     if not data:
         raise BadImage("empty")
     try:
@@ -67,18 +96,7 @@ def to_rgb_jpeg(data: bytes) -> Photo:
             warnings.simplefilter("ignore")  # PetImages has many files with corrupt EXIF that decode fine
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
-                orientation = image.getexif().get(0x0112, 1)
-                if image.format == "JPEG" and image.mode == "RGB" and orientation == 1:
-                    return Photo(data, image.width, image.height)
-                upright = ImageOps.exif_transpose(image)
-                if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
-                    upright = upright.convert("RGBA")
-                    background = Image.new("RGBA", upright.size, (255, 255, 255, 255))
-                    upright = Image.alpha_composite(background, upright)
-                rgb = upright.convert("RGB")
-                out = io.BytesIO()
-                rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
-                return Photo(out.getvalue(), rgb.width, rgb.height)
+                yield image
     except UnidentifiedImageError:
         raise BadImage("not_image") from None
     except Image.DecompressionBombError:

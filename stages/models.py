@@ -59,13 +59,21 @@ class BaseSpec:
     """A pretrained convolutional base from ``keras.applications`` and what goes with it."""
 
     build: Callable[..., keras.Model]
+    model_name: str  # the name Keras gives the model, to recognise it inside a saved extractor
     preprocess: str  # an ImagenetPreprocess mode
     min_size: int  # smallest input side Keras accepts without the top
-    top_block: str  # layer-name prefix of the last block, what ``finetune.unfreeze`` usually names
+    imagenet_size: int  # input side of the network with its ImageNet top
+    top_block: tuple[str, ...]  # layer-name prefixes of the last block: what ``finetune.unfreeze: top`` trains
 
 
 BASES: dict[str, BaseSpec] = {
-    "vgg16": BaseSpec(keras.applications.VGG16, "caffe", 32, "block5"),
+    "vgg16": BaseSpec(keras.applications.VGG16, "vgg16", "caffe", 32, 224, ("block5",)),
+    "xception": BaseSpec(keras.applications.Xception, "xception", "tf", 71, 299, ("block14",)),
+    "resnet50": BaseSpec(keras.applications.ResNet50, "resnet50", "caffe", 32, 224, ("conv5_block3",)),
+    # EfficientNetV2 rescales and normalizes inside the Keras model: it takes raw 0-255 pixels.
+    "efficientnetv2b0": BaseSpec(
+        keras.applications.EfficientNetV2B0, "efficientnetv2-b0", "none", 32, 224, ("block6h", "top_")
+    ),
 }
 
 
@@ -116,9 +124,30 @@ def build_extractor(image_size: int, cfg: FeaturesConfig) -> keras.Model:
     spec = BASES[cfg.base]
     if image_size < spec.min_size:
         raise ConfigError(f"params.yaml: image.size {image_size} is below {cfg.base}'s minimum {spec.min_size}")
-    weights = _weights_argument(cfg)
+    base = _pretrained(cfg, include_top=False, input_shape=(image_size, image_size, 3))
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = ImagenetPreprocess(spec.preprocess, name="preprocess")(inputs)
+    # training=False keeps any BatchNorm in the base in inference mode, even while fine-tuning.
+    outputs = base(x, training=False)
+    return keras.Model(inputs, outputs, name="extractor")
+
+
+def build_imagenet_classifier(cfg: FeaturesConfig) -> keras.Model:
+    """Preprocessing + the whole pretrained network with its 1,000-class ImageNet top, at its own input size."""
+    spec = BASES[cfg.base]
+    shape = (spec.imagenet_size, spec.imagenet_size, 3)
+    network = _pretrained(cfg, include_top=True, input_shape=shape)
+    inputs = keras.Input(shape, name="image")
+    outputs = network(ImagenetPreprocess(spec.preprocess, name="preprocess")(inputs), training=False)
+    return keras.Model(inputs, outputs, name=f"{cfg.base}_imagenet")
+
+
+def _pretrained(cfg: FeaturesConfig, include_top: bool, input_shape: tuple[int, int, int]) -> keras.Model:
+    """``keras.applications`` builds the base; every way its weights can fail becomes one ConfigError."""
+    kind = "full" if include_top else "notop"
+    weights = _weights_argument(cfg, kind)
     try:
-        base = spec.build(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+        return BASES[cfg.base].build(include_top=include_top, weights=weights, input_shape=input_shape)
     except Exception as error:
         # Keras raises a bare Exception for a failed download and ValueError/OSError for a bad file.
         if "URL fetch failure" in str(error):
@@ -128,18 +157,13 @@ def build_extractor(image_size: int, cfg: FeaturesConfig) -> keras.Model:
             ) from None
         if weights not in (None, "imagenet"):
             raise ConfigError(
-                f"params.yaml: features.weights {weights} is not a {cfg.base} notop weights file "
+                f"params.yaml: features.weights {weights} is not a {cfg.base} {kind} weights file "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:160]}); give the right .h5 file"
             ) from None
         raise
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = ImagenetPreprocess(spec.preprocess, name="preprocess")(inputs)
-    # training=False keeps any BatchNorm in the base in inference mode, even while fine-tuning.
-    outputs = base(x, training=False)
-    return keras.Model(inputs, outputs, name="extractor")
 
 
-def _weights_argument(cfg: FeaturesConfig) -> str | None:
+def _weights_argument(cfg: FeaturesConfig, kind: str) -> str | None:
     if cfg.weights == "none":
         return None
     if cfg.weights == "imagenet":
@@ -148,7 +172,7 @@ def _weights_argument(cfg: FeaturesConfig) -> str | None:
     if not path.is_file():
         raise ConfigError(
             f"params.yaml: features.weights {cfg.weights} does not exist; use imagenet, none or the path of "
-            f"{cfg.base}'s notop .h5 weights file"
+            f"{cfg.base}'s {kind} .h5 weights file"
         )
     return os.fspath(path)
 
@@ -189,23 +213,29 @@ def build_finetune(extractor: keras.Model, head: keras.Model, augment: keras.Seq
     return keras.Model(inputs, outputs, name="finetuned")
 
 
-def unfreeze(extractor: keras.Model, prefix: str) -> list[str]:
-    """Make trainable exactly the base's layers whose names start with ``prefix``; return their names.
+def unfreeze(extractor: keras.Model, which: str) -> list[str]:
+    """Make trainable exactly the base's layers named by ``which``; return their names.
 
+    ``which`` is ``top`` (the base's last block, see BASES) or comma-separated layer-name prefixes.
     The model must be compiled after this: Keras reads ``trainable`` when it compiles.
     """
     base = base_of(extractor)
+    if which == "top":
+        (spec,) = [spec for spec in BASES.values() if spec.model_name == base.name]
+        prefixes = spec.top_block
+    else:
+        prefixes = tuple(prefix.strip() for prefix in which.split(",") if prefix.strip())
     extractor.trainable = True
     names = []
     for layer in base.layers:
-        layer.trainable = layer.name.startswith(prefix)
+        layer.trainable = layer.name.startswith(prefixes)
         if layer.trainable:
             names.append(layer.name)
     if not any(layer.weights for layer in base.layers if layer.trainable):
-        blocks = sorted({layer.name.split("_")[0] for layer in base.layers if layer.weights})
+        blocks = list(dict.fromkeys(layer.name.split("_")[0] for layer in base.layers if layer.weights))
         raise ConfigError(
-            f"params.yaml: finetune.unfreeze {prefix!r} matches no layer with weights in {base.name}; "
-            f"use a layer-name prefix such as {', '.join(blocks[-3:])}"
+            f"params.yaml: finetune.unfreeze {which!r} matches no layer with weights in {base.name}; "
+            f"use top or a layer-name prefix such as {', '.join(blocks[-3:])}"
         )
     return names
 

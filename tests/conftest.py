@@ -60,11 +60,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run_stage(name: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m stages.<name>`` as a user would, in ``cwd``."""
+def run_stage(
+    name: str, cwd: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run ``python -m stages.<name> [args]`` as a user would, in ``cwd``."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=full_env, capture_output=True, text=True
+        [sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, env=full_env, capture_output=True, text=True
     )
 
 

@@ -118,6 +118,8 @@ def test_unfreeze_trains_exactly_the_top_block() -> None:
     assert names == ["block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"]
     trainable = {w.path.split("/")[0] for w in extractor.trainable_weights}
     assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
+    assert unfreeze(extractor, "top") == names  # VGG16's top block is block5
+    assert unfreeze(extractor, "block4, block5")[:4] == ["block4_conv1", "block4_conv2", "block4_conv3", "block4_pool"]
     with pytest.raises(ConfigError, match=r"finetune.unfreeze 'block9' matches no layer .* block3, block4, block5"):
         unfreeze(extractor, "block9")
 

@@ -1,0 +1,182 @@
+"""``python -m stages.predict PATH...``: classify your own photos with a trained model.
+
+PATHs are files, folders (searched recursively for images) or globs. Each image gets one line: path,
+``cat``/``dog`` and the probability of that label. Preprocessing comes from the saved model; here images
+are only decoded (any mode, EXIF orientation applied) and resized as in training. An unreadable file gets
+one error line on stderr, the others are still classified, and the exit status is then 1.
+
+``--imagenet`` instead runs the pretrained network with its ImageNet top (``features.base`` and
+``features.weights`` from params.yaml) and prints each image's top-5 ImageNet classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import glob
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+import keras
+import numpy as np
+
+from stages import paths
+from stages.common import PipelineError, run
+from stages.config import FeaturesConfig, load_params
+from stages.datasets import resized_pixels
+from stages.images import BadImage, read_image
+from stages.models import build_imagenet_classifier, load_saved
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TOP = 5
+
+
+def expand(arguments: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """The image files that ``arguments`` name, and one error per argument that names nothing."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for argument in arguments:
+        path = Path(argument)
+        matches = [path] if path.exists() else [Path(m) for m in sorted(glob.glob(argument, recursive=True))]
+        if not matches:
+            errors.append(f"{argument}: no such file, folder or glob match")
+        for match in matches:
+            if match.is_dir():
+                files += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            else:
+                files.append(match)
+    return list(dict.fromkeys(files)), errors
+
+
+def load_batches(files: list[Path], size: int, batch_size: int, errors: list[str]) -> Iterator[tuple]:
+    """Batches of (readable files, their pixels); an unreadable file adds a line to ``errors``."""
+    batch_files, batch_pixels = [], []
+    for file in files:
+        try:
+            image = read_image(file.read_bytes())
+        except BadImage as bad:
+            errors.append(f"{file}: cannot read image ({bad.reason.replace('_', ' ')})")
+            continue
+        except OSError as error:
+            errors.append(f"{file}: cannot read file ({error.strerror or error})")
+            continue
+        batch_files.append(file)
+        batch_pixels.append(resized_pixels(image, size))
+        if len(batch_files) == batch_size:
+            yield batch_files, np.stack(batch_pixels)
+            batch_files, batch_pixels = [], []
+    if batch_files:
+        yield batch_files, np.stack(batch_pixels)
+
+
+def classify(model: keras.Model, files: list[Path], threshold: float, batch_size: int, errors: list[str]):
+    """One row per readable image: path, label, P(label), P(dog)."""
+    rows = []
+    for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
+        for file, dog in zip(batch_files, model.predict(pixels, verbose=0).reshape(-1), strict=True):
+            label = paths.CLASS_NAMES[int(dog >= threshold)]
+            rows.append(
+                {
+                    "path": str(file),
+                    "label": label,
+                    "probability": round(float(dog if label == "dog" else 1 - dog), 6),
+                    "dog_probability": round(float(dog), 6),
+                }
+            )
+    return rows
+
+
+def imagenet_names(probabilities: np.ndarray) -> list[list[tuple[str, str, float]]]:
+    """Top-5 ``(class id, name, probability)`` per row; class names come from Keras' cached index file."""
+    try:
+        return keras.applications.imagenet_utils.decode_predictions(probabilities, top=TOP)
+    except Exception as error:  # the class index is a download: offline without a cache it fails
+        if "URL fetch failure" not in str(error):
+            raise
+        print(
+            "note: ImageNet class names are not cached and cannot be downloaded; showing class indices", file=sys.stderr
+        )
+        top = np.argsort(-probabilities, axis=1)[:, :TOP]
+        return [
+            [(f"class_{i}", f"class_{i}", float(row[i])) for i in indices]
+            for row, indices in zip(probabilities, top, strict=True)
+        ]
+
+
+def classify_imagenet(cfg: FeaturesConfig, files: list[Path], batch_size: int, errors: list[str]):
+    """One row per readable image and top-5 rank: path, rank, class id, name, probability."""
+    model = build_imagenet_classifier(cfg)
+    if cfg.weights == "none":
+        print("note: features.weights is none: the network's weights are random, so are its classes", file=sys.stderr)
+    rows = []
+    for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
+        for file, top in zip(batch_files, imagenet_names(model.predict(pixels, verbose=0)), strict=True):
+            for rank, (class_id, name, probability) in enumerate(top, start=1):
+                rows.append(
+                    {
+                        "path": str(file),
+                        "rank": rank,
+                        "class_id": class_id,
+                        "name": name,
+                        "probability": round(float(probability), 6),
+                    }
+                )
+    return rows
+
+
+def write(rows: list[dict], fmt: str, out: TextIO) -> None:
+    """Print ``rows`` as aligned text, CSV or JSON."""
+    if fmt == "json":
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+    elif fmt == "csv":
+        if rows:
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        for row in rows:
+            shown = [v for k, v in row.items() if k != "dog_probability"]
+            out.write("\t".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in shown) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
+    parser.add_argument("--model", type=Path, default=paths.FINETUNED_MODEL, help="a saved image model")
+    parser.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    parser.add_argument("--imagenet", action="store_true", help="top-5 ImageNet classes from the pretrained network")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load_params()
+    files, errors = expand(args.paths)
+    batch_size = params.image.batch_size
+    results = sys.stdout
+    # Keras prints downloads and progress to stdout; keep stdout for results only, so csv/json parse.
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.imagenet:
+            rows = classify_imagenet(params.features, files, batch_size, errors)
+        else:
+            model = load_saved(args.model)
+            if len(model.input_shape) != 4 or model.input_shape[-1] != 3:
+                raise PipelineError(
+                    f"{args.model} takes {model.input_shape[1:]} features, not images; use --model "
+                    f"{paths.FINETUNED_MODEL} or {paths.BASELINE_MODEL}"
+                )
+            rows = classify(model, files, params.evaluate.threshold, batch_size, errors)
+    write(rows, args.format, results)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,116 @@
+"""Every pretrained base: builds, extracts features of the documented shape, round-trips, fine-tunes end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from stages import evaluate, extract_features, finetune, train_head
+from stages.config import ConfigError, FeaturesConfig
+from stages.models import BASES, base_of, build_extractor, unfreeze
+from tests.conftest import LEARNABLE, inside, write_params
+
+# What the README's table says, at the default image.size of 180.
+DOCUMENTED = {
+    "vgg16": ((5, 5, 512), 14_714_688, ["block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"]),
+    "xception": (
+        (6, 6, 2048),
+        20_861_480,
+        [
+            "block14_sepconv1",
+            "block14_sepconv1_bn",
+            "block14_sepconv1_act",
+            "block14_sepconv2",
+            "block14_sepconv2_bn",
+            "block14_sepconv2_act",
+        ],
+    ),
+    "resnet50": (
+        (6, 6, 2048),
+        23_587_712,
+        [
+            "conv5_block3_1_conv",
+            "conv5_block3_1_bn",
+            "conv5_block3_1_relu",
+            "conv5_block3_2_conv",
+            "conv5_block3_2_bn",
+            "conv5_block3_2_relu",
+            "conv5_block3_3_conv",
+            "conv5_block3_3_bn",
+            "conv5_block3_add",
+            "conv5_block3_out",
+        ],
+    ),
+    "efficientnetv2b0": ((6, 6, 1280), 5_919_312, None),
+}
+
+
+def test_the_documented_bases_are_the_supported_ones() -> None:
+    assert set(DOCUMENTED) == set(BASES)
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_base_builds_with_documented_shape_size_and_top_block(base: str) -> None:
+    shape, params, top = DOCUMENTED[base]
+    extractor = build_extractor(180, FeaturesConfig(base, "none"))
+    assert extractor.output_shape[1:] == shape
+    assert extractor.count_params() == params
+    names = unfreeze(extractor, "top")
+    if top is not None:
+        assert names == top
+    assert all(name.startswith(BASES[base].top_block) for name in names)
+    trainable = {w.path.split("/")[0] for w in extractor.trainable_weights}
+    assert trainable and all(name in names for name in trainable)
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_base_extracts_features_and_survives_save_and_load(base: str, tmp_path: Path) -> None:
+    size = max(32, BASES[base].min_size)
+    extractor = build_extractor(size, FeaturesConfig(base, "none"))
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    features = extractor.predict(pixels, verbose=0)
+    assert features.shape[0] == 2 and features.shape[1:] == extractor.output_shape[1:]
+    extractor.save(tmp_path / "base.keras")
+    loaded = keras.models.load_model(tmp_path / "base.keras")
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), features, rtol=1e-4, atol=1e-5)
+    assert base_of(loaded).name == BASES[base].model_name
+
+
+def test_an_image_below_the_base_minimum_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"image\.size 64 is below xception.s minimum 71"):
+        build_extractor(64, FeaturesConfig("xception", "none"))
+
+
+def test_an_unknown_base_lists_the_valid_ones(tmp_path: Path) -> None:
+    from stages.config import load_params
+
+    write_params(tmp_path / "params.yaml", {"features.base": "alexnet"})
+    with pytest.raises(ConfigError) as error:
+        load_params(tmp_path / "params.yaml")
+    assert str(error.value) == (
+        "params.yaml: features.base is 'alexnet'; use one of vgg16, xception, resnet50, efficientnetv2b0"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["xception", "resnet50", "efficientnetv2b0"])
+def test_pipeline_runs_end_to_end_with_each_base(base: str, trained: Path, tmp_path: Path) -> None:
+    # vgg16 runs end to end in test_pipeline; the sample and the baseline do not depend on the base.
+    shutil.copytree(trained / "data/sample", tmp_path / "data/sample")
+    (tmp_path / "models").mkdir()
+    shutil.copy(trained / "models/baseline.keras", tmp_path / "models/baseline.keras")
+    size = max(32, BASES[base].min_size)
+    write_params(tmp_path / "params.yaml", {**LEARNABLE, "features.base": base, "image.size": size})
+    with inside(tmp_path):
+        for stage in (extract_features, train_head, finetune, evaluate):
+            stage.main()
+    results = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    assert results["test_images"] == 30
+    assert json.loads((tmp_path / "metrics/features.json").read_text())["base"] == base
+    tuned = keras.models.load_model(tmp_path / "models/finetuned.keras")
+    assert base_of(tuned.get_layer("extractor")).name == BASES[base].model_name
