@@ -32,7 +32,7 @@ test-fast: setup
 
 demo: setup
 	dvc exp run --temp --name demo-$$(date +%Y%m%d-%H%M%S) $(DEMO_PARAMS)
-	dvc exp show --no-pager --only-changed
+	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|finetuned)\.(accuracy|roc_auc)$$'
 
 lint: setup
 	ruff check .

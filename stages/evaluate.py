@@ -20,7 +20,7 @@ from sklearn import metrics as skm
 from stages import paths
 from stages.common import PipelineError, atomic_path, run, write_json
 from stages.config import load_params
-from stages.datasets import image_dataset, load_features
+from stages.datasets import image_dataset, labels_of, load_features
 from stages.models import load_saved
 
 THUMBNAIL = 128  # gallery tile side, pixels
@@ -140,8 +140,8 @@ def predict_all(batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.nd
             out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1))
             continue
         images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
-        labels = np.concatenate([y.numpy().reshape(-1) for _, y in images]).astype(int)
-        out[name] = (images.file_paths, labels, model.predict(images, verbose=0).reshape(-1))
+        probabilities = model.predict(images, verbose=0).reshape(-1)
+        out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities)
     return out
 
 

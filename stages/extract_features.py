@@ -13,7 +13,7 @@ import numpy as np
 from stages import paths
 from stages.common import run, write_json
 from stages.config import load_params
-from stages.datasets import Features, image_dataset, save_features
+from stages.datasets import Features, image_dataset, labels_of, save_features
 from stages.models import build_extractor
 from stages.training import save_model, seed_everything
 
@@ -22,8 +22,7 @@ def extract(extractor, split: str, image_size: int, batch_size: int) -> Features
     """Features, labels and file ids of one split, in file order."""
     dataset = image_dataset(split, image_size, batch_size, shuffle=False, seed=0)
     features = extractor.predict(dataset, verbose=1)
-    labels = np.concatenate([y.numpy().reshape(-1) for _, y in dataset]).astype(np.int8)
-    return Features(features, labels, np.array(dataset.file_paths))
+    return Features(features, labels_of(dataset.file_paths), np.array(dataset.file_paths))
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from stages import paths
 from stages.common import run
 from stages.config import load_params
@@ -10,6 +12,16 @@ from stages.models import build_head
 from stages.training import compile_binary, fit, save_model, seed_everything
 
 STAGE = "train_head"
+# A feature that never fired in training has variance 0, and standardizing by it would turn the first
+# non-zero value it meets in validation into thousands. Each variance is floored at this share of the mean.
+VARIANCE_FLOOR = 0.01
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and floored variance of training features, for ``head.normalize``."""
+    flat = features.reshape(len(features), -1)
+    variance = flat.var(axis=0)
+    return flat.mean(axis=0), np.maximum(variance, VARIANCE_FLOOR * variance.mean())
 
 
 def main() -> None:
@@ -17,8 +29,7 @@ def main() -> None:
     cfg = params.head
     train, validation = load_features("train"), load_features("validation")
     seed_everything(params.seed)
-    flat = train.features.reshape(len(train.features), -1)
-    model = build_head(train.features.shape[1:], cfg, (flat.mean(axis=0), flat.var(axis=0)))
+    model = build_head(train.features.shape[1:], cfg, feature_stats(train.features))
     compile_binary(model, cfg.learning_rate)
     model.summary()
     fit(

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from stages.config import load_params
 from stages.datasets import image_dataset, load_features
 from stages.models import augmentation, build_baseline, build_head
+from stages.train_head import VARIANCE_FLOOR, feature_stats
 from stages.training import compile_binary, fit, seed_everything
 from tests.conftest import inside, run_stage
 
@@ -49,8 +51,7 @@ def test_swapped_labels_fail_the_same_bar(trained: Path) -> None:
         params = load_params()
         train, validation = load_features("train"), load_features("validation")
         seed_everything(params.seed)
-        flat = train.features.reshape(len(train.features), -1)
-        head = build_head(train.features.shape[1:], params.head, (flat.mean(0), flat.var(0)))
+        head = build_head(train.features.shape[1:], params.head, feature_stats(train.features))
         compile_binary(head, params.head.learning_rate)
         fit(
             head,
@@ -123,3 +124,24 @@ def test_finetune_trains_block5_and_the_head_and_nothing_else(trained: Path) -> 
         if before.weights:
             same = all(np.array_equal(b, a) for b, a in zip(before.get_weights(), after.get_weights(), strict=True))
             assert same == (not before.trainable_weights), before.name  # standardize has no trainable weights
+
+
+def test_feature_stats_floor_dead_features() -> None:
+    features = np.zeros((4, 1, 1, 3), dtype="float32")
+    features[:, 0, 0, 0] = [0.0, 1.0, 2.0, 3.0]  # variance 1.25
+    features[:, 0, 0, 1] = 5.0  # never varies
+    mean, variance = feature_stats(features)
+    np.testing.assert_allclose(mean, [1.5, 5.0, 0.0])
+    floor = VARIANCE_FLOOR * 1.25 / 3
+    np.testing.assert_allclose(variance, [1.25, floor, floor])
+
+
+def test_features_keep_the_manifest_labels_in_file_order(trained: Path) -> None:
+    manifest = pd.read_csv(trained / "data/sample/manifest.csv")
+    truth = dict(zip(manifest["path"], manifest["label"], strict=True))
+    with inside(trained):
+        for split, count in (("train", 60), ("validation", 30), ("test", 30)):
+            features = load_features(split)
+            assert features.features.shape == (count, 1, 1, 512)
+            assert [truth[f] for f in features.files] == [("cat", "dog")[label] for label in features.labels]
+            assert sorted(features.files) == sorted(manifest.loc[manifest["split"] == split, "path"])
