@@ -59,6 +59,7 @@ def _patience(value: int | None, key: str) -> None:
 class SyntheticConfig:
     per_class: int
     size: int
+    seed: int
 
     def __post_init__(self) -> None:
         _check(

@@ -86,12 +86,14 @@ def fetch_kaggle(competition: str, dest: Path) -> None:
                 f"cannot reach Kaggle ({type(error).__name__}); check the network, "
                 "or set data.source: archive with a train.zip downloaded elsewhere"
             ) from None
-        (downloaded,) = [p for p in Path(tmp).iterdir() if p.is_file()]
-        import_archive(downloaded, dest)
+        zips = sorted(Path(tmp).glob("*.zip"))  # the client may leave a .kaggle-partial marker beside it
+        if len(zips) != 1:
+            raise PipelineError(f"Kaggle's download of {KAGGLE_FILE} gave {len(zips)} zip files; rerun")
+        import_archive(zips[0], dest, move=True)
 
 
-def import_archive(source: Path, dest: Path) -> None:
-    """Copy a local dataset into ``dest`` as a zip.
+def import_archive(source: Path, dest: Path, move: bool = False) -> None:
+    """Copy (or ``move``) a local dataset into ``dest`` as a zip.
 
     Accepts Kaggle's ``dogs-vs-cats.zip`` (its inner ``train.zip`` is taken), a ``train.zip``, a
     PetImages zip, or a folder of images (zipped under ``train/``).
@@ -114,7 +116,7 @@ def import_archive(source: Path, dest: Path) -> None:
             with archive.open(inner[0]) as src, open(dest / KAGGLE_FILE, "wb") as out:
                 _copy(src, out, inner[0].file_size, f"extracting {KAGGLE_FILE}")
             return
-    shutil.copyfile(source, dest / source.name)
+    (shutil.move if move else shutil.copyfile)(source, dest / source.name)
 
 
 def fetch_url(url: str, dest: Path) -> None:
@@ -144,7 +146,7 @@ def _copy(src: Any, out: Any, size: int | None, desc: str) -> None:
             bar.update(len(chunk))
 
 
-def download(cfg: DataConfig, seed: int, dest: Path) -> None:
+def download(cfg: DataConfig, dest: Path) -> None:
     """Fill the empty folder ``dest`` from the source that ``cfg`` names."""
     if cfg.source == "kaggle":
         fetch_kaggle(cfg.competition, dest)
@@ -159,7 +161,7 @@ def download(cfg: DataConfig, seed: int, dest: Path) -> None:
                 dest / KAGGLE_FILE,
                 cfg.synthetic.per_class,
                 cfg.synthetic.size,
-                seed,
+                cfg.synthetic.seed,
                 bar.update,
             )
 
@@ -168,7 +170,7 @@ def main() -> None:
     params = load_params()
     with atomic_path(paths.RAW_DIR) as tmp:
         tmp.mkdir()
-        download(params.data, params.seed, tmp)
+        download(params.data, tmp)
     (archive,) = paths.RAW_DIR.iterdir()
     print(f"download: {params.data.source} -> {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
 

@@ -11,7 +11,7 @@ import requests
 
 from stages import download
 from stages.common import PipelineError
-from tests.conftest import kaggle_members, make_zip, run_stage, write_params
+from tests.conftest import TINY, kaggle_members, make_zip, run_stage, write_params
 
 NO_KAGGLE_ENV = {"KAGGLE_API_TOKEN": "", "KAGGLE_USERNAME": "", "KAGGLE_KEY": "", "KAGGLE_CONFIG_DIR": ""}
 
@@ -35,7 +35,10 @@ def test_synthetic_is_kaggle_layout_and_deterministic(workdir: Path) -> None:
     digest = _sha(first)
     download.main()
     assert _sha(first) == digest
-    write_params(workdir / "params.yaml", {"data.source": "synthetic", "data.synthetic.per_class": 40, "seed": 7})
+    write_params(workdir / "params.yaml", {**TINY, "seed": 7})
+    download.main()
+    assert _sha(first) == digest  # the sampling seed does not change the data
+    write_params(workdir / "params.yaml", {**TINY, "data.synthetic.seed": 7})
     download.main()
     assert _sha(first) != digest
 
@@ -46,13 +49,13 @@ def test_archive_bundle_takes_its_inner_train_zip(workdir: Path, tmp_path: Path)
         tmp_path / "dogs-vs-cats.zip",
         {"train.zip": train.read_bytes(), "test1.zip": b"PK", "sampleSubmission.csv": b"id,label\n"},
     )
-    download.download(_archive_cfg(bundle), 0, _empty(workdir / "out"))
+    download.download(_archive_cfg(bundle), _empty(workdir / "out"))
     assert _names(workdir / "out/train.zip") == _names(train)
 
 
 def test_archive_train_zip_is_copied(workdir: Path, tmp_path: Path) -> None:
     train = make_zip(tmp_path / "train.zip", kaggle_members(2))
-    download.download(_archive_cfg(train), 0, _empty(workdir / "out"))
+    download.download(_archive_cfg(train), _empty(workdir / "out"))
     assert _sha(workdir / "out/train.zip") == _sha(train)
 
 
@@ -61,7 +64,7 @@ def test_archive_folder_is_zipped_in_kaggle_layout(workdir: Path, tmp_path: Path
     folder.mkdir()
     for name, data in kaggle_members(2).items():
         (folder / Path(name).name).write_bytes(data)
-    download.download(_archive_cfg(folder), 0, _empty(workdir / "out"))
+    download.download(_archive_cfg(folder), _empty(workdir / "out"))
     assert _names(workdir / "out/train.zip") == sorted(kaggle_members(2))
 
 
@@ -138,6 +141,7 @@ class FakeKaggle:
         if self.error:
             raise self.error
         (Path(path) / file_name).write_bytes(self.payload)
+        (Path(path) / f"{file_name}.kaggle-partial").write_text("{}")  # a resume marker, as the client may leave
 
 
 def _http_error(status: int) -> requests.HTTPError:
@@ -189,7 +193,7 @@ def test_kaggle_download_lands_as_train_zip(workdir: Path, tmp_path: Path, monke
 def _archive_cfg(path: Path):
     from stages.config import DataConfig, SyntheticConfig
 
-    return DataConfig("archive", "dogs-vs-cats", str(path), "", SyntheticConfig(1, 32))
+    return DataConfig("archive", "dogs-vs-cats", str(path), "", SyntheticConfig(1, 32, 0))
 
 
 def _empty(path: Path) -> Path:

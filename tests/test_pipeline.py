@@ -77,6 +77,18 @@ def test_second_repro_does_nothing(project: Path) -> None:
     assert "Running stage" not in out
 
 
+def test_a_seed_change_resamples_without_downloading_again(project: Path) -> None:
+    params = project / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("seed: 42", "seed: 43", 1))
+    try:
+        changed = json.loads(sh(["dvc", "status", "--json"], project))
+    finally:
+        params.write_text(original)
+    assert "download" not in changed
+    assert {"sample", "train_baseline", "train_head"} <= set(changed)
+
+
 def test_data_and_models_are_ignored_by_git_and_metrics_are_not(project: Path) -> None:
     status = sh(["git", "status", "--porcelain", "--untracked-files=all"], project)
     assert "data/" not in status

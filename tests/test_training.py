@@ -46,7 +46,7 @@ def test_head_learns_far_above_chance(trained: Path) -> None:
 
 
 def test_swapped_labels_fail_the_same_bar(trained: Path) -> None:
-    # The check above must be able to fail: trained on flipped labels, both models score below chance.
+    # The check above must be able to fail: trained on flipped labels, neither model reaches the bar.
     with inside(trained):
         params = load_params()
         train, validation = load_features("train"), load_features("validation")
@@ -63,7 +63,7 @@ def test_swapped_labels_fail_the_same_bar(trained: Path) -> None:
             patience=None,
             batch_size=params.head.batch_size,
         )
-        assert _accuracy(head, validation.features, validation.labels) < 0.5
+        assert _accuracy(head, validation.features, validation.labels) < LEARNED
 
         images = image_dataset("train", 32, 16, shuffle=True, seed=0).map(lambda x, y: (x, 1 - y))
         seed_everything(params.seed)
@@ -79,7 +79,7 @@ def test_swapped_labels_fail_the_same_bar(trained: Path) -> None:
             patience=None,
         )
     dataset, labels = _validation_images(trained)
-    assert _accuracy(baseline, dataset, labels) < 0.5
+    assert _accuracy(baseline, dataset, labels) < LEARNED
 
 
 @pytest.mark.parametrize(("stage", "epochs"), [("train_baseline", 8), ("train_head", 5), ("finetune", 1)])
