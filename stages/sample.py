@@ -22,7 +22,7 @@ from tqdm import tqdm
 from stages import paths
 from stages.common import PipelineError, atomic_path, run, write_json
 from stages.config import SampleConfig, load_params
-from stages.images import BadImage, is_unsafe, output_name, parse_member, to_rgb_jpeg
+from stages.images import BadImage, Photo, is_unsafe, output_name, parse_member, to_rgb_jpeg
 
 MANIFEST_COLUMNS = [
     "split",
@@ -71,74 +71,65 @@ def candidates(names: list[str], seed: int, tally: Tally) -> dict[str, list[tupl
     return by_label
 
 
+def usable(
+    archive: zipfile.ZipFile, pool: list[tuple[str, str]], label: str, tally: Tally, seen: set[str]
+) -> Iterator[tuple[str, str, Photo]]:
+    """``(member, output name, photo)`` for each candidate in ``pool`` that decodes and is new, in order.
+
+    ``seen`` holds the sha256 of every member taken so far, across labels and splits.
+    """
+    names: set[str] = set()
+    for member, number in pool:
+        tally.candidates_read += 1
+        data = archive.read(member)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            tally.duplicates_dropped += 1
+            continue
+        try:
+            photo = to_rgb_jpeg(data)
+        except BadImage as bad:
+            tally.skipped[bad.reason] += 1
+            continue
+        name = output_name(label, number)
+        if name in names:  # e.g. a folder archive with cat.1.jpg in two subfolders
+            tally.skipped["name_clash"] += 1
+            continue
+        seen.add(digest)
+        names.add(name)
+        yield member, name, photo
+
+
 def draw(archive: zipfile.ZipFile, cfg: SampleConfig, seed: int, out_dir: Path) -> tuple[pd.DataFrame, Tally]:
     """Write the sample under ``out_dir``; return its manifest and what was skipped."""
     tally = Tally(skipped=collections.Counter())
     counts = cfg.counts()
     needed = sum(counts.values())
-    seen: set[str] = set()
-    written: set[tuple[str, str]] = set()
-    rows = []
     pools = candidates(archive.namelist(), seed, tally)
+    seen: set[str] = set()
+    rows = []
     with tqdm(total=needed * len(paths.CLASS_NAMES), desc="sampling", unit="img") as bar:
         for label in paths.CLASS_NAMES:
-            slots = _slots(counts)
-            taken = 0
-            for member, number in pools[label]:
-                if taken == needed:
-                    break
-                tally.candidates_read += 1
-                data = archive.read(member)
-                digest = hashlib.sha256(data).hexdigest()
-                if digest in seen:
-                    tally.duplicates_dropped += 1
-                    continue
-                try:
-                    photo = to_rgb_jpeg(data)
-                except BadImage as bad:
-                    tally.skipped[bad.reason] += 1
-                    continue
-                name = output_name(label, number)
-                if (
-                    label,
-                    name,
-                ) in written:  # e.g. a folder archive with cat.1.jpg in two subfolders
-                    tally.skipped["name_clash"] += 1
-                    continue
-                seen.add(digest)
-                written.add((label, name))
-                split = next(slots)
+            slots = [split for split, count in counts.items() for _ in range(count)]
+            # zip() asks for a slot first, so no candidate is read once every slot is filled.
+            taken = zip(slots, usable(archive, pools[label], label, tally, seen), strict=False)
+            for split, (member, name, photo) in taken:
                 relative = Path(split, label, name)
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 (out_dir / relative).write_bytes(photo.data)
-                rows.append(
-                    [
-                        split,
-                        label,
-                        relative.as_posix(),
-                        member,
-                        hashlib.sha256(photo.data).hexdigest(),
-                        photo.width,
-                        photo.height,
-                    ]
-                )
-                taken += 1
+                digest = hashlib.sha256(photo.data).hexdigest()
+                rows.append([split, label, relative.as_posix(), member, digest, photo.width, photo.height])
                 bar.update()
-            if taken < needed:
+            found = sum(row[1] == label for row in rows)
+            if found < needed:
                 raise PipelineError(
                     f"too few usable {label} images: sample.* asks for {needed} per class "
-                    f"({', '.join(f'{s} {n}' for s, n in counts.items())}), the archive has {taken} "
+                    f"({', '.join(f'{s} {n}' for s, n in counts.items())}), the archive has {found} "
                     f"(skipped: {dict(sorted(tally.skipped.items())) or 'none'}, "
-                    f"duplicates: {tally.duplicates_dropped}); "
-                    "lower sample.*_per_class"
+                    f"duplicates: {tally.duplicates_dropped}); lower sample.*_per_class"
                 )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).sort_values(["split", "label", "path"], kind="stable")
     return manifest.reset_index(drop=True), tally
-
-
-def _slots(counts: dict[str, int]) -> Iterator[str]:
-    for split, count in counts.items():
-        yield from [split] * count
 
 
 def summary(manifest: pd.DataFrame, tally: Tally) -> dict:
