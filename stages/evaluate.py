@@ -25,6 +25,7 @@ from stages.models import load_saved
 
 THUMBNAIL = 128  # gallery tile side, pixels
 CAPTION = 30  # gallery caption height, pixels
+LOG_LOSS_EPS = 1e-7  # Keras' epsilon: a model that outputs exactly 0 or 1 still has a finite log loss
 
 
 def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float | int | None]:
@@ -38,7 +39,7 @@ def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> di
         "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
         "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
         "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if both_classes else None,
-        "log_loss": float(skm.log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "log_loss": float(skm.log_loss(labels, np.clip(probabilities, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS), labels=[0, 1])),
         "true_negatives": int(tn),
         "false_positives": int(fp),
         "false_negatives": int(fn),
@@ -85,17 +86,17 @@ def predictions_table(files: list[str], labels: np.ndarray, probabilities: np.nd
     return table.sort_values("file").reset_index(drop=True)
 
 
-def most_confidently_wrong(table: pd.DataFrame, size: int) -> pd.DataFrame:
-    """The ``size`` misclassified rows whose P(dog) is furthest from 0.5, most confident first."""
+def most_confidently_wrong(table: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:
+    """The ``size`` misclassified rows whose P(dog) is furthest from ``threshold``, most confident first."""
     wrong = table[table["label"] != table["predicted"]]
-    confidence = (wrong["probability"] - 0.5).abs().rename("confidence")
+    confidence = (wrong["probability"] - threshold).abs().rename("confidence")
     ordered = pd.concat([wrong, confidence], axis=1).sort_values(["confidence", "file"], ascending=[False, True])
     return ordered.drop(columns="confidence").head(size)
 
 
-def gallery(table: pd.DataFrame, sample_dir: Path, size: int, title: str) -> Image.Image:
+def gallery(table: pd.DataFrame, sample_dir: Path, size: int, threshold: float, title: str) -> Image.Image:
     """A strip of the ``size`` most confidently wrong images, captioned with truth and P(dog)."""
-    wrong = most_confidently_wrong(table, size)
+    wrong = most_confidently_wrong(table, size, threshold)
     font = ImageFont.load_default(size=11)
     tiles = max(len(wrong), 1)
     sheet = Image.new("RGB", (tiles * THUMBNAIL, THUMBNAIL + 2 * CAPTION), "white")
@@ -159,7 +160,7 @@ def main() -> None:
         results[name] = score(labels, probabilities, cfg.threshold)
         _write_csv(table, paths.predictions_file(name))
         _write_csv(roc_points(labels, probabilities), paths.roc_file(name))
-        _write_png(gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, name), paths.gallery_file(name))
+        _write_png(gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, cfg.threshold, name), paths.gallery_file(name))
         print(f"evaluate: {name}: accuracy {results[name]['accuracy']:.4f}, ROC AUC {results[name]['roc_auc']:.4f}")
     write_json(paths.EVALUATE_METRICS, {"test_images": len(test), **results})
 

@@ -117,13 +117,15 @@ def test_gallery_shows_the_most_confidently_wrong_first(tmp_path: Path) -> None:
             "predicted": ["dog", "cat"],
         }
     )
-    assert list(evaluate.most_confidently_wrong(table, 1)["file"]) == ["test/cat/cat.2.jpg"]
-    assert list(evaluate.most_confidently_wrong(table, 5)["file"]) == ["test/cat/cat.2.jpg", "test/dog/dog.3.jpg"]
-    sheet = evaluate.gallery(table, sample_dir, 1, "model")
+    assert list(evaluate.most_confidently_wrong(table, 1, 0.5)["file"]) == ["test/cat/cat.2.jpg"]
+    assert list(evaluate.most_confidently_wrong(table, 5, 0.5)["file"]) == ["test/cat/cat.2.jpg", "test/dog/dog.3.jpg"]
+    # Measured from the threshold: at 0.95, P(dog)=0.45 is the more confident call.
+    assert list(evaluate.most_confidently_wrong(table, 1, 0.95)["file"]) == ["test/dog/dog.3.jpg"]
+    sheet = evaluate.gallery(table, sample_dir, 1, 0.5, "model")
     assert sheet.size == (evaluate.THUMBNAIL, evaluate.THUMBNAIL + 2 * evaluate.CAPTION)
-    assert evaluate.gallery(table, sample_dir, 5, "model").width == 2 * evaluate.THUMBNAIL
+    assert evaluate.gallery(table, sample_dir, 5, 0.5, "model").width == 2 * evaluate.THUMBNAIL
     right = table.assign(predicted=table["label"])
-    assert evaluate.gallery(right, sample_dir, 5, "model").width == evaluate.THUMBNAIL
+    assert evaluate.gallery(right, sample_dir, 5, 0.5, "model").width == evaluate.THUMBNAIL
 
 
 @pytest.fixture(scope="module")
