@@ -112,24 +112,30 @@ def classify_imagenet(cfg: FeaturesConfig, files: list[Path], batch_size: int, e
     model = build_imagenet_classifier(cfg)
     if cfg.weights == "none":
         print("note: features.weights is none: the network's weights are random, so are its classes", file=sys.stderr)
-    rows = []
+    read: list[Path] = []
+    outputs = []
     for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
-        for file, top in zip(batch_files, imagenet_names(model.predict(pixels, verbose=0)), strict=True):
-            for rank, (class_id, name, probability) in enumerate(top, start=1):
-                rows.append(
-                    {
-                        "path": str(file),
-                        "rank": rank,
-                        "class_id": class_id,
-                        "name": name,
-                        "probability": round(float(probability), 6),
-                    }
-                )
+        read += batch_files
+        outputs.append(model.predict(pixels, verbose=0))
+    if not read:
+        return []
+    rows = []
+    for file, top in zip(read, imagenet_names(np.concatenate(outputs)), strict=True):
+        for rank, (class_id, name, probability) in enumerate(top, start=1):
+            rows.append(
+                {
+                    "path": str(file),
+                    "rank": rank,
+                    "class_id": class_id,
+                    "name": name,
+                    "probability": round(float(probability), 6),
+                }
+            )
     return rows
 
 
 def write(rows: list[dict], fmt: str, out: TextIO) -> None:
-    """Print ``rows`` as aligned text, CSV or JSON."""
+    """Print ``rows`` as tab-separated text, CSV or JSON."""
     if fmt == "json":
         json.dump(rows, out, indent=2)
         out.write("\n")
