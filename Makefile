@@ -25,6 +25,8 @@ repro: setup
 	dvc repro
 
 test: setup
+	ruff check .
+	ruff format --check .
 	python -m pytest
 
 test-fast: setup
