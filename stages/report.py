@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from stages import paths
@@ -22,13 +23,18 @@ COLUMNS = {
     "roc_auc": "ROC AUC",
     "log_loss": "log loss",
 }
-MODEL_NAMES = {"baseline": "baseline convnet", "head": "VGG16 features + head", "finetuned": "fine-tuned VGG16"}
+MODELS = ("baseline", "head", "finetuned")
 
 
-def models_table(results: dict) -> str:
+def model_names(base: str) -> dict[str, str]:
+    """How the page names each model, given the pretrained base they used."""
+    return {"baseline": "baseline convnet", "head": f"{base} features + head", "finetuned": f"fine-tuned {base}"}
+
+
+def models_table(results: dict, base: str) -> str:
     """The three models side by side, as a Markdown table."""
     lines = ["| model | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for key, name in MODEL_NAMES.items():
+    for key, name in model_names(base).items():
         section = results.get(key, {})
         cells = [_number(section.get(metric)) for metric in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -41,19 +47,27 @@ def _number(value: float | None) -> str:
 
 def dvc_markdown(args: list[str]) -> str:
     """What a ``dvc ... --md`` command prints, or its error as a sentence."""
-    result = subprocess.run(["dvc", *args, "--md"], capture_output=True, text=True)
+    # This interpreter's DVC, whatever is first on PATH.
+    result = subprocess.run([sys.executable, "-m", "dvc", *args, "--md"], capture_output=True, text=True)
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
         return f"`dvc {' '.join(args)}` failed: {reason}"
     return result.stdout.strip() or "No changes."
 
 
-def render(base: str, evaluate_json: Path = paths.EVALUATE_METRICS) -> str:
+def render(
+    base: str, evaluate_json: Path = paths.EVALUATE_METRICS, features_json: Path = paths.FEATURES_METRICS
+) -> str:
     """The whole page."""
     parts = ["# Dogs vs. Cats: model comparison", ""]
     if evaluate_json.is_file():
         results = json.loads(evaluate_json.read_text())
-        parts += [f"On the held-out test split ({results.get('test_images', '?')} images):", "", models_table(results)]
+        pretrained = json.loads(features_json.read_text())["base"] if features_json.is_file() else "pretrained"
+        parts += [
+            f"On the held-out test split ({results.get('test_images', '?')} images):",
+            "",
+            models_table(results, pretrained),
+        ]
     else:
         parts.append(f"No `{evaluate_json}` yet: run `dvc repro`.")
     parts += [
@@ -71,7 +85,7 @@ def render(base: str, evaluate_json: Path = paths.EVALUATE_METRICS) -> str:
         f"`dvc plots diff {base}` renders the training curves, confusion matrices, ROC curves and galleries to "
         "`dvc_plots/index.html` (`make report` does this too). The galleries of the most confidently wrong "
         "test images are committed: "
-        + ", ".join(f"[{model}]({paths.gallery_file(model).as_posix()})" for model in MODEL_NAMES)
+        + ", ".join(f"[{model}]({paths.gallery_file(model).as_posix()})" for model in MODELS)
         + ".",
         "",
     ]

@@ -164,3 +164,20 @@ def test_evaluate_refuses_a_changed_test_image(evaluated: Path, tmp_path: Path) 
     victim.write_bytes(image_bytes())
     with inside(copy), pytest.raises(PipelineError, match="changed since sampling"):
         evaluate.main()
+
+
+def test_report_table_names_the_base_and_shows_every_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages import report
+
+    monkeypatch.chdir(tmp_path)  # not a DVC repository: the diffs fail, and the page says so
+
+    results = {"test_images": 10, **{m: evaluate.score(LABELS, PROBS, 0.5) for m in ("baseline", "head", "finetuned")}}
+    (tmp_path / "evaluate.json").write_text(json.dumps(results))
+    (tmp_path / "features.json").write_text(json.dumps({"base": "xception"}))
+    table = report.models_table(results, "xception").splitlines()
+    assert table[0] == "| model | accuracy | precision | recall | F1 | ROC AUC | log loss |"
+    assert table[4] == "| fine-tuned xception | 0.7000 | 0.8000 | 0.6667 | 0.7273 | 0.8333 | 0.5041 |"
+    page = report.render("main", tmp_path / "evaluate.json", tmp_path / "features.json")
+    assert "On the held-out test split (10 images):" in page
+    assert "| xception features + head |" in page
+    assert "`dvc metrics diff main` failed: " in page

@@ -133,6 +133,6 @@ def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> No
 
     sh([sys.executable, "-m", "stages.report", "--base", "HEAD", "--out", "report.md"], project)
     report = (project / "report.md").read_text()
-    assert "| fine-tuned VGG16 |" in report
+    assert "| fine-tuned vgg16 |" in report
     assert "metrics/train_head/metrics.json" in report
     assert "head.learning_rate" in report
