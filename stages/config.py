@@ -47,11 +47,18 @@ def _positive(value: float, key: str) -> None:
     _check(value > 0, key, f"is {value}; use a number above 0")
 
 
-def _patience(value: int | None, key: str) -> None:
+def _at_least(value: int, key: str, minimum: int = 1) -> None:
+    _check(value >= minimum, key, f"is {value}; use at least {minimum}")
+
+
+def _schedule(section: str, learning_rate: float, epochs: int, patience: int | None) -> None:
+    """The checks every training section shares."""
+    _positive(learning_rate, f"{section}.learning_rate")
+    _at_least(epochs, f"{section}.epochs")
     _check(
-        value is None or value >= 1,
-        key,
-        f"is {value}; use a whole number >= 1, or null to never stop early",
+        patience is None or patience >= 1,
+        f"{section}.patience",
+        f"is {patience}; use a whole number >= 1, or null to never stop early",
     )
 
 
@@ -62,11 +69,7 @@ class SyntheticConfig:
     seed: int
 
     def __post_init__(self) -> None:
-        _check(
-            self.per_class >= 1,
-            "data.synthetic.per_class",
-            f"is {self.per_class}; use at least 1",
-        )
+        _at_least(self.per_class, "data.synthetic.per_class")
         _check(
             self.size >= 8,
             "data.synthetic.size",
@@ -100,7 +103,7 @@ class SampleConfig:
     def __post_init__(self) -> None:
         for split in paths.SPLITS:
             count = getattr(self, f"{split}_per_class")
-            _check(count >= 1, f"sample.{split}_per_class", f"is {count}; use at least 1")
+            _at_least(count, f"sample.{split}_per_class")
 
     def counts(self) -> dict[str, int]:
         """Images per class for each split, in split order."""
@@ -118,11 +121,7 @@ class ImageConfig:
             "image.size",
             f"is {self.size}; use at least 32 (VGG16's smallest input)",
         )
-        _check(
-            self.batch_size >= 1,
-            "image.batch_size",
-            f"is {self.batch_size}; use at least 1",
-        )
+        _at_least(self.batch_size, "image.batch_size")
 
 
 @dataclass(frozen=True)
@@ -157,15 +156,9 @@ class BaselineConfig:
             "baseline.filters",
             f"is {list(self.filters)}; use counts >= 1",
         )
-        _check(
-            self.kernel_size >= 1,
-            "baseline.kernel_size",
-            f"is {self.kernel_size}; use at least 1",
-        )
+        _at_least(self.kernel_size, "baseline.kernel_size")
         _fraction(self.dropout, "baseline.dropout")
-        _positive(self.learning_rate, "baseline.learning_rate")
-        _check(self.epochs >= 1, "baseline.epochs", f"is {self.epochs}; use at least 1")
-        _patience(self.patience, "baseline.patience")
+        _schedule("baseline", self.learning_rate, self.epochs, self.patience)
 
 
 @dataclass(frozen=True)
@@ -192,16 +185,10 @@ class HeadConfig:
     patience: int | None
 
     def __post_init__(self) -> None:
-        _check(self.units >= 1, "head.units", f"is {self.units}; use at least 1")
+        _at_least(self.units, "head.units")
         _fraction(self.dropout, "head.dropout")
-        _positive(self.learning_rate, "head.learning_rate")
-        _check(
-            self.batch_size >= 1,
-            "head.batch_size",
-            f"is {self.batch_size}; use at least 1",
-        )
-        _check(self.epochs >= 1, "head.epochs", f"is {self.epochs}; use at least 1")
-        _patience(self.patience, "head.patience")
+        _at_least(self.batch_size, "head.batch_size")
+        _schedule("head", self.learning_rate, self.epochs, self.patience)
 
 
 @dataclass(frozen=True)
@@ -217,9 +204,7 @@ class FinetuneConfig:
             "finetune.unfreeze",
             "is empty; use top (the base's last block) or layer-name prefixes, e.g. block4,block5",
         )
-        _positive(self.learning_rate, "finetune.learning_rate")
-        _check(self.epochs >= 1, "finetune.epochs", f"is {self.epochs}; use at least 1")
-        _patience(self.patience, "finetune.patience")
+        _schedule("finetune", self.learning_rate, self.epochs, self.patience)
 
 
 @dataclass(frozen=True)
