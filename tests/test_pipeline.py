@@ -131,8 +131,23 @@ def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> No
     params = json.loads(sh(["dvc", "params", "diff", "HEAD", "--json"], project))
     assert params["params.yaml"]["head.learning_rate"]["new"] == 0.002
 
-    sh([sys.executable, "-m", "stages.report", "--base", "HEAD", "--out", "report.md"], project)
+    # `make report` itself; a fresh STAMP file tells make the environment is set up (it is this one).
+    (project / "installed.stamp").touch()
+    sh(["make", "report", "BASE=HEAD", "STAMP=installed.stamp"], project)
     report = (project / "report.md").read_text()
+    assert (project / "dvc_plots/index.html").is_file()
     assert "| fine-tuned vgg16 |" in report
     assert "metrics/train_head/metrics.json" in report
     assert "head.learning_rate" in report
+
+
+@pytest.mark.slow
+def test_make_demo_runs_offline_and_leaves_params_alone(project: Path) -> None:
+    (project / "installed.stamp").touch()
+    params = (project / "params.yaml").read_text()
+    out = sh(["make", "demo", "STAMP=installed.stamp"], project)
+    assert (project / "params.yaml").read_text() == params
+    assert ran(out) == STAGES
+    (row,) = [line for line in out.splitlines() if "[demo-" in line]
+    accuracies = [float(cell) for cell in row.split("|")[2:-1]]
+    assert len(accuracies) == 6 and all(0.0 <= a <= 1.0 for a in accuracies)
