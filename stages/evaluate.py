@@ -9,7 +9,6 @@ or changed file stops the stage instead of silently shrinking the test set.
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +119,8 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
 
 
 def _write_png(image: Image.Image, path: Path) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        image.save(tmp, format="PNG", optimize=True)
 
 
 def predict_all(batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
@@ -131,9 +128,8 @@ def predict_all(batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.nd
 
     Image models get the test images at their own input size, the head the test features.
     """
-    saved = {"baseline": paths.BASELINE_MODEL, "head": paths.HEAD_MODEL, "finetuned": paths.FINETUNED_MODEL}
     out = {}
-    for name, path in saved.items():
+    for name, path in paths.EVALUATED_MODELS.items():
         model = load_saved(path)
         if name == "head":
             features = load_features("test")

@@ -14,6 +14,7 @@ BASE_MODEL = MODELS_DIR / "base.keras"
 BASELINE_MODEL = MODELS_DIR / "baseline.keras"
 HEAD_MODEL = MODELS_DIR / "head.keras"
 FINETUNED_MODEL = MODELS_DIR / "finetuned.keras"
+EVALUATED_MODELS = {"baseline": BASELINE_MODEL, "head": HEAD_MODEL, "finetuned": FINETUNED_MODEL}
 
 METRICS_DIR = Path("metrics")
 DATA_METRICS = METRICS_DIR / "data.json"

@@ -23,7 +23,6 @@ COLUMNS = {
     "roc_auc": "ROC AUC",
     "log_loss": "log loss",
 }
-MODELS = ("baseline", "head", "finetuned")
 
 
 def model_names(base: str) -> dict[str, str]:
@@ -85,7 +84,7 @@ def render(
         f"`dvc plots diff {base}` renders the training curves, confusion matrices, ROC curves and galleries to "
         "`dvc_plots/index.html` (`make report` does this too). The galleries of the most confidently wrong "
         "test images are committed: "
-        + ", ".join(f"[{model}]({paths.gallery_file(model).as_posix()})" for model in MODELS)
+        + ", ".join(f"[{model}]({paths.gallery_file(model).as_posix()})" for model in paths.EVALUATED_MODELS)
         + ".",
         "",
     ]
