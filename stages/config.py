@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -30,9 +31,17 @@ class ConfigError(PipelineError):
     """A key of ``params.yaml`` is unknown, missing, of the wrong type or impossible."""
 
 
+SEED_LIMIT = 2**32  # NumPy and keras.utils.set_random_seed take seeds below 2**32
+
+
 def _check(ok: bool, key: str, problem: str) -> None:
+    """Raise ConfigError naming ``key``; ``load_params`` puts the file's path in front."""
     if not ok:
-        raise ConfigError(f"{paths.PARAMS}: {key} {problem}")
+        raise ConfigError(f"{key} {problem}")
+
+
+def _seed(value: int, key: str) -> None:
+    _check(0 <= value < SEED_LIMIT, key, f"is {value}; use a whole number from 0 to {SEED_LIMIT - 1}")
 
 
 def _fraction(value: float, key: str, top: float = 1.0) -> None:
@@ -70,6 +79,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         _at_least(self.per_class, "data.synthetic.per_class")
+        _seed(self.seed, "data.synthetic.seed")
         _check(
             self.size >= 8,
             "data.synthetic.size",
@@ -231,40 +241,50 @@ class Params:
     evaluate: EvaluateConfig
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, "seed", f"is {self.seed}; use a whole number >= 0")
+        _seed(self.seed, "seed")
 
 
 def load_params(path: Path = paths.PARAMS) -> Params:
-    """Read and validate the whole of ``params.yaml``."""
+    """Read and validate the whole of ``params.yaml``; every error names ``path``."""
     try:
         raw = YAML(typ="safe", pure=True).load(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run the stage from the repository root") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
     except YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"{path}: not valid YAML{line}; fix the syntax") from None
-    return parse(Params, raw)
+        raise ConfigError(f"{path}: {yaml_problem(error)}") from None
+    try:
+        return parse(Params, raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def yaml_problem(error: YAMLError) -> str:
+    """What ruamel says is wrong, and where, in one line."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    # ruamel's own wording ("found duplicate key", "expected ',' or ']'"), without its multi-line context.
+    said = " ".join(str(getattr(error, "problem", None) or error).split())
+    return f"not valid YAML{where}: {said}; fix it"
 
 
 def parse(cls: type, raw: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from plain YAML data, checking keys and types field by field."""
     where = prefix or "the top level"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{paths.PARAMS}: {where} must be a mapping of keys to values")
+        raise ConfigError(f"{where} must be a mapping of keys to values")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted((key for key in raw if key not in fields), key=str)  # YAML keys may be numbers too
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(
-            f"{paths.PARAMS}: unknown key {key}; remove it or fix its spelling (known here: {', '.join(fields)})"
-        )
+        raise ConfigError(f"unknown key {key}; remove it or fix its spelling (known here: {', '.join(fields)})")
     values = {}
     for name in fields:
         key = f"{prefix}.{name}" if prefix else name
         if name not in raw:
-            raise ConfigError(f"{paths.PARAMS}: missing key {key}; add it (the README lists every key)")
+            raise ConfigError(f"missing key {key}; add it (the README lists every key)")
         values[name] = _coerce(hints[name], raw[name], key)
     return cls(**values)
 
@@ -301,7 +321,12 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
             key,
             f"is {value!r}; use a number",
         )
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        _check(math.isfinite(number), key, f"is {value}; use a finite number")
+        return number
     if kind is bool:
         _check(isinstance(value, bool), key, f"is {value!r}; use true or false")
         return value

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from stages import paths
 from stages.common import PipelineError
 from stages.config import AugmentConfig, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig
 
@@ -103,7 +104,7 @@ def build_baseline(image_size: int, cfg: BaselineConfig, augment: keras.Sequenti
     """The book's convnet from scratch: Conv2D + MaxPooling2D blocks, Flatten, Dropout, a sigmoid unit."""
     if conv_output_size(image_size, cfg) < 1:
         raise ConfigError(
-            f"params.yaml: baseline.filters has {len(cfg.filters)} {cfg.padding} convolutions, too many for "
+            f"{paths.PARAMS}: baseline.filters has {len(cfg.filters)} {cfg.padding} convolutions, too many for "
             f"image.size {image_size}; set baseline.padding: same, a larger image.size, or fewer filters"
         )
     inputs = keras.Input((image_size, image_size, 3), name="image")
@@ -123,7 +124,7 @@ def build_extractor(image_size: int, cfg: FeaturesConfig) -> keras.Model:
     """Preprocessing + the pretrained convolutional base without its top: raw pixels in, features out."""
     spec = BASES[cfg.base]
     if image_size < spec.min_size:
-        raise ConfigError(f"params.yaml: image.size {image_size} is below {cfg.base}'s minimum {spec.min_size}")
+        raise ConfigError(f"{paths.PARAMS}: image.size {image_size} is below {cfg.base}'s minimum {spec.min_size}")
     base = _pretrained(cfg, include_top=False, input_shape=(image_size, image_size, 3))
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = ImagenetPreprocess(spec.preprocess, name="preprocess")(inputs)
@@ -152,12 +153,12 @@ def _pretrained(cfg: FeaturesConfig, include_top: bool, input_shape: tuple[int, 
         # Keras raises a bare Exception for a failed download and ValueError/OSError for a bad file.
         if "URL fetch failure" in str(error):
             raise ConfigError(
-                f"params.yaml: features.weights is imagenet, but Keras could not download {cfg.base}'s weights "
+                f"{paths.PARAMS}: features.weights is imagenet, but Keras could not download {cfg.base}'s weights "
                 "(no network?); set features.weights to a local .h5 file, or none for random weights"
             ) from None
         if weights not in (None, "imagenet"):
             raise ConfigError(
-                f"params.yaml: features.weights {weights} is not a {cfg.base} {kind} weights file "
+                f"{paths.PARAMS}: features.weights {weights} is not a {cfg.base} {kind} weights file "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:160]}); give the right .h5 file"
             ) from None
         raise
@@ -171,7 +172,7 @@ def _weights_argument(cfg: FeaturesConfig, kind: str) -> str | None:
     path = Path(cfg.weights).expanduser()
     if not path.is_file():
         raise ConfigError(
-            f"params.yaml: features.weights {cfg.weights} does not exist; use imagenet, none or the path of "
+            f"{paths.PARAMS}: features.weights {cfg.weights} does not exist; use imagenet, none or the path of "
             f"{cfg.base}'s {kind} .h5 weights file"
         )
     return os.fspath(path)
@@ -234,7 +235,7 @@ def unfreeze(extractor: keras.Model, which: str) -> list[str]:
     if not any(layer.weights for layer in base.layers if layer.trainable):
         blocks = list(dict.fromkeys(layer.name.split("_")[0] for layer in base.layers if layer.weights))
         raise ConfigError(
-            f"params.yaml: finetune.unfreeze {which!r} matches no layer with weights in {base.name}; "
+            f"{paths.PARAMS}: finetune.unfreeze {which!r} matches no layer with weights in {base.name}; "
             f"use top or a layer-name prefix such as {', '.join(blocks[-3:])}"
         )
     return names

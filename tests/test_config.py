@@ -46,6 +46,13 @@ def test_learning_rates_written_by_dvc_exp_run_are_floats(tmp_path: Path, text: 
         ({"baseline.filters": "32,64"}, "baseline.filters is '32,64'; use a list"),
         ({"baseline.filters": [32, "x"]}, "baseline.filters[1] is 'x'"),
         ({"seed": -1}, "seed is -1"),
+        ({"seed": 2**32}, "seed is 4294967296; use a whole number from 0 to 4294967295"),
+        ({"data.synthetic.seed": 2**40}, "data.synthetic.seed is 1099511627776"),
+        ({"head.learning_rate": float("inf")}, "head.learning_rate is inf; use a finite number"),
+        ({"head.learning_rate": "inf"}, "head.learning_rate is inf; use a finite number"),
+        ({"baseline.learning_rate": float("nan")}, "baseline.learning_rate is nan; use a finite number"),
+        ({"augment.zoom": "-inf"}, "augment.zoom is -inf; use a finite number"),
+        ({"finetune.learning_rate": 10**400}, "finetune.learning_rate is 1000"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, overrides: dict, expected: str) -> None:
@@ -67,11 +74,34 @@ def test_unknown_and_missing_keys_are_named(tmp_path: Path) -> None:
         load_params(path)
 
 
-def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+def test_unknown_keys_of_mixed_types_are_named_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    write_params(path, {})
+    path.write_text(path.read_text() + "1: one\nzzz: two\n")
+    with pytest.raises(ConfigError, match=r"unknown key 1; remove it"):
+        load_params(path)
+
+
+def test_invalid_yaml_says_what_ruamel_found_and_where(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("seed: 1\ndata: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML at line"):
+    with pytest.raises(ConfigError, match="not valid YAML at line 3, column 1: expected ',' or ']'"):
         load_params(path)
+    path.write_text("seed: 1\nimage: 2\nseed: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value) == (
+        f'{path}: not valid YAML at line 3, column 1: found duplicate key "seed" with value "3" '
+        '(original value: "1"); fix it'
+    )
+
+
+def test_errors_name_the_file_that_was_read(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.yaml"
+    write_params(path, {"sample.test_per_class": 0})
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path}: sample.test_per_class is 0; use at least 1"
 
 
 def test_a_stage_stops_with_one_line_before_any_work(tmp_path: Path) -> None:
