@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,8 +19,20 @@ class PipelineError(Exception):
     """A problem the user can fix (bad params, missing input, no credentials); printed as one line."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, a CI runner, a job scheduler): unwind like Ctrl-C, so temp outputs go."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run(main: Callable[[], None]) -> None:
-    """Run a stage's ``main`` and turn a PipelineError into one line on stderr and exit status 1."""
+    """Run a stage's ``main`` and turn a PipelineError into one line on stderr and exit status 1.
+
+    SIGINT and SIGTERM unwind the stack, so every ``atomic_path`` removes its temporary output.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
     except PipelineError as error:
@@ -26,7 +40,10 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGINT)
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -37,7 +54,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     staged = tmp / target.name
     try:
         yield staged
@@ -47,6 +65,28 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Delete the temp siblings of ``target`` left by a run that was killed outright (SIGKILL, power loss).
+
+    A temp folder is named ``.<target>.<pid>.<random>.tmp``; one whose process is gone is stale.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?\w+\.tmp")
+    for tmp in target.parent.iterdir():
+        match = pattern.fullmatch(tmp.name)
+        if match and not (match.group(1) and _alive(int(match.group(1)))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def remove(path: Path) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -101,6 +102,13 @@ class DataConfig:
                 bool(self.archive),
                 "data.archive",
                 "is empty; set it to a .zip or folder when data.source is archive",
+            )
+        if self.source == "petimages":
+            url = urllib.parse.urlparse(self.petimages_url)
+            _check(
+                (url.scheme in ("http", "https") and bool(url.netloc)) or (url.scheme == "file" and bool(url.path)),
+                "data.petimages_url",
+                f"is {self.petimages_url!r}; use an https:// (or file://) URL of the PetImages zip",
             )
 
 

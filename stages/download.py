@@ -1,14 +1,16 @@
 """Stage ``download``: put the source images into ``data/raw/`` as one zip, never to be edited.
 
 Sources (``data.source``): the Kaggle competition's ``train.zip``; a local archive or folder; Microsoft's
-PetImages zip; or a generated stand-in in Kaggle's exact layout. The folder is written to a temporary
-path and renamed at the end, so a failed download leaves no ``data/raw/`` behind.
+PetImages zip; or a generated stand-in in Kaggle's exact layout. Whatever the source, the result is
+``data/raw/train.zip``, checked to be a zip that holds images before the stage succeeds. The folder is
+written to a temporary path and renamed at the end, so a failed download leaves no ``data/raw/`` behind.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.parse
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from stages import paths
 from stages.common import PipelineError, atomic_path, run
 from stages.config import DataConfig, load_params
+from stages.images import parse_member
 from stages.synthetic import write_train_zip
 
 KAGGLE_FILE = "train.zip"
@@ -56,14 +59,14 @@ def kaggle_client() -> Any:
     return api
 
 
-def fetch_kaggle(competition: str, dest: Path) -> None:
-    """Download the competition's ``train.zip`` (543 MB for dogs-vs-cats) into ``dest``."""
+def fetch_kaggle(competition: str, target: Path) -> None:
+    """Download the competition's ``train.zip`` (543 MB for dogs-vs-cats) to ``target``."""
     import requests
 
     if kaggle_credentials() is None:
         raise PipelineError(f"no Kaggle credentials found: {CREDENTIALS_HELP}")
     rules = f"https://www.kaggle.com/competitions/{competition}/rules"
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         try:
             kaggle_client().competition_download_file(competition, KAGGLE_FILE, path=tmp, quiet=False)
         except SystemExit:
@@ -89,11 +92,11 @@ def fetch_kaggle(competition: str, dest: Path) -> None:
         zips = sorted(Path(tmp).glob("*.zip"))  # the client may leave a .kaggle-partial marker beside it
         if len(zips) != 1:
             raise PipelineError(f"Kaggle's download of {KAGGLE_FILE} gave {len(zips)} zip files; rerun")
-        import_archive(zips[0], dest, move=True)
+        import_archive(zips[0], target, move=True)
 
 
-def import_archive(source: Path, dest: Path, move: bool = False) -> None:
-    """Copy (or ``move``) a local dataset into ``dest`` as a zip.
+def import_archive(source: Path, target: Path, move: bool = False) -> None:
+    """Copy (or ``move``) a local dataset to the zip ``target``.
 
     Accepts Kaggle's ``dogs-vs-cats.zip`` (its inner ``train.zip`` is taken), a ``train.zip``, a
     PetImages zip, or a folder of images (zipped under ``train/``).
@@ -101,42 +104,85 @@ def import_archive(source: Path, dest: Path, move: bool = False) -> None:
     if not source.exists():
         raise PipelineError(f"data.archive: {source} does not exist; give the path of a .zip or of a folder")
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file())
-        if not files:
-            raise PipelineError(f"data.archive: folder {source} is empty; it should hold cat.N.jpg and dog.N.jpg")
-        with zipfile.ZipFile(dest / KAGGLE_FILE, "w", zipfile.ZIP_STORED) as archive:
-            for file in tqdm(files, desc=f"zipping {source}", unit="file"):
-                archive.write(file, f"train/{file.relative_to(source).as_posix()}")
+        zip_folder(source, target)
         return
+    if not source.is_file():  # a FIFO or a device would block or never end
+        raise PipelineError(f"data.archive: {source} is not a regular file or folder; give a .zip or a folder")
     if not zipfile.is_zipfile(source):
         raise PipelineError(f"data.archive: {source} is not a zip file; give a .zip or a folder of images")
     with zipfile.ZipFile(source) as archive:
-        inner = [m for m in archive.infolist() if Path(m.filename).name == KAGGLE_FILE]
+        inner = [m for m in archive.infolist() if not m.is_dir() and Path(m.filename).name.lower() == KAGGLE_FILE]
         if inner:  # the competition's bundle: train.zip, test1.zip, sampleSubmission.csv
-            with archive.open(inner[0]) as src, open(dest / KAGGLE_FILE, "wb") as out:
+            with archive.open(inner[0]) as src, open(target, "wb") as out:
                 _copy(src, out, inner[0].file_size, f"extracting {KAGGLE_FILE}")
             return
-    (shutil.move if move else shutil.copyfile)(source, dest / source.name)
+    (shutil.move if move else shutil.copyfile)(source, target)
 
 
-def fetch_url(url: str, dest: Path) -> None:
-    """Download ``url`` (http, https or file) into ``dest`` under its own file name, with a progress bar."""
-    name = Path(urllib.parse.urlparse(url).path).name or "download.zip"
+def folder_images(folder: Path) -> tuple[list[tuple[Path, str]], int]:
+    """``(file, member name)`` for every image ``sample`` would take from ``folder``, and how many files were left out.
+
+    Only regular files named like Kaggle's (``cat.N.jpg``) or PetImages' are taken: no dotfiles, nothing in
+    hidden folders, and no symlinks, which could point anywhere on the machine.
+    """
+    taken: list[tuple[Path, str]] = []
+    left_out = 0
+    for root, dirs, files in os.walk(folder):  # followlinks=False: a linked folder is not entered
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            file = Path(root, name)
+            member = f"train/{file.relative_to(folder).as_posix()}"
+            if name.startswith(".") or not stat.S_ISREG(file.lstat().st_mode) or parse_member(member) is None:
+                left_out += 1
+                continue
+            taken.append((file, member))
+    return taken, left_out
+
+
+def zip_folder(folder: Path, target: Path) -> None:
+    """Zip the images of ``folder`` under ``train/``, as Kaggle's ``train.zip`` holds them."""
+    files, left_out = folder_images(folder)
+    if not files:
+        raise PipelineError(
+            f"data.archive: folder {folder} has no cat.N.jpg or dog.N.jpg files (left out {left_out}: "
+            "other names, dotfiles, symlinks); put the images there"
+        )
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+        for file, member in tqdm(files, desc=f"zipping {folder}", unit="file"):
+            archive.write(file, member)
+    if left_out:
+        print(f"download: left out {left_out} files of {folder} that are not cat.N.jpg/dog.N.jpg regular files")
+
+
+def fetch_url(url: str, target: Path) -> None:
+    """Download ``url`` (http, https or file) to ``target``, with a progress bar."""
     try:
         with (
             urllib.request.urlopen(url, timeout=60) as response,
-            open(dest / name, "wb") as out,
+            open(target, "wb") as out,
         ):
             size = int(response.headers.get("Content-Length") or 0) or None
-            _copy(response, out, size, f"downloading {name}")
-    except (urllib.error.URLError, OSError) as error:
+            _copy(response, out, size, f"downloading {Path(urllib.parse.urlparse(url).path).name}")
+    except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise PipelineError(
             f"cannot download data.petimages_url {url} ({reason}); check the network, "
             "or set data.source: archive with the zip downloaded elsewhere"
         ) from None
-    if not zipfile.is_zipfile(dest / name):
-        raise PipelineError(f"data.petimages_url: {url} did not give a zip file; check the URL")
+
+
+def check_download(target: Path, what: str) -> None:
+    """Stop unless ``target`` is a zip holding at least one image ``sample`` can take; ``what`` names the source."""
+    try:
+        with zipfile.ZipFile(target) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        raise PipelineError(f"{what} did not give a readable zip file; check it") from None
+    if not any(parse_member(name) for name in names):
+        raise PipelineError(
+            f"{what} gave a zip with no train/cat.N.jpg, train/dog.N.jpg or PetImages/Cat|Dog/N.jpg images "
+            f"({len(names)} members); check it"
+        )
 
 
 def _copy(src: Any, out: Any, size: int | None, desc: str) -> None:
@@ -146,32 +192,31 @@ def _copy(src: Any, out: Any, size: int | None, desc: str) -> None:
             bar.update(len(chunk))
 
 
-def download(cfg: DataConfig, dest: Path) -> None:
-    """Fill the empty folder ``dest`` from the source that ``cfg`` names."""
+def download(cfg: DataConfig, target: Path) -> None:
+    """Write the zip ``target`` from the source that ``cfg`` names, and check it holds images."""
     if cfg.source == "kaggle":
-        fetch_kaggle(cfg.competition, dest)
+        fetch_kaggle(cfg.competition, target)
+        what = f"Kaggle's {KAGGLE_FILE} of {cfg.competition}"
     elif cfg.source == "archive":
-        import_archive(Path(cfg.archive).expanduser(), dest)
+        import_archive(Path(cfg.archive).expanduser(), target)
+        what = f"data.archive {cfg.archive}"
     elif cfg.source == "petimages":
-        fetch_url(cfg.petimages_url, dest)
+        fetch_url(cfg.petimages_url, target)
+        what = f"data.petimages_url {cfg.petimages_url}"
     else:
         total = 2 * cfg.synthetic.per_class
         with tqdm(total=total, desc="drawing synthetic cats and dogs", unit="img") as bar:
-            write_train_zip(
-                dest / KAGGLE_FILE,
-                cfg.synthetic.per_class,
-                cfg.synthetic.size,
-                cfg.synthetic.seed,
-                bar.update,
-            )
+            write_train_zip(target, cfg.synthetic.per_class, cfg.synthetic.size, cfg.synthetic.seed, bar.update)
+        what = "the synthetic generator"
+    check_download(target, what)
 
 
 def main() -> None:
     params = load_params()
     with atomic_path(paths.RAW_DIR) as tmp:
         tmp.mkdir()
-        download(params.data, tmp)
-    (archive,) = paths.RAW_DIR.iterdir()
+        download(params.data, tmp / paths.RAW_ARCHIVE.name)
+    archive = paths.RAW_ARCHIVE
     print(f"download: {params.data.source} -> {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
 
 

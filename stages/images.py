@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import stat
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -14,6 +18,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
 JPEG_QUALITY = 95  # re-encoded images (PNG, CMYK, grayscale, rotated) stay visually lossless
+# What a photo can be. Kaggle's largest is about 0.5 MB and 0.3 megapixels; a 50 MP phone photo is about
+# 20 MB. Anything beyond is refused unread or undecoded: a small file can declare a huge size.
+MAX_FILE_BYTES = 50 * 2**20
+MAX_PIXELS = 64_000_000
 
 # Kaggle: train/cat.123.jpg. Microsoft's PetImages: PetImages/Cat/123.jpg.
 _KAGGLE = re.compile(r"(?:^|/)(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
@@ -35,6 +43,41 @@ class BadImage(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A zip member's bytes, at most ``limit`` of them; raise BadImage for a member that is too large or
+    cannot be decompressed. Both concern one member, never the archive."""
+    if info.file_size > limit:  # the declared size, checked before reading anything
+        raise BadImage("too_large")
+    try:
+        with archive.open(info) as member:
+            data = member.read(limit + 1)  # the declared size may lie: read no more than the limit
+    except (zipfile.BadZipFile, zlib.error, EOFError):  # a bad CRC, a damaged stream
+        raise BadImage("corrupt_member") from None
+    except NotImplementedError:  # e.g. Deflate64, which zipfile cannot decompress (a RuntimeError: first)
+        raise BadImage("unsupported_compression") from None
+    except RuntimeError:  # zipfile's word for "encrypted, password required"
+        raise BadImage("encrypted") from None
+    if len(data) > limit:
+        raise BadImage("too_large")
+    return data
+
+
+def read_file(path: os.PathLike | str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path``; raise BadImage for a FIFO, a device, a folder or a file over
+    ``limit``. Opened without blocking, so a FIFO is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImage("not_a_file")
+        if info.st_size > limit:
+            raise BadImage("too_large")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise BadImage("too_large")
+    return data
 
 
 def is_unsafe(member: str) -> bool:
@@ -95,6 +138,9 @@ def _decoded(data: bytes) -> Iterator[Image.Image]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PetImages has many files with corrupt EXIF that decode fine
             with Image.open(io.BytesIO(data)) as image:
+                # Pillow's own bomb limit is about 179 MP; a photo is far smaller, so refuse before decoding.
+                if image.width * image.height > MAX_PIXELS:
+                    raise BadImage("too_large")
                 image.load()
                 yield image
     except UnidentifiedImageError:

@@ -5,6 +5,7 @@ from pathlib import Path
 PARAMS = Path("params.yaml")
 
 RAW_DIR = Path("data/raw")
+RAW_ARCHIVE = RAW_DIR / "train.zip"  # whatever the source, download leaves this one zip
 SAMPLE_DIR = Path("data/sample")
 MANIFEST = SAMPLE_DIR / "manifest.csv"
 FEATURES_DIR = Path("data/features")

@@ -1,9 +1,10 @@
 """Stage ``sample``: draw a seeded, stratified, validated sample of the raw archive into ``data/sample/``.
 
 Members are read straight from the zip (4,000 of 25,000 need not be unpacked). Per class, candidates are
-shuffled with the seed and taken in that order; a member that is unsafe, empty, not an image, truncated or
-undecodable is skipped and the next candidate takes its place; a byte-identical copy of an image already
-taken is dropped, so no image lands in two splits.
+shuffled with the seed and taken in that order; a member that is unsafe, too large, cannot be
+decompressed, or is empty, not an image, truncated or undecodable is skipped and the next candidate takes
+its place; a byte-identical copy of an image already taken is dropped, so no image lands in two splits.
+Only a zip whose central directory cannot be read is fatal.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from stages import paths
 from stages.common import PipelineError, atomic_path, run, write_json
 from stages.config import SampleConfig, load_params
-from stages.images import BadImage, Photo, is_unsafe, output_name, parse_member, to_rgb_jpeg
+from stages.images import BadImage, Photo, is_unsafe, output_name, parse_member, read_member, to_rgb_jpeg
 
 MANIFEST_COLUMNS = [
     "split",
@@ -33,6 +34,19 @@ MANIFEST_COLUMNS = [
     "width",
     "height",
 ]
+# Why a member was left out, as counted in metrics/data.json.
+SKIP_REASONS = (
+    "unsafe_path",
+    "too_large",
+    "corrupt_member",
+    "encrypted",
+    "unsupported_compression",
+    "empty",
+    "not_image",
+    "truncated",
+    "undecodable",
+    "name_clash",
+)
 
 
 @dataclass
@@ -44,14 +58,20 @@ class Tally:
     candidates_read: int = 0
 
 
-def find_archive(raw_dir: Path) -> Path:
-    """The one zip that ``download`` left in ``raw_dir``."""
-    zips = sorted(raw_dir.glob("*.zip")) if raw_dir.is_dir() else []
-    if len(zips) != 1:
+def check_archive(path: Path) -> None:
+    """Stop unless ``download`` left its zip at ``path``."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run dvc repro download")
+
+
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """The zip at ``path``; a central directory that cannot be read is the one fatal archive error."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as error:
         raise PipelineError(
-            f"{raw_dir}: expected one .zip from the download stage, found {len(zips)}; run dvc repro download"
-        )
-    return zips[0]
+            f"{path}: not a readable zip ({error}); run dvc repro -f download to fetch it again"
+        ) from None
 
 
 def candidates(names: list[str], seed: int, tally: Tally) -> dict[str, list[tuple[str, str]]]:
@@ -81,7 +101,11 @@ def usable(
     names: set[str] = set()
     for member, number in pool:
         tally.candidates_read += 1
-        data = archive.read(member)
+        try:
+            data = read_member(archive, archive.getinfo(member))
+        except BadImage as bad:
+            tally.skipped[bad.reason] += 1
+            continue
         digest = hashlib.sha256(data).hexdigest()
         if digest in seen:
             tally.duplicates_dropped += 1
@@ -135,22 +159,13 @@ def draw(archive: zipfile.ZipFile, cfg: SampleConfig, seed: int, out_dir: Path) 
 def summary(manifest: pd.DataFrame, tally: Tally) -> dict:
     """The numbers of ``metrics/data.json``: images per split and class, and what was left out."""
     per_split = manifest.groupby(["split", "label"]).size()
-    reasons = (
-        "unsafe_path",
-        "empty",
-        "not_image",
-        "truncated",
-        "undecodable",
-        "too_large",
-        "name_clash",
-    )
     return {
         "images": len(manifest),
         **{
             split: {label: int(per_split.get((split, label), 0)) for label in paths.CLASS_NAMES}
             for split in paths.SPLITS
         },
-        "skipped": {reason: tally.skipped.get(reason, 0) for reason in reasons},
+        "skipped": {reason: tally.skipped.get(reason, 0) for reason in SKIP_REASONS},
         "duplicates_dropped": tally.duplicates_dropped,
         "candidates_read": tally.candidates_read,
     }
@@ -158,14 +173,12 @@ def summary(manifest: pd.DataFrame, tally: Tally) -> dict:
 
 def main() -> None:
     params = load_params()
-    source = find_archive(paths.RAW_DIR)
+    source = paths.RAW_ARCHIVE
+    check_archive(source)
     with atomic_path(paths.SAMPLE_DIR) as out_dir:
         out_dir.mkdir()
-        try:
-            with zipfile.ZipFile(source) as archive:
-                manifest, tally = draw(archive, params.sample, params.seed, out_dir)
-        except zipfile.BadZipFile:
-            raise PipelineError(f"{source} is not a readable zip; run dvc repro -f download") from None
+        with open_zip(source) as archive:
+            manifest, tally = draw(archive, params.sample, params.seed, out_dir)
         manifest.to_csv(out_dir / paths.MANIFEST.name, index=False, lineterminator="\n")
     metrics = summary(manifest, tally)
     write_json(paths.DATA_METRICS, metrics)

@@ -93,7 +93,8 @@ def test_an_unknown_base_lists_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_params(tmp_path / "params.yaml")
     assert str(error.value) == (
-        f"{tmp_path / 'params.yaml'}: features.base is 'alexnet'; use one of vgg16, xception, resnet50, efficientnetv2b0"
+        f"{tmp_path / 'params.yaml'}: features.base is 'alexnet'; "
+        "use one of vgg16, xception, resnet50, efficientnetv2b0"
     )
 
 

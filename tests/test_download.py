@@ -49,14 +49,14 @@ def test_archive_bundle_takes_its_inner_train_zip(workdir: Path, tmp_path: Path)
         tmp_path / "dogs-vs-cats.zip",
         {"train.zip": train.read_bytes(), "test1.zip": b"PK", "sampleSubmission.csv": b"id,label\n"},
     )
-    download.download(_archive_cfg(bundle), _empty(workdir / "out"))
-    assert _names(workdir / "out/train.zip") == _names(train)
+    download.download(_archive_cfg(bundle), workdir / "out.zip")
+    assert _names(workdir / "out.zip") == _names(train)
 
 
 def test_archive_train_zip_is_copied(workdir: Path, tmp_path: Path) -> None:
     train = make_zip(tmp_path / "train.zip", kaggle_members(2))
-    download.download(_archive_cfg(train), _empty(workdir / "out"))
-    assert _sha(workdir / "out/train.zip") == _sha(train)
+    download.download(_archive_cfg(train), workdir / "out.zip")
+    assert _sha(workdir / "out.zip") == _sha(train)
 
 
 def test_archive_folder_is_zipped_in_kaggle_layout(workdir: Path, tmp_path: Path) -> None:
@@ -64,8 +64,8 @@ def test_archive_folder_is_zipped_in_kaggle_layout(workdir: Path, tmp_path: Path
     folder.mkdir()
     for name, data in kaggle_members(2).items():
         (folder / Path(name).name).write_bytes(data)
-    download.download(_archive_cfg(folder), _empty(workdir / "out"))
-    assert _names(workdir / "out/train.zip") == sorted(kaggle_members(2))
+    download.download(_archive_cfg(folder), workdir / "out.zip")
+    assert _names(workdir / "out.zip") == sorted(kaggle_members(2))
 
 
 @pytest.mark.parametrize(("make", "message"), [("missing", "does not exist"), ("text", "is not a zip file")])
@@ -89,7 +89,7 @@ def test_petimages_downloads_with_the_real_code_path(workdir: Path, tmp_path: Pa
     )
     write_params(workdir / "params.yaml", {"data.source": "petimages", "data.petimages_url": zip_path.as_uri()})
     download.main()
-    assert _sha(workdir / "data/raw/kagglecatsanddogs_5340.zip") == _sha(zip_path)
+    assert _sha(workdir / "data/raw/train.zip") == _sha(zip_path)
 
 
 def test_petimages_unreachable_is_one_line(workdir: Path) -> None:
@@ -194,8 +194,3 @@ def _archive_cfg(path: Path):
     from stages.config import DataConfig, SyntheticConfig
 
     return DataConfig("archive", "dogs-vs-cats", str(path), "", SyntheticConfig(1, 32, 0))
-
-
-def _empty(path: Path) -> Path:
-    path.mkdir(parents=True)
-    return path

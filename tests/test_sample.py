@@ -18,9 +18,9 @@ from tests.conftest import image_bytes, kaggle_members, make_zip, run_stage, wri
 COUNTS = {"sample.train_per_class": 4, "sample.validation_per_class": 2, "sample.test_per_class": 2}
 
 
-def _raw(workdir: Path, members: dict[str, bytes], name: str = "train.zip") -> None:
+def _raw(workdir: Path, members: dict[str, bytes]) -> None:
     (workdir / "data/raw").mkdir(parents=True, exist_ok=True)
-    make_zip(workdir / "data/raw" / name, members)
+    make_zip(workdir / "data/raw/train.zip", members)
 
 
 def _manifest(workdir: Path) -> pd.DataFrame:
@@ -137,7 +137,7 @@ def test_petimages_layout_is_sampled_with_kaggle_names(workdir: Path) -> None:
         }.items()
     }
     members |= {"PetImages/Cat/666.jpg": b"", "PetImages/Dog/Thumbs.db": b"\x00" * 10}
-    _raw(workdir, members, "kagglecatsanddogs_5340.zip")
+    _raw(workdir, members)
     sample.main()
     manifest = _manifest(workdir)
     assert len(manifest) == 16
@@ -150,9 +150,7 @@ def test_petimages_layout_is_sampled_with_kaggle_names(workdir: Path) -> None:
 def test_missing_raw_data_is_one_line(workdir: Path) -> None:
     result = run_stage("sample", workdir)
     assert result.returncode == 1
-    assert result.stderr.strip() == (
-        "error: data/raw: expected one .zip from the download stage, found 0; run dvc repro download"
-    )
+    assert result.stderr.strip() == ("error: data/raw/train.zip: not found; run dvc repro download")
     assert not (workdir / "data/sample").exists()
     assert not (workdir / "metrics/data.json").exists()
 
