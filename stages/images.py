@@ -68,13 +68,16 @@ def read_file(path: os.PathLike | str, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of the regular file ``path``; raise BadImage for a FIFO, a device, a folder or a file over
     ``limit``. Opened without blocking, so a FIFO is refused instead of waited on."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as file:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise BadImage("not_a_file")
         if info.st_size > limit:
             raise BadImage("too_large")
-        data = file.read(limit + 1)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(limit + 1)
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise BadImage("too_large")
     return data

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import glob
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from stages import paths
 from stages.common import PipelineError, run
 from stages.config import FeaturesConfig, load_params
 from stages.datasets import resized_pixels
-from stages.images import BadImage, read_image
+from stages.images import BadImage, read_file, read_image
 from stages.models import build_imagenet_classifier, load_saved
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -36,20 +37,59 @@ TOP = 5
 
 
 def expand(arguments: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """The image files that ``arguments`` name, and one error per argument that names nothing."""
+    """The image files that ``arguments`` name, each once, and one error per argument that names none.
+
+    Folders are searched recursively; a linked folder is entered once at most, so a link loop ends.
+    """
     files: list[Path] = []
     errors: list[str] = []
+    seen: set[Path] = set()
     for argument in arguments:
-        path = Path(argument)
-        matches = [path] if path.exists() else [Path(m) for m in sorted(glob.glob(argument, recursive=True))]
-        if not matches:
-            errors.append(f"{argument}: no such file, folder or glob match")
+        found: list[Path] = []
+        matches = _matches(argument)
+        errors_before = len(errors)
         for match in matches:
             if match.is_dir():
-                files += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                found += _images_under(match, errors)
             else:
-                files.append(match)
-    return list(dict.fromkeys(files)), errors
+                found.append(match)  # named directly: read whatever it is, and say why it cannot be read
+        if not found and len(errors) == errors_before:
+            errors.append(f"{argument}: {'no image files there' if matches else 'no such file, folder or glob match'}")
+        for file in found:
+            real = file.resolve()
+            if real not in seen:
+                seen.add(real)
+                files.append(file)
+    return files, errors
+
+
+def _matches(argument: str) -> list[Path]:
+    """What one argument names: itself, or the paths its glob matches (``**`` never enters a linked folder)."""
+    if not glob.has_magic(argument):
+        return [Path(argument)] if os.path.lexists(argument) else []
+    parts = Path(argument).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:fixed]) if fixed else Path()
+    return sorted(root.glob(str(Path(*parts[fixed:])))) if root.is_dir() else []
+
+
+def _images_under(folder: Path, errors: list[str]) -> list[Path]:
+    """Image files under ``folder``, sorted; a linked folder is entered only if its target was not seen yet."""
+    found: list[Path] = []
+    visited: set[str] = set()
+
+    def unreadable(error: OSError) -> None:
+        errors.append(f"{error.filename}: cannot read folder ({error.strerror})")
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in visited)
+        found += [Path(root, name) for name in sorted(names) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return found
 
 
 def load_batches(files: list[Path], size: int, batch_size: int, errors: list[str]) -> Iterator[tuple]:
@@ -57,7 +97,7 @@ def load_batches(files: list[Path], size: int, batch_size: int, errors: list[str
     batch_files, batch_pixels = [], []
     for file in files:
         try:
-            image = read_image(file.read_bytes())
+            image = read_image(read_file(file))  # regular files only, at most MAX_FILE_BYTES
         except BadImage as bad:
             errors.append(f"{file}: cannot read image ({bad.reason.replace('_', ' ')})")
             continue
@@ -180,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     write(rows, args.format, results)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
-    if errors:
+    if not rows and not errors:
+        print("error: no images to classify", file=sys.stderr)
+    if errors or not rows:
         sys.exit(1)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -44,9 +48,12 @@ def test_every_image_gets_a_line_and_a_corrupt_one_an_error(trained: Path, photo
     assert len(lines) == 5
     by_name = {Path(line.split("\t")[0]).name: line.split("\t") for line in lines}
     assert set(by_name) == {"cat.jpg", "dog.jpg", "gray.jpg", "alpha.png", "cmyk_rotated.jpg"}
-    for _path, label, probability in by_name.values():
-        assert label in ("cat", "dog")
-        assert 0.5 <= float(probability) <= 1.0
+    as_json = run_stage("predict", trained, args=(str(photos), "--format", "json"))
+    for row in json.loads(as_json.stdout):  # each text line says what the model's P(dog) means at the threshold
+        _path, label, probability = by_name[Path(row["path"]).name]
+        dog = row["dog_probability"]
+        assert label == ("dog" if dog >= 0.5 else "cat")
+        assert float(probability) == pytest.approx(dog if label == "dog" else 1 - dog, abs=1e-4)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {photos / 'broken.jpg'}: cannot read image (truncated)"]
 
@@ -118,3 +125,83 @@ def test_imagenet_top5_with_random_weights_says_so(trained: Path, photos: Path) 
     probabilities = [r["probability"] for r in rows[:5]]
     assert probabilities == sorted(probabilities, reverse=True)
     assert "weights are random" in result.stderr
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging: a link loop or a FIFO must not block predict."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_folder_link_loops_list_each_photo_once(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "cat.jpg").write_bytes(image_bytes())
+    (folder / "sub/dog.jpg").write_bytes(image_bytes())
+    (folder / "loop").symlink_to(".", target_is_directory=True)
+    (folder / "sub/up").symlink_to("..", target_is_directory=True)
+    (folder / "sub/again").symlink_to("..", target_is_directory=True)
+    with deadline(20):
+        for argument in (folder, folder / "**/*.jpg", folder / "**"):
+            files, errors = predict.expand([str(argument)])
+            assert sorted(f.name for f in files) == ["cat.jpg", "dog.jpg"], argument
+            assert errors == []
+
+
+def test_the_same_photo_named_twice_is_classified_once(tmp_path: Path) -> None:
+    (tmp_path / "cat.jpg").write_bytes(image_bytes())
+    (tmp_path / "alias.jpg").symlink_to(tmp_path / "cat.jpg")
+    files, errors = predict.expand([str(tmp_path / "cat.jpg"), str(tmp_path), str(tmp_path / "*.jpg")])
+    assert files == [tmp_path / "cat.jpg"] and errors == []
+
+
+def test_only_regular_files_are_read_and_never_too_much(tmp_path: Path) -> None:
+    fifo, big = tmp_path / "fifo.jpg", tmp_path / "big.jpg"
+    os.mkfifo(fifo)
+    with open(big, "wb") as out:  # sparse: 60 MB on paper, nothing on disk
+        out.truncate(60 * 2**20)
+    errors: list[str] = []
+    with deadline(20):
+        batches = list(predict.load_batches([Path("/dev/zero"), fifo, big, tmp_path], 32, 4, errors))
+    assert batches == []
+    assert errors == [
+        "/dev/zero: cannot read image (not a file)",
+        f"{fifo}: cannot read image (not a file)",
+        f"{big}: cannot read image (too large)",
+        f"{tmp_path}: cannot read image (not a file)",
+    ]
+
+
+def test_an_empty_folder_is_an_error_not_silence(trained: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/notes.txt").write_text("no photos here")
+    result = run_stage("predict", trained, args=(str(tmp_path / "empty"),))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'empty'}: no image files there"
+
+
+def test_an_unreadable_folder_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path):  # root reads every folder, so deny it the way a permission error would
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    files, errors = predict.expand([str(folder)])
+    assert files == []
+    assert errors == [f"{folder}: cannot read folder (Permission denied)"]
