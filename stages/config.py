@@ -97,12 +97,12 @@ class DataConfig:
     synthetic: SyntheticConfig
 
     def __post_init__(self) -> None:
-        if self.source == "archive":
-            _check(
-                bool(self.archive),
-                "data.archive",
-                "is empty; set it to a .zip or folder when data.source is archive",
-            )
+        # dvc.yaml declares data.archive as download's dependency, so it is always a path DVC can hash.
+        _check(
+            bool(self.archive) and not self.archive.startswith("~"),
+            "data.archive",
+            f"is {self.archive!r}; use a path (no ~): a .zip or folder, or {paths.ARCHIVE_DIR} when unused",
+        )
         if self.source == "petimages":
             url = urllib.parse.urlparse(self.petimages_url)
             _check(
@@ -190,6 +190,15 @@ class FeaturesConfig:
             "features.weights",
             "is empty; use imagenet, none or the path of a weights file",
         )
+        if self.weights not in ("imagenet", "none"):
+            # extract_features depends on the folder in dvc.yaml: a file elsewhere could change unseen.
+            inside = Path(self.weights).resolve().is_relative_to(paths.WEIGHTS_DIR.resolve())
+            _check(
+                inside,
+                "features.weights",
+                f"is {self.weights}, outside {paths.WEIGHTS_DIR}/; copy the file there, so DVC re-runs "
+                "extract_features when it changes",
+            )
 
 
 @dataclass(frozen=True)

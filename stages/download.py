@@ -198,7 +198,7 @@ def download(cfg: DataConfig, target: Path) -> None:
         fetch_kaggle(cfg.competition, target)
         what = f"Kaggle's {KAGGLE_FILE} of {cfg.competition}"
     elif cfg.source == "archive":
-        import_archive(Path(cfg.archive).expanduser(), target)
+        import_archive(Path(cfg.archive), target)
         what = f"data.archive {cfg.archive}"
     elif cfg.source == "petimages":
         fetch_url(cfg.petimages_url, target)

@@ -169,7 +169,7 @@ def _weights_argument(cfg: FeaturesConfig, kind: str) -> str | None:
         return None
     if cfg.weights == "imagenet":
         return "imagenet"
-    path = Path(cfg.weights).expanduser()
+    path = Path(cfg.weights)
     if not path.is_file():
         raise ConfigError(
             f"{paths.PARAMS}: features.weights {cfg.weights} does not exist; use imagenet, none or the path of "

@@ -4,6 +4,8 @@ from pathlib import Path
 
 PARAMS = Path("params.yaml")
 
+ARCHIVE_DIR = Path("data/archive")  # data.archive's default: a local dataset put here is a DVC dependency
+WEIGHTS_DIR = Path("data/weights")  # local weights files live here, so DVC re-runs extract_features on a change
 RAW_DIR = Path("data/raw")
 RAW_ARCHIVE = RAW_DIR / "train.zip"  # whatever the source, download leaves this one zip
 SAMPLE_DIR = Path("data/sample")

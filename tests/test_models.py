@@ -78,10 +78,12 @@ def test_book_head_on_180px_features() -> None:
     assert head.output_shape == (None, 1)
 
 
-def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
+def test_local_weights_file_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keras.utils.set_random_seed(1)
     source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
-    path = tmp_path / "vgg16_notop.weights.h5"
+    monkeypatch.chdir(tmp_path)  # local weights live under data/weights/, relative to the repository root
+    path = Path("data/weights/vgg16_notop.weights.h5")
+    path.parent.mkdir(parents=True)
     source.save_weights(path)
     extractor = build_extractor(32, FeaturesConfig("vgg16", str(path)))
     for loaded, saved in zip(base_of(extractor).get_weights(), source.get_weights(), strict=True):
@@ -92,8 +94,12 @@ def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
     ("content", "message"),
     [(None, "does not exist; use imagenet, none or the path"), (b"not hdf5", "is not a vgg16 notop weights file")],
 )
-def test_missing_or_wrong_weights_file_is_one_clear_error(tmp_path: Path, content: bytes | None, message: str) -> None:
-    path = tmp_path / "weights.h5"
+def test_missing_or_wrong_weights_file_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes | None, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = Path("data/weights/weights.h5")
+    path.parent.mkdir(parents=True)
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ConfigError) as error:

@@ -14,9 +14,18 @@ import pytest
 
 from tests.conftest import REPO, TINY, write_params
 
-COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "data", "models", "metrics", "__pycache__", ".pytest_cache", ".ruff_cache", "tmp", "cache"
-)
+NEVER_COPIED = {".git", ".venv", "models", "metrics", "__pycache__", ".pytest_cache", ".ruff_cache", "tmp", "cache"}
+LOCAL_INPUTS = ("archive", "weights")  # folders under data/ that dvc.yaml declares as dependencies
+
+
+def copy_ignore(folder: str, names: list[str]) -> set[str]:
+    """What a fresh clone would not have: outputs, caches, and anything but the READMEs under data/."""
+    ignored = NEVER_COPIED & set(names)
+    if Path(folder) == REPO / "data":
+        ignored |= {name for name in names if name not in LOCAL_INPUTS}
+    elif Path(folder).parent == REPO / "data":
+        ignored |= {name for name in names if name != "README.md"}
+    return ignored
 
 
 def sh(args: list[str], cwd: Path) -> str:
@@ -31,7 +40,7 @@ def sh(args: list[str], cwd: Path) -> str:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC copy of the repository with the tiny params, after one `dvc repro`."""
     root = tmp_path_factory.mktemp("project") / "repo"
-    shutil.copytree(REPO, root, ignore=COPY_IGNORE)
+    shutil.copytree(REPO, root, ignore=copy_ignore)
     write_params(root / "params.yaml", TINY)
     sh(["git", "init", "-q", "-b", "main"], root)
     sh(["git", "config", "user.email", "test@example.com"], root)
@@ -87,6 +96,22 @@ def test_a_seed_change_resamples_without_downloading_again(project: Path) -> Non
         params.write_text(original)
     assert "download" not in changed
     assert {"sample", "train_baseline", "train_head"} <= set(changed)
+
+
+@pytest.mark.parametrize(
+    ("path", "stage"), [("data/archive/README.md", "download"), ("data/weights/x.h5", "extract_features")]
+)
+def test_replacing_a_local_input_reruns_the_stage_that_reads_it(project: Path, path: str, stage: str) -> None:
+    file = project / path
+    original = file.read_bytes() if file.exists() else None
+    file.write_bytes(b"replaced at the same path")
+    try:
+        changed = json.loads(sh(["dvc", "status", "--json"], project))
+    finally:
+        file.write_bytes(original) if original is not None else file.unlink()
+    assert stage in changed
+    assert ("download" in changed) == (stage == "download")
+    assert "Data and pipelines are up to date." in sh(["dvc", "status"], project)
 
 
 def test_data_and_models_are_ignored_by_git_and_metrics_are_not(project: Path) -> None:
