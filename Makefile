@@ -27,6 +27,7 @@ repro: setup
 test: setup
 	ruff check .
 	ruff format --check .
+	actionlint
 	python -m pytest
 
 test-fast: setup
@@ -39,6 +40,7 @@ demo: setup
 lint: setup
 	ruff check .
 	ruff format --check .
+	actionlint
 
 format: setup
 	ruff format .

@@ -1,0 +1,63 @@
+"""The GitHub workflows: linted, actions pinned, no expression in a shell, PR code never run with write access."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import REPO
+
+WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.yml"))
+
+
+def _steps(path: Path) -> list[dict]:
+    workflow = YAML(typ="safe").load(path.read_text())
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+def test_actionlint_accepts_ours_and_rejects_a_broken_one(tmp_path: Path) -> None:
+    actionlint = shutil.which("actionlint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert actionlint, "actionlint is in requirements.txt; run make setup"
+    ours = subprocess.run([actionlint, *map(str, WORKFLOWS)], capture_output=True, text=True)
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n"
+    )
+    assert subprocess.run([actionlint, str(broken)], capture_output=True).returncode != 0
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_by_commit_and_run_steps_take_no_expressions(path: Path) -> None:
+    for step in _steps(path):
+        if "uses" in step:
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
+        if "run" in step:
+            assert "${{" not in step["run"], f"{path.name}: pass expressions through env:, not into the shell"
+
+
+def test_jobs_have_time_limits_and_checkouts_keep_no_token() -> None:
+    for path in WORKFLOWS:
+        workflow = YAML(typ="safe").load(path.read_text())
+        for name, job in workflow["jobs"].items():
+            assert "timeout-minutes" in job, f"{path.name}: {name}"
+        for step in _steps(path):
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False
+
+
+def test_only_the_job_that_never_checks_out_code_can_write() -> None:
+    for path in WORKFLOWS:
+        workflow = YAML(typ="safe").load(path.read_text())
+        writes = "write" in workflow.get("permissions", {}).values()
+        checks_out = any(step.get("uses", "").startswith("actions/checkout@") for step in _steps(path))
+        assert not (writes and checks_out), path.name
+        if "pull_request" in workflow.get("on", workflow.get(True, {})):
+            assert not writes, f"{path.name} runs pull request code: read-only token"
