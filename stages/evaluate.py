@@ -20,16 +20,17 @@ from stages import paths
 from stages.common import PipelineError, atomic_path, run, write_json
 from stages.config import load_params
 from stages.datasets import image_dataset, labels_of, load_features
-from stages.models import load_saved
+from stages.models import load_saved, predicted_labels, takes_images
 
 THUMBNAIL = 128  # gallery tile side, pixels
 CAPTION = 30  # gallery caption height, pixels
+MARGIN = 4  # gallery text inset, pixels
 LOG_LOSS_EPS = 1e-7  # Keras' epsilon: a model that outputs exactly 0 or 1 still has a finite log loss
 
 
 def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float | int | None]:
     """Binary classification metrics for P(dog) ``probabilities`` against 0/1 ``labels``."""
-    predicted = (probabilities >= threshold).astype(int)
+    predicted = predicted_labels(probabilities, threshold)
     tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     both_classes = len(np.unique(labels)) == 2
     return {
@@ -79,7 +80,7 @@ def predictions_table(files: list[str], labels: np.ndarray, probabilities: np.nd
             "file": files,
             "label": names[labels.astype(int)],
             "probability": probabilities.round(6),
-            "predicted": names[(probabilities >= threshold).astype(int)],
+            "predicted": names[predicted_labels(probabilities, threshold)],
         }
     )
     return table.sort_values("file").reset_index(drop=True)
@@ -94,22 +95,26 @@ def most_confidently_wrong(table: pd.DataFrame, size: int, threshold: float) -> 
 
 
 def gallery(table: pd.DataFrame, sample_dir: Path, size: int, threshold: float, title: str) -> Image.Image:
-    """A strip of the ``size`` most confidently wrong images, captioned with truth and P(dog)."""
+    """A strip of the ``size`` most confidently wrong images, captioned with truth and P(dog), under a heading
+    that always fits; a model with no mistakes gets a one-line sheet that says so."""
     wrong = most_confidently_wrong(table, size, threshold)
     font = ImageFont.load_default(size=11)
-    tiles = max(len(wrong), 1)
-    sheet = Image.new("RGB", (tiles * THUMBNAIL, THUMBNAIL + 2 * CAPTION), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((4, 4), f"{title}: {len(wrong)} most confidently wrong", fill="black", font=font)
     if wrong.empty:
-        draw.text((4, CAPTION + 4), "no misclassified test images", fill="black", font=font)
+        heading = f"{title}: no misclassified test images"
+    else:
+        heading = f"{title}: the {len(wrong)} most confidently wrong test image{'s' * (len(wrong) > 1)}"
+    width = max(len(wrong) * THUMBNAIL, int(font.getlength(heading)) + 2 * MARGIN)
+    height = CAPTION + (THUMBNAIL + CAPTION if len(wrong) else 0)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((MARGIN, MARGIN), heading, fill="black", font=font)
     for index, row in enumerate(wrong.itertuples()):
         with Image.open(sample_dir / row.file) as image:
             thumb = ImageOps.contain(image.convert("RGB"), (THUMBNAIL, THUMBNAIL))
         x = index * THUMBNAIL
         sheet.paste(thumb, (x + (THUMBNAIL - thumb.width) // 2, CAPTION + (THUMBNAIL - thumb.height) // 2))
         caption = f"true {row.label}\nP(dog)={row.probability:.3f}"
-        draw.multiline_text((x + 4, CAPTION + THUMBNAIL + 2), caption, fill="black", font=font, spacing=1)
+        draw.multiline_text((x + MARGIN, CAPTION + THUMBNAIL + 2), caption, fill="black", font=font, spacing=1)
     return sheet
 
 
@@ -131,14 +136,14 @@ def predict_all(batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.nd
     out = {}
     for name, path in paths.EVALUATED_MODELS.items():
         model = load_saved(path)
-        if name == "head":
+        if takes_images(model):
+            images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
+            probabilities = model.predict(images, verbose=0).reshape(-1)
+            out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities)
+        else:
             features = load_features("test")
             probabilities = model.predict(features.features, batch_size=batch_size, verbose=0)
             out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1))
-            continue
-        images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
-        probabilities = model.predict(images, verbose=0).reshape(-1)
-        out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities)
     return out
 
 
@@ -150,7 +155,7 @@ def main() -> None:
     results = {}
     for name, (files, labels, probabilities) in predict_all(params.image.batch_size).items():
         if sorted(files) != expected:
-            stale = "data/features/test.npz" if name == "head" else "the test images"
+            stale = paths.features_file("test") if name == "head" else "the test images"
             raise PipelineError(f"{stale} do not match {paths.MANIFEST}; run dvc repro")
         table = predictions_table(files, labels, probabilities, cfg.threshold)
         results[name] = score(labels, probabilities, cfg.threshold)

@@ -30,7 +30,7 @@ from stages.common import PipelineError, run
 from stages.config import FeaturesConfig, load_params
 from stages.datasets import resized_pixels
 from stages.images import BadImage, read_file, read_image
-from stages.models import build_imagenet_classifier, load_saved
+from stages.models import build_imagenet_classifier, load_saved, predicted_labels, takes_images
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOP = 5
@@ -117,8 +117,9 @@ def classify(model: keras.Model, files: list[Path], threshold: float, batch_size
     """One row per readable image: path, label, P(label), P(dog)."""
     rows = []
     for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
-        for file, dog in zip(batch_files, model.predict(pixels, verbose=0).reshape(-1), strict=True):
-            label = paths.CLASS_NAMES[int(dog >= threshold)]
+        dogs = model.predict(pixels, verbose=0).reshape(-1)
+        for file, dog, labelled in zip(batch_files, dogs, predicted_labels(dogs, threshold), strict=True):
+            label = paths.CLASS_NAMES[labelled]
             rows.append(
                 {
                     "path": str(file),
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = classify_imagenet(params.features, files, batch_size, errors)
         else:
             model = load_saved(args.model)
-            if len(model.input_shape) != 4 or model.input_shape[-1] != 3:
+            if not takes_images(model):
                 raise PipelineError(
                     f"{args.model} takes {model.input_shape[1:]} features, not images; use --model "
                     f"{paths.FINETUNED_MODEL} or {paths.BASELINE_MODEL}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
 from stages import evaluate
 from stages.common import PipelineError
@@ -121,11 +121,18 @@ def test_gallery_shows_the_most_confidently_wrong_first(tmp_path: Path) -> None:
     assert list(evaluate.most_confidently_wrong(table, 5, 0.5)["file"]) == ["test/cat/cat.2.jpg", "test/dog/dog.3.jpg"]
     # Measured from the threshold: at 0.95, P(dog)=0.45 is the more confident call.
     assert list(evaluate.most_confidently_wrong(table, 1, 0.95)["file"]) == ["test/dog/dog.3.jpg"]
-    sheet = evaluate.gallery(table, sample_dir, 1, 0.5, "model")
-    assert sheet.size == (evaluate.THUMBNAIL, evaluate.THUMBNAIL + 2 * evaluate.CAPTION)
-    assert evaluate.gallery(table, sample_dir, 5, 0.5, "model").width == 2 * evaluate.THUMBNAIL
+    font = ImageFont.load_default(size=11)
+    sheet = evaluate.gallery(table, sample_dir, 1, 0.5, "finetuned")
+    heading = "finetuned: the 1 most confidently wrong test image"
+    assert sheet.size == (int(font.getlength(heading)) + 8, evaluate.THUMBNAIL + 2 * evaluate.CAPTION)
+    assert evaluate.gallery(table, sample_dir, 5, 0.5, "m").width == 2 * evaluate.THUMBNAIL  # two tiles, short title
     right = table.assign(predicted=table["label"])
-    assert evaluate.gallery(right, sample_dir, 5, 0.5, "model").width == evaluate.THUMBNAIL
+    empty = evaluate.gallery(right, sample_dir, 5, 0.5, "finetuned")
+    # The whole sentence fits: the sheet is wider than its text, and its right margin is blank.
+    assert empty.width == int(font.getlength("finetuned: no misclassified test images")) + 8 > evaluate.THUMBNAIL
+    assert empty.height == evaluate.CAPTION
+    pixels = np.asarray(empty.convert("L"))
+    assert pixels[:, -3:].min() == 255 and pixels[:, :-3].min() < 128
 
 
 @pytest.fixture(scope="module")

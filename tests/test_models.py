@@ -165,3 +165,13 @@ def test_finetune_model_starts_as_head_on_extractor() -> None:
     head = build_head(features.shape[1:], HeadConfig(True, 8, 0.5, 1e-3, 4, 1, None), (flat.mean(0), flat.var(0)))
     model = build_finetune(extractor, head, augmentation(BOOK.augment, 0))
     np.testing.assert_allclose(model.predict(pixels, verbose=0), head.predict(features, verbose=0), rtol=1e-5)
+
+
+def test_image_models_are_told_from_feature_models_by_their_input() -> None:
+    from stages.models import predicted_labels, takes_images
+
+    images = keras.Model(inputs := keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D()(inputs))
+    features = keras.Model(inputs := keras.Input((1, 1, 512)), keras.layers.Flatten()(inputs))  # 4-D, not RGB
+    assert takes_images(images) and not takes_images(features)
+    assert predicted_labels(np.array([0.2, 0.5, 0.7]), 0.5).tolist() == [0, 1, 1]
+    assert predicted_labels(np.array([0.2, 0.5, 0.7]), 0.6).tolist() == [0, 0, 1]
