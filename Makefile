@@ -5,12 +5,6 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-# The whole pipeline, offline, on generated images and a random VGG16; params.yaml stays untouched.
-DEMO_PARAMS := -S data.source=synthetic -S data.synthetic.per_class=160 -S data.synthetic.size=96 \
-	-S sample.train_per_class=80 -S sample.validation_per_class=40 -S sample.test_per_class=40 \
-	-S image.size=96 -S baseline.epochs=15 -S features.weights=none -S head.normalize=true \
-	-S head.epochs=10 -S finetune.epochs=2
-
 .PHONY: setup repro test test-fast demo report lint format
 setup: $(STAMP)
 
@@ -33,8 +27,9 @@ test: setup
 test-fast: setup
 	python -m pytest -m "not slow"
 
+# configs/demo.yaml: the whole pipeline offline, on generated images and a random VGG16; params.yaml stays.
 demo: setup
-	dvc exp run --temp --name demo-$$(date +%Y%m%d-%H%M%S) $(DEMO_PARAMS)
+	eval dvc exp run --temp --name demo-$$(date +%Y%m%d-%H%M%S) "$$(python -m stages.scenarios demo)"
 	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|finetuned)\.(accuracy|roc_auc)$$'
 
 lint: setup

@@ -15,27 +15,13 @@ import pytest
 from PIL import Image
 from ruamel.yaml import YAML
 
+from stages import scenarios
+
 REPO = Path(__file__).resolve().parents[1]
 
-# The smallest config that still exercises every stage: 32 px images, a random VGG16, 1-3 epochs.
-TINY = {
-    "data.source": "synthetic",
-    "data.synthetic.per_class": 40,
-    "data.synthetic.size": 40,
-    "sample.train_per_class": 16,
-    "sample.validation_per_class": 8,
-    "sample.test_per_class": 8,
-    "image.size": 32,
-    "image.batch_size": 16,
-    "baseline.filters": [8, 16],
-    "baseline.padding": "same",
-    "baseline.epochs": 2,
-    "features.weights": "none",
-    "head.normalize": True,
-    "head.units": 16,
-    "head.epochs": 2,
-    "finetune.epochs": 1,
-}
+# Named small configs (configs/*.yaml), shared with the Makefile.
+TINY = scenarios.load("tiny")
+LEARNABLE = scenarios.load("learnable")
 
 
 def write_params(path: Path, overrides: dict) -> None:
@@ -94,19 +80,6 @@ def kaggle_members(per_class: int, start: int = 0) -> dict[str, bytes]:
         for n in range(start, start + per_class):
             members[f"train/{label}.{n}.jpg"] = image_bytes(size=(20 + n, 16 + (label == "dog")))
     return members
-
-
-# Enough synthetic data to learn from at 32 px: 30 training images per class, a few epochs.
-LEARNABLE = {
-    **TINY,
-    "data.synthetic.per_class": 60,
-    "sample.train_per_class": 30,
-    "sample.validation_per_class": 15,
-    "sample.test_per_class": 15,
-    "baseline.filters": [16, 32, 64],
-    "baseline.epochs": 8,
-    "head.epochs": 5,
-}
 
 
 @contextlib.contextmanager
