@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup repro test test-fast demo report lint format
+.PHONY: setup repro test test-fast demo report lint format bench
 setup: $(STAMP)
 
 $(STAMP): requirements.txt
@@ -45,3 +45,6 @@ BASE ?= main
 report: setup
 	python -m stages.report --base $(BASE) --out report.md
 	dvc plots diff $(BASE) --out dvc_plots
+
+bench: setup
+	python -m stages.bench

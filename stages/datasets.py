@@ -14,12 +14,14 @@ from stages import paths
 from stages.common import PipelineError, atomic_path
 
 
-def image_dataset(split: str, image_size: int, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Batches of (raw RGB pixels resized to ``image_size``, label 0 cat / 1 dog) from ``data/sample/<split>``.
+def image_dataset(
+    split: str, image_size: int, batch_size: int, shuffle: bool, seed: int, root: Path = paths.SAMPLE_DIR
+) -> tf.data.Dataset:
+    """Batches of (raw RGB pixels resized to ``image_size``, label 0 cat / 1 dog) from ``<root>/<split>``.
 
-    The dataset's ``file_paths`` (without shuffling) name the images in order, relative to ``data/sample``.
+    The dataset's ``file_paths`` (without shuffling) name the images in order, relative to ``root``.
     """
-    folder = paths.SAMPLE_DIR / split
+    folder = root / split
     if not folder.is_dir():
         raise PipelineError(f"{folder}: not found; run dvc repro sample")
     # An absolute folder: the dataset reads files lazily, so it must not depend on the working directory.
@@ -34,7 +36,7 @@ def image_dataset(split: str, image_size: int, batch_size: int, shuffle: bool, s
         seed=seed,
         verbose=False,
     )
-    files = [Path(p).relative_to(paths.SAMPLE_DIR.resolve()).as_posix() for p in dataset.file_paths]
+    files = [Path(p).relative_to(root.resolve()).as_posix() for p in dataset.file_paths]
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset.file_paths = files
     return dataset

@@ -1,0 +1,205 @@
+"""``python -m stages.bench`` (``make bench``): how fast each step runs on this machine, against the book's way.
+
+At the configured ``image.size`` and ``image.batch_size``, on generated images and random weights, it
+times four steps the pipeline's way and the book's way in the same run, and prints images/s and their
+ratio: JPEG decode and resize (``tf.data`` against ``load_img`` per file), VGG16 extraction (one
+``predict`` over the dataset against ``conv_base.predict(preprocess_input(batch))`` per batch), a baseline
+training step and a fine-tuning step (``fit`` against ``train_on_batch`` per batch). Both ways decode and
+resize the JPEGs on every pass. From the pipeline's rates and the params it estimates the wall time of
+``make repro``. It writes ``bench.json``: machine noise, never a DVC metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from stages import paths
+from stages.common import PipelineError, atomic_path, run
+from stages.config import FeaturesConfig, HeadConfig, Params, load_params
+from stages.datasets import image_dataset
+from stages.models import augmentation, build_baseline, build_extractor, build_finetune, build_head, unfreeze
+from stages.synthetic import draw_animal
+from stages.training import compile_binary, seed_everything
+
+BENCH_FILE = Path("bench.json")
+REPEATS = 2  # timed runs of each way per step
+BILINEAR = "bilinear"  # as image_dataset_from_directory resizes: the same work both ways
+FORWARD_SPEEDUP = 3.0  # a forward pass costs about a third of a training step (the backward pass is ~2x)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One step measured both ways: images per second, and ours over the book's."""
+
+    step: str
+    images: int
+    ours: float
+    book: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.book
+
+
+def write_images(folder: Path, count: int, size: int, seed: int) -> list[Path]:
+    """``count`` generated JPEGs, half cats and half dogs, laid out as ``sample`` does: ``train/{cat,dog}/``."""
+    files = []
+    for index in range(count):
+        label = paths.CLASS_NAMES[index % 2]
+        file = folder / "train" / label / f"{label}.{index}.jpg"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        draw_animal(label, size, np.random.default_rng([seed, index])).save(file, quality=90)
+        files.append(file)
+    return files
+
+
+def compare(step: str, images: int, ours: Callable[[], object], book: Callable[[], object]) -> Timing:
+    """Images per second of both ways: each run once to warm up (tracing, caches), then ``REPEATS`` timed runs
+    taken in turns, so neither way profits from going second; the best run of each counts, as ``timeit`` does."""
+    ours(), book()
+    best = {ours: 0.0, book: 0.0}
+    for _ in range(REPEATS):
+        for work in (ours, book):
+            start = time.perf_counter()
+            work()
+            best[work] = max(best[work], images / (time.perf_counter() - start))
+    return Timing(step, images, best[ours], best[book])
+
+
+def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The book's input: ``load_img`` and ``img_to_array`` per file, stacked into batches, labels from folders."""
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        pixels = np.stack(
+            [
+                keras.utils.img_to_array(keras.utils.load_img(f, target_size=(size, size), interpolation=BILINEAR))
+                for f in chunk
+            ]
+        )
+        yield pixels, np.array([paths.CLASS_NAMES.index(f.parent.name) for f in chunk], dtype="float32")
+
+
+def measure(params: Params, count: int) -> list[Timing]:
+    """Time every step both ways on ``count`` generated images at the configured size."""
+    size, batch_size = params.image.size, params.image.batch_size
+    seed_everything(params.seed)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        files = write_images(Path(tmp), count, size, params.seed)
+        dataset = image_dataset("train", size, batch_size, shuffle=False, seed=0, root=Path(tmp))
+
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            return book_batches(files, size, batch_size)  # decoded afresh on every pass, as tf.data does
+
+        timings = [
+            compare(
+                "decode_resize",
+                count,
+                lambda: [None for _ in dataset],
+                lambda: list(batches()),
+            )
+        ]
+
+        extractor = build_extractor(size, FeaturesConfig(params.features.base, "none"))
+        conv_base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
+        preprocess = keras.applications.vgg16.preprocess_input
+        timings.append(
+            compare(
+                "extract_features",
+                count,
+                lambda: extractor.predict(dataset, verbose=0),
+                lambda: [conv_base.predict(preprocess(x), verbose=0) for x, _ in batches()],
+            )
+        )
+
+        baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
+        timings.append(
+            _training_step("baseline_step", baseline, params.baseline.learning_rate, dataset, batches, count)
+        )
+
+        head = build_head(extractor.output_shape[1:], _plain_head(params.head))
+        finetuned = build_finetune(extractor, head, augmentation(params.augment, params.seed))
+        unfreeze(extractor, params.finetune.unfreeze)
+        timings.append(
+            _training_step("finetune_step", finetuned, params.finetune.learning_rate, dataset, batches, count)
+        )
+    return timings
+
+
+def _plain_head(cfg: HeadConfig) -> HeadConfig:
+    """The head without standardization, which needs training features the bench does not have."""
+    return HeadConfig(**{**asdict(cfg), "normalize": False})
+
+
+def _training_step(step: str, model: keras.Model, learning_rate: float, dataset, batches, count: int) -> Timing:
+    """One epoch of ``fit`` on the dataset against ``train_on_batch`` per batch, on the same compiled model."""
+    compile_binary(model, learning_rate)
+    return compare(
+        step,
+        count,
+        lambda: model.fit(dataset, epochs=1, verbose=0),
+        lambda: [model.train_on_batch(x, y) for x, y in batches()],
+    )
+
+
+def estimate_repro(params: Params, timings: list[Timing]) -> dict[str, float]:
+    """Seconds each stage of ``dvc repro`` would take at these rates and params.
+
+    Training passes use the measured step rates. Forward-only passes (validation each epoch, evaluation)
+    are counted at ``FORWARD_SPEEDUP`` times the training rate of the same model: an estimate, not a timing.
+    """
+    ours = {t.step: t.ours for t in timings}
+    counts = {split: 2 * n for split, n in params.sample.counts().items()}
+
+    def epochs(model: str, count: int) -> float:
+        rate = ours[f"{model}_step"]
+        return count * (counts["train"] / rate + counts["validation"] / (FORWARD_SPEEDUP * rate))
+
+    return {
+        "train_baseline": epochs("baseline", params.baseline.epochs),
+        "extract_features": sum(counts.values()) / ours["extract_features"],
+        "finetune": epochs("finetune", params.finetune.epochs),
+        "evaluate": sum(counts["test"] / (FORWARD_SPEEDUP * ours[f"{m}_step"]) for m in ("baseline", "finetune")),
+    }
+
+
+def report(timings: list[Timing], estimate: dict[str, float]) -> str:
+    """The table ``make bench`` prints."""
+    lines = [f"{'step':<18}{'images':>8}{'ours img/s':>12}{'book img/s':>12}{'ratio':>8}"]
+    lines += [f"{t.step:<18}{t.images:>8}{t.ours:>12.2f}{t.book:>12.2f}{t.ratio:>8.2f}" for t in timings]
+    lines.append(f"estimated dvc repro at these params: {sum(estimate.values()) / 3600:.1f} h")
+    lines += [f"  {stage:<18}{seconds / 60:>8.1f} min" for stage, seconds in estimate.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64, help="generated images per step (default 64)")
+    parser.add_argument("--out", type=Path, default=BENCH_FILE, help="where to write the timings")
+    args = parser.parse_args()
+    if args.images < 2:
+        raise PipelineError(f"--images is {args.images}; use at least 2 (one cat, one dog)")
+    params = load_params()
+    timings = measure(params, args.images)
+    estimate = estimate_repro(params, timings)
+    print(report(timings, estimate))
+    result = {
+        "image_size": params.image.size,
+        "batch_size": params.image.batch_size,
+        "steps": {t.step: {**asdict(t), "ratio": round(t.ratio, 3)} for t in timings},
+        "estimated_repro_seconds": {stage: round(seconds, 1) for stage, seconds in estimate.items()},
+    }
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    run(main)
