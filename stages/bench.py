@@ -28,7 +28,7 @@ from stages.config import FeaturesConfig, HeadConfig, Params, load_params
 from stages.datasets import image_dataset
 from stages.models import augmentation, build_baseline, build_extractor, build_finetune, build_head, unfreeze
 from stages.synthetic import draw_animal
-from stages.training import compile_binary, seed_everything
+from stages.training import compile_binary, seed_everything, set_precision
 
 BENCH_FILE = Path("bench.json")
 REPEATS = 2  # timed runs of each way per step
@@ -91,7 +91,8 @@ def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tupl
 def measure(params: Params, count: int) -> list[Timing]:
     """Time every step both ways on ``count`` generated images at the configured size."""
     size, batch_size = params.image.size, params.image.batch_size
-    seed_everything(params.seed)
+    seed_everything(params.seed, params.train.deterministic)
+    set_precision(params.train)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         files = write_images(Path(tmp), count, size, params.seed)
         dataset = image_dataset("train", size, batch_size, shuffle=False, seed=0, root=Path(tmp))
@@ -122,14 +123,14 @@ def measure(params: Params, count: int) -> list[Timing]:
 
         baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
         timings.append(
-            _training_step("baseline_step", baseline, params.baseline.learning_rate, dataset, batches, count)
+            _training_step("baseline_step", baseline, params.baseline.learning_rate, params, dataset, batches)
         )
 
         head = build_head(extractor.output_shape[1:], _plain_head(params.head))
         finetuned = build_finetune(extractor, head, augmentation(params.augment, params.seed))
         unfreeze(extractor, params.finetune.unfreeze)
         timings.append(
-            _training_step("finetune_step", finetuned, params.finetune.learning_rate, dataset, batches, count)
+            _training_step("finetune_step", finetuned, params.finetune.learning_rate, params, dataset, batches)
         )
     return timings
 
@@ -139,12 +140,12 @@ def _plain_head(cfg: HeadConfig) -> HeadConfig:
     return HeadConfig(**{**asdict(cfg), "normalize": False})
 
 
-def _training_step(step: str, model: keras.Model, learning_rate: float, dataset, batches, count: int) -> Timing:
+def _training_step(step: str, model: keras.Model, learning_rate: float, params: Params, dataset, batches) -> Timing:
     """One epoch of ``fit`` on the dataset against ``train_on_batch`` per batch, on the same compiled model."""
-    compile_binary(model, learning_rate)
+    compile_binary(model, learning_rate, params.train.jit_compile)
     return compare(
         step,
-        count,
+        len(dataset.file_paths),
         lambda: model.fit(dataset, epochs=1, verbose=0),
         lambda: [model.train_on_batch(x, y) for x, y in batches()],
     )

@@ -26,6 +26,7 @@ Source = Literal["kaggle", "archive", "petimages", "synthetic"]
 Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Padding = Literal["valid", "same"]
 Base = Literal["vgg16", "xception", "resnet50", "efficientnetv2b0"]
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 
 
 class ConfigError(PipelineError):
@@ -245,6 +246,15 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """How the training stages run, not what they learn: the knobs that matter on a GPU."""
+
+    precision: Precision
+    jit_compile: bool
+    deterministic: bool
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     data: DataConfig
@@ -256,6 +266,7 @@ class Params:
     head: HeadConfig
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
+    train: TrainConfig
 
     def __post_init__(self) -> None:
         _seed(self.seed, "seed")

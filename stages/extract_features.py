@@ -27,7 +27,7 @@ def extract(extractor, split: str, image_size: int, batch_size: int) -> Features
 
 def main() -> None:
     params = load_params()
-    seed_everything(params.seed)  # fixes the random base when features.weights is none
+    seed_everything(params.seed, params.train.deterministic)  # fixes the random base when features.weights is none
     extractor = build_extractor(params.image.size, params.features)
     counted, seconds = 0, 0.0
     for split in paths.SPLITS:

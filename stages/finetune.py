@@ -10,20 +10,23 @@ from stages import models, paths
 from stages.common import run
 from stages.config import load_params
 from stages.datasets import image_dataset
-from stages.training import compile_binary, fit, save_model, seed_everything
+from stages.training import compile_binary, fit, save_model, seed_everything, set_precision
 
 STAGE = "finetune"
 
 
 def main() -> None:
     params = load_params()
-    image, cfg = params.image, params.finetune
-    extractor, head = models.load_saved(paths.BASE_MODEL), models.load_saved(paths.HEAD_MODEL)
-    seed_everything(params.seed)
+    image, cfg, train_cfg = params.image, params.finetune, params.train
+    seed_everything(params.seed, train_cfg.deterministic)
+    set_precision(train_cfg)
+    # Made again under train.precision, with the saved weights: a loaded model keeps its saved precision.
+    extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
+    head = models.load_saved(paths.HEAD_MODEL)
     model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed))
     unfrozen = models.unfreeze(extractor, cfg.unfreeze)
     print(f"finetune: training {', '.join(unfrozen)} and the head")
-    compile_binary(model, cfg.learning_rate)  # after unfreezing: compile fixes what is trainable
+    compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)  # after unfreezing: compile fixes what is trainable
     model.summary(show_trainable=True)
     train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed)
     validation = image_dataset("validation", image.size, image.batch_size, shuffle=False, seed=params.seed)

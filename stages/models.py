@@ -15,7 +15,7 @@ import numpy as np
 
 from stages import paths
 from stages.common import PipelineError
-from stages.config import AugmentConfig, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig
+from stages.config import AugmentConfig, Base, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig
 
 PACKAGE = "dogs_vs_cats"
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # caffe-style VGG16/ResNet50 preprocessing
@@ -116,7 +116,8 @@ def build_baseline(image_size: int, cfg: BaselineConfig, augment: keras.Sequenti
             x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dropout(cfg.dropout)(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="dog_probability")(x)
+    # float32 whatever train.precision: a float16 sigmoid saturates to exactly 0 or 1 and the loss to inf.
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="dog_probability", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="baseline")
 
 
@@ -178,6 +179,17 @@ def _weights_argument(cfg: FeaturesConfig, kind: str) -> str | None:
     return os.fspath(path)
 
 
+def rebuilt_extractor(saved: keras.Model, image_size: int, base: Base) -> keras.Model:
+    """The extractor ``saved`` built anew under the dtype policy now in force, with its weights.
+
+    A loaded model keeps the precision it was saved with; fine-tuning under ``train.precision`` needs
+    the base's layers made again.
+    """
+    extractor = build_extractor(image_size, FeaturesConfig(base, "none"))
+    extractor.set_weights(saved.get_weights())
+    return extractor
+
+
 def base_of(extractor: keras.Model) -> keras.Model:
     """The pretrained base nested inside an extractor."""
     (base,) = [layer for layer in extractor.layers if isinstance(layer, keras.Model)]
@@ -201,7 +213,8 @@ def build_head(
         x = keras.layers.Normalization(mean=stats[0], variance=stats[1], name="standardize")(x)
     x = keras.layers.Dense(cfg.units, activation="relu", name="dense")(x)
     x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="dog_probability")(x)
+    # float32 whatever train.precision: a float16 sigmoid saturates to exactly 0 or 1 and the loss to inf.
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="dog_probability", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="head")
 
 

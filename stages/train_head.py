@@ -9,7 +9,7 @@ from stages.common import run
 from stages.config import load_params
 from stages.datasets import load_features
 from stages.models import build_head
-from stages.training import compile_binary, fit, save_model, seed_everything
+from stages.training import compile_binary, fit, save_model, seed_everything, set_precision
 
 STAGE = "train_head"
 # A feature that never fired in training has variance 0, and standardizing by it would turn the first
@@ -28,9 +28,10 @@ def main() -> None:
     params = load_params()
     cfg = params.head
     train, validation = load_features("train"), load_features("validation")
-    seed_everything(params.seed)
+    seed_everything(params.seed, params.train.deterministic)
+    set_precision(params.train)
     model = build_head(train.features.shape[1:], cfg, feature_stats(train.features))
-    compile_binary(model, cfg.learning_rate)
+    compile_binary(model, cfg.learning_rate, params.train.jit_compile)
     model.summary()
     fit(
         model,

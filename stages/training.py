@@ -12,20 +12,36 @@ from dvclive.keras import DVCLiveCallback
 
 from stages import paths
 from stages.common import atomic_path
+from stages.config import TrainConfig
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic, so two CPU runs agree."""
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TensorFlow's ops deterministic too, so
+    two runs agree to the bit. That is cheap on a CPU, slow on a GPU, and some GPU ops have no deterministic
+    kernel at all (they raise): hence ``train.deterministic``."""
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
-def compile_binary(model: keras.Model, learning_rate: float) -> None:
-    """RMSprop on binary cross-entropy, reporting accuracy, as the book trains every model."""
+def set_precision(cfg: TrainConfig) -> None:
+    """Make the layers built from here on compute in ``train.precision``; variables stay float32.
+
+    Call it before building a model: a layer takes the policy in force when it is made.
+    """
+    keras.mixed_precision.set_global_policy(cfg.precision)
+
+
+def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
+    """RMSprop on binary cross-entropy, reporting accuracy, as the book trains every model.
+
+    Under ``mixed_float16`` Keras wraps the optimizer in a LossScaleOptimizer itself.
+    """
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
 
 
