@@ -27,9 +27,10 @@ test: setup
 test-fast: setup
 	python -m pytest -m "not slow"
 
-# configs/demo.yaml: the whole pipeline offline, on generated images and a random VGG16; params.yaml stays.
+# configs/$(SCENARIO).yaml (demo: generated 96 px images, a random VGG16) as an experiment; params.yaml stays.
+SCENARIO ?= demo
 demo: setup
-	eval dvc exp run --temp --name demo-$$(date +%Y%m%d-%H%M%S) "$$(python -m stages.scenarios demo)"
+	eval dvc exp run --temp --name $(SCENARIO)-$$(date +%Y%m%d-%H%M%S) "$$(python -m stages.scenarios $(SCENARIO))"
 	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|finetuned)\.(accuracy|roc_auc)$$'
 
 lint: setup
