@@ -153,6 +153,10 @@ class AugmentConfig:
         _fraction(self.rotation, "augment.rotation")
         _fraction(self.zoom, "augment.zoom")
 
+    def active(self) -> bool:
+        """True when any augmentation is on."""
+        return self.flip != "none" or self.rotation > 0 or self.zoom > 0
+
 
 @dataclass(frozen=True)
 class BaselineConfig:
@@ -222,6 +226,7 @@ class HeadConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     unfreeze: str
+    cache_frozen: bool
     learning_rate: float
     epochs: int
     patience: int | None

@@ -56,6 +56,13 @@ def resized_pixels(image: Image.Image, size: int) -> np.ndarray:
     return tf.image.resize(array, (size, size), method="bilinear").numpy()
 
 
+def predict_split(model: keras.Model, split: str, image_size: int, batch_size: int) -> Features:
+    """``model``'s outputs for every image of one split, in file order, with labels and file ids."""
+    dataset = image_dataset(split, image_size, batch_size, shuffle=False, seed=0)
+    outputs = model.predict(dataset, verbose=1)
+    return Features(outputs, labels_of(dataset.file_paths), np.array(dataset.file_paths))
+
+
 @dataclass(frozen=True)
 class Features:
     """One split's extracted features, labels (0 cat / 1 dog) and file ids (paths under ``data/sample``)."""

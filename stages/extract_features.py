@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from stages import paths
 from stages.common import run, write_json
 from stages.config import load_params
-from stages.datasets import Features, image_dataset, labels_of, save_features
+from stages.datasets import predict_split, save_features
 from stages.models import build_extractor
 from stages.training import save_model, seed_everything
-
-
-def extract(extractor, split: str, image_size: int, batch_size: int) -> Features:
-    """Features, labels and file ids of one split, in file order."""
-    dataset = image_dataset(split, image_size, batch_size, shuffle=False, seed=0)
-    features = extractor.predict(dataset, verbose=1)
-    return Features(features, labels_of(dataset.file_paths), np.array(dataset.file_paths))
 
 
 def main() -> None:
@@ -32,7 +23,7 @@ def main() -> None:
     counted, seconds = 0, 0.0
     for split in paths.SPLITS:
         start = time.perf_counter()
-        features = extract(extractor, split, params.image.size, params.image.batch_size)
+        features = predict_split(extractor, split, params.image.size, params.image.batch_size)
         seconds += time.perf_counter() - start
         counted += len(features.labels)
         save_features(paths.features_file(split), features)

@@ -227,6 +227,33 @@ def build_finetune(extractor: keras.Model, head: keras.Model, augment: keras.Seq
     return keras.Model(inputs, outputs, name="finetuned")
 
 
+def split_frozen(extractor: keras.Model, head: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """``(frozen, rest)``: raw pixels to the input of the base's first trainable layer, and from there
+    through the rest of the base and the head to P(dog). Call after ``unfreeze``.
+
+    ``rest(frozen(x))`` is the fine-tuned model without augmentation, and ``rest`` shares its layers with
+    ``extractor`` and ``head``: training ``rest`` trains them. The frozen part never changes, so its output
+    can be computed once per image (``finetune.cache_frozen``).
+    """
+    base = base_of(extractor)
+    first = next(layer for layer in base.layers if layer.trainable and layer.weights)
+    cut = first.input
+    try:
+        rest_of_base = keras.Model(cut, base.output, name=f"{base.name}_unfrozen")
+    except ValueError as error:  # a skip connection around the cut: the rest needs more than one input
+        raise ConfigError(
+            f"{paths.PARAMS}: finetune.cache_frozen cannot cut {base.name} before {first.name} "
+            f"({str(error).splitlines()[0][:120]}); unfreeze whole blocks (finetune.unfreeze: top) or set it false"
+        ) from None
+    pixels = keras.Input(extractor.input_shape[1:], name="image")
+    # training=False as in build_extractor: the frozen part runs in inference mode, BatchNorm included.
+    frozen_base = keras.Model(base.input, cut, name=f"{base.name}_frozen")
+    frozen = keras.Model(pixels, frozen_base(extractor.get_layer("preprocess")(pixels), training=False), name="frozen")
+    activations = keras.Input(cut.shape[1:], name="activations")
+    rest = keras.Model(activations, head(rest_of_base(activations, training=False)), name="unfrozen")
+    return frozen, rest
+
+
 def unfreeze(extractor: keras.Model, which: str) -> list[str]:
     """Make trainable exactly the base's layers named by ``which``; return their names.
 

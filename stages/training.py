@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -55,11 +56,13 @@ def fit(
     epochs: int,
     patience: int | None,
     batch_size: int | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> dict[str, list[float]]:
     """Fit ``model`` on a dataset ``x`` or arrays ``x``, ``y``; log each epoch with DVCLive in ``metrics/<stage>/``.
 
     The weights of the epoch with the lowest validation loss are restored at the end (the book keeps that
-    epoch with ModelCheckpoint); ``patience`` stops early, None never does.
+    epoch with ModelCheckpoint); ``patience`` stops early, None never does. ``notes`` go into the summary
+    (``metrics/<stage>/metrics.json``) as they are, to say how the model was trained.
     """
     live = Live(str(paths.live_dir(stage)), dvcyaml=False, save_dvc_exp=False, report=None)
     keep_best = keras.callbacks.EarlyStopping(
@@ -83,6 +86,7 @@ def fit(
         "val_loss": history["val_loss"][best],
         "val_accuracy": history["val_accuracy"][best],
     }
+    live.summary.update(notes or {})
     live.make_summary()
     return history
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -91,6 +92,14 @@ def inside(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(old)
+
+
+@pytest.fixture
+def copy_of_trained(trained: Path, tmp_path: Path) -> Path:
+    """The shared trained pipeline's data and models, to train again without touching the original."""
+    for folder in ("data/sample", "data/features", "models"):
+        shutil.copytree(trained / folder, tmp_path / folder)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

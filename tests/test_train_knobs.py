@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,6 @@ import pytest
 
 from stages import finetune, train_baseline, train_head
 from tests.conftest import LEARNABLE, REPO, inside, write_params
-
-
-@pytest.fixture
-def copy_of_trained(trained: Path, tmp_path: Path) -> Path:
-    """The shared trained pipeline's data and models, to train again without touching the original."""
-    for folder in ("data/sample", "data/features", "models"):
-        shutil.copytree(trained / folder, tmp_path / folder)
-    return tmp_path
 
 
 @pytest.mark.parametrize(
