@@ -106,7 +106,7 @@ def test_pipeline_runs_end_to_end_with_each_base(base: str, trained: Path, tmp_p
     (tmp_path / "models").mkdir()
     shutil.copy(trained / "models/baseline.keras", tmp_path / "models/baseline.keras")
     size = max(32, BASES[base].min_size)
-    write_params(tmp_path / "params.yaml", {**LEARNABLE, "features.base": base, "image.size": size})
+    write_params(tmp_path / "params.yaml", {**LEARNABLE, "features.base": base, "image.size": size, "head.epochs": 1})
     with inside(tmp_path):
         for stage in (extract_features, train_head, finetune, evaluate):
             stage.main()

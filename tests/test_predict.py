@@ -41,15 +41,20 @@ def photos(trained: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def test_every_image_gets_a_line_and_a_corrupt_one_an_error(trained: Path, photos: Path) -> None:
+def test_every_image_gets_a_line_and_a_corrupt_one_an_error(
+    trained: Path, photos: Path, capsys: pytest.CaptureFixture
+) -> None:
     result = run_stage("predict", trained, args=(str(photos),))
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 5
     by_name = {Path(line.split("\t")[0]).name: line.split("\t") for line in lines}
     assert set(by_name) == {"cat.jpg", "dog.jpg", "gray.jpg", "alpha.png", "cmyk_rotated.jpg"}
-    as_json = run_stage("predict", trained, args=(str(photos), "--format", "json"))
-    for row in json.loads(as_json.stdout):  # each text line says what the model's P(dog) means at the threshold
+    with inside(trained), pytest.raises(SystemExit):  # exit status 1: broken.jpg
+        predict.main([str(photos), "--format", "json"])
+    for row in json.loads(
+        capsys.readouterr().out
+    ):  # each text line says what the model's P(dog) means at the threshold
         _path, label, probability = by_name[Path(row["path"]).name]
         dog = row["dog_probability"]
         assert label == ("dog" if dog >= 0.5 else "cat")

@@ -16,7 +16,7 @@ from tests.conftest import LEARNABLE, REPO, inside, write_params
 
 @pytest.mark.parametrize(
     ("precision", "jit_compile", "compute"),
-    [("mixed_float16", False, "float16"), ("mixed_bfloat16", True, "bfloat16"), ("float32", True, "float32")],
+    [("mixed_float16", False, "float16"), ("mixed_bfloat16", True, "bfloat16")],  # float32: every other test
 )
 def test_every_precision_trains_saves_and_loads(
     copy_of_trained: Path, precision: str, jit_compile: bool, compute: str
