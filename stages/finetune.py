@@ -52,7 +52,13 @@ def main() -> None:
         model.summary(show_trainable=True)
         train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed)
         validation = image_dataset("validation", image.size, image.batch_size, shuffle=False, seed=params.seed)
-        fit(model, train, validation=validation, notes={"cache_frozen": False, "augmented": params.augment.active()}, **schedule)
+        fit(
+            model,
+            train,
+            validation=validation,
+            notes={"cache_frozen": False, "augmented": params.augment.active()},
+            **schedule,
+        )
     save_model(model, paths.FINETUNED_MODEL)
 
 
