@@ -58,16 +58,13 @@ class Tally:
     candidates_read: int = 0
 
 
-def check_archive(path: Path) -> None:
-    """Stop unless ``download`` left its zip at ``path``."""
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; run dvc repro download")
-
-
 def open_zip(path: Path) -> zipfile.ZipFile:
-    """The zip at ``path``; a central directory that cannot be read is the one fatal archive error."""
+    """The zip ``download`` left at ``path``; a central directory that cannot be read is the one fatal
+    archive error."""
     try:
         return zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run dvc repro download") from None
     except (zipfile.BadZipFile, OSError) as error:
         raise PipelineError(
             f"{path}: not a readable zip ({error}); run dvc repro -f download to fetch it again"
@@ -174,11 +171,9 @@ def summary(manifest: pd.DataFrame, tally: Tally) -> dict:
 def main() -> None:
     params = load_params()
     source = paths.RAW_ARCHIVE
-    check_archive(source)
-    with atomic_path(paths.SAMPLE_DIR) as out_dir:
+    with open_zip(source) as archive, atomic_path(paths.SAMPLE_DIR) as out_dir:
         out_dir.mkdir()
-        with open_zip(source) as archive:
-            manifest, tally = draw(archive, params.sample, params.seed, out_dir)
+        manifest, tally = draw(archive, params.sample, params.seed, out_dir)
         manifest.to_csv(out_dir / paths.MANIFEST.name, index=False, lineterminator="\n")
     metrics = summary(manifest, tally)
     write_json(paths.DATA_METRICS, metrics)
