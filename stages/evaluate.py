@@ -128,10 +128,11 @@ def _write_png(image: Image.Image, path: Path) -> None:
         image.save(tmp, format="PNG", optimize=True)
 
 
-def predict_all(batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
     """Per model: test file ids, labels and P(dog), from the saved models (preprocessing included).
 
-    Image models get the test images at their own input size, the head the test features.
+    Image models get the test images at their own input size, the head the test features; either must
+    hold exactly the ``expected`` (sorted) files of the manifest.
     """
     out = {}
     for name, path in paths.EVALUATED_MODELS.items():
@@ -140,10 +141,14 @@ def predict_all(batch_size: int) -> dict[str, tuple[list[str], np.ndarray, np.nd
             images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
             probabilities = model.predict(images, verbose=0).reshape(-1)
             out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities)
+            source = "the test images"
         else:
             features = load_features("test")
             probabilities = model.predict(features.features, batch_size=batch_size, verbose=0)
             out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1))
+            source = paths.features_file("test")
+        if sorted(out[name][0]) != expected:
+            raise PipelineError(f"{source} do not match {paths.MANIFEST}; run dvc repro")
     return out
 
 
@@ -151,12 +156,8 @@ def main() -> None:
     params = load_params()
     cfg = params.evaluate
     test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
-    expected = sorted(test["path"])
     results = {}
-    for name, (files, labels, probabilities) in predict_all(params.image.batch_size).items():
-        if sorted(files) != expected:
-            stale = paths.features_file("test") if name == "head" else "the test images"
-            raise PipelineError(f"{stale} do not match {paths.MANIFEST}; run dvc repro")
+    for name, (files, labels, probabilities) in predict_all(params.image.batch_size, sorted(test["path"])).items():
         table = predictions_table(files, labels, probabilities, cfg.threshold)
         results[name] = score(labels, probabilities, cfg.threshold)
         _write_csv(table, paths.predictions_file(name))
