@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,15 +15,26 @@ import tensorflow as tf
 from PIL import Image
 
 from stages import paths
-from stages.common import PipelineError, atomic_path
+from stages.common import PipelineError, atomic_path, remove_stale_temps
 
 
 def image_dataset(
-    split: str, image_size: int, batch_size: int, shuffle: bool, seed: int, root: Path = paths.SAMPLE_DIR
+    split: str,
+    image_size: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    root: Path = paths.SAMPLE_DIR,
+    decode_once: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (raw RGB pixels resized to ``image_size``, label 0 cat / 1 dog) from ``<root>/<split>``.
 
     The dataset's ``file_paths`` (without shuffling) name the images in order, relative to ``root``.
+
+    With ``decode_once`` (for datasets read every epoch) each JPEG is decoded and resized on the first pass
+    only; later passes read the same float32 pixels from a cache (see ``_cache_file``), and a shuffled
+    dataset shuffles the cached images afresh each epoch, seeded. The pixels are bit for bit those of a
+    dataset without it: the cache holds what the same decoding produced, before any rounding.
     """
     folder = root / split
     if not folder.is_dir():
@@ -31,15 +46,42 @@ def image_dataset(
         label_mode="binary",
         class_names=list(paths.CLASS_NAMES),
         image_size=(image_size, image_size),
-        batch_size=batch_size,
-        shuffle=shuffle,
+        batch_size=None if decode_once else batch_size,
+        shuffle=shuffle and not decode_once,
         seed=seed,
         verbose=False,
     )
     files = [Path(p).relative_to(root.resolve()).as_posix() for p in dataset.file_paths]
+    if decode_once:
+        dataset = dataset.cache(_cache_file(split, len(files) * image_size * image_size * 3 * 4))
+        if shuffle:
+            dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset.file_paths = files
     return dataset
+
+
+def _cache_file(split: str, nbytes: int) -> str:
+    """Where ``image_dataset`` keeps decoded pixels: ``""`` (memory) when they take at most a quarter of the
+    free memory, else a scratch folder under ``data/cache/`` that goes when the process exits (one left by a
+    killed run goes the next time a stage caches that split)."""
+    if nbytes <= free_memory() // 4:
+        return ""
+    paths.CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(paths.CACHE_DIR / split)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{split}.{os.getpid()}.", suffix=".tmp", dir=paths.CACHE_DIR))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    print(f"{split}: {nbytes / 2**30:.1f} GiB of decoded images do not fit in memory; caching them in {scratch}")
+    return str(scratch / "pixels")
+
+
+def free_memory() -> int:
+    """Bytes of physical memory free now; 0 where the system does not say (the cache then goes to disk)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # no SC_AVPHYS_PAGES on macOS
+        return 0
 
 
 def labels_of(files: list[str]) -> np.ndarray:

@@ -50,8 +50,10 @@ def main() -> None:
     else:
         compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)  # after unfreezing: compile fixes what trains
         model.summary(show_trainable=True)
-        train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed)
-        validation = image_dataset("validation", image.size, image.batch_size, shuffle=False, seed=params.seed)
+        train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
+        validation = image_dataset(
+            "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
+        )
         fit(
             model,
             train,

@@ -11,6 +11,7 @@ RAW_ARCHIVE = RAW_DIR / "train.zip"  # whatever the source, download leaves this
 SAMPLE_DIR = Path("data/sample")
 MANIFEST = SAMPLE_DIR / "manifest.csv"
 FEATURES_DIR = Path("data/features")
+CACHE_DIR = Path("data/cache")  # decoded images that do not fit in memory, while a training stage runs
 
 MODELS_DIR = Path("models")
 BASE_MODEL = MODELS_DIR / "base.keras"

@@ -18,8 +18,10 @@ def main() -> None:
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
     model = build_baseline(image.size, cfg, augmentation(params.augment, params.seed))
-    train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed)
-    validation = image_dataset("validation", image.size, image.batch_size, shuffle=False, seed=params.seed)
+    train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
+    validation = image_dataset(
+        "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
+    )
     compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
     model.summary()
     fit(model, train, validation=validation, stage=STAGE, epochs=cfg.epochs, patience=cfg.patience)
