@@ -27,6 +27,10 @@ Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Padding = Literal["valid", "same"]
 Base = Literal["vgg16", "xception", "resnet50", "efficientnetv2b0"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+DigitsSource = Literal["keras", "files", "offline"]
+DigitsNetwork = Literal["book", "strong"]
+Optimizer = Literal["rmsprop", "adam"]
+Schedule = Literal["constant", "cosine", "step"]
 
 
 class ConfigError(PipelineError):
@@ -260,6 +264,57 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DigitsDataConfig:
+    source: DigitsSource
+    files: str
+    offline_per_class: int
+    validation: int
+
+    def __post_init__(self) -> None:
+        # dvc.yaml declares digits.data.files as digits_data's dependency, so it is always a path DVC can hash.
+        _check(
+            bool(self.files) and not self.files.startswith("~"),
+            "digits.data.files",
+            f"is {self.files!r}; use a path (no ~), or {paths.DIGITS_ARCHIVE_DIR} when unused",
+        )
+        _at_least(self.offline_per_class, "digits.data.offline_per_class", 2)
+        _at_least(self.validation, "digits.data.validation")
+
+
+@dataclass(frozen=True)
+class DigitsAugmentConfig:
+    rotation: float
+    shift: float
+    zoom: float
+
+    def __post_init__(self) -> None:
+        _fraction(self.rotation, "digits.augment.rotation", 0.5)
+        _fraction(self.shift, "digits.augment.shift", 0.5)
+        _fraction(self.zoom, "digits.augment.zoom")
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    data: DigitsDataConfig
+    network: DigitsNetwork
+    dropout: float
+    augment: DigitsAugmentConfig
+    optimizer: Optimizer
+    learning_rate: float
+    schedule: Schedule
+    batch_size: int
+    epochs: int
+    patience: int | None
+    gallery_size: int
+
+    def __post_init__(self) -> None:
+        _fraction(self.dropout, "digits.dropout")
+        _at_least(self.batch_size, "digits.batch_size")
+        _schedule("digits", self.learning_rate, self.epochs, self.patience)
+        _check(self.gallery_size >= 0, "digits.gallery_size", f"is {self.gallery_size}; use 0 or more")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     data: DataConfig
@@ -272,6 +327,7 @@ class Params:
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
     train: TrainConfig
+    digits: DigitsConfig
 
     def __post_init__(self) -> None:
         _seed(self.seed, "seed")

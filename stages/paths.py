@@ -53,3 +53,46 @@ def roc_file(model: str) -> Path:
 def gallery_file(model: str) -> Path:
     """The PNG of one model's most confidently wrong test images."""
     return EVALUATE_DIR / "gallery" / f"{model}.png"
+
+
+DIGITS_DATASETS = ("mnist", "fashion_mnist")  # dvc.yaml's matrix runs the digits stages once per dataset
+DIGITS_ARCHIVE_DIR = Path("data/digits_archive")  # digits.data.files' default: local copies, a DVC dependency
+DIGITS_CLASS_NAMES = {
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion_mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
+
+
+def digits_data_dir(dataset: str) -> Path:
+    """The arrays of one digits dataset: ``train``, ``validation`` and ``test`` ``.npz`` files."""
+    return Path("data/digits") / dataset
+
+
+def digits_model(dataset: str) -> Path:
+    return MODELS_DIR / "digits" / f"{dataset}.keras"
+
+
+def digits_live_stage(dataset: str) -> str:
+    """The DVCLive folder of a digits training run, as ``live_dir`` takes it: ``metrics/digits/<dataset>``."""
+    return f"digits/{dataset}"
+
+
+def digits_metrics(dataset: str) -> Path:
+    """One dataset's test metrics."""
+    return METRICS_DIR / "digits" / f"{dataset}.json"
+
+
+def digits_evaluate_dir(dataset: str) -> Path:
+    """One dataset's per-image test predictions (DVC's confusion plot) and its gallery of mistakes."""
+    return METRICS_DIR / "digits" / "evaluate" / dataset

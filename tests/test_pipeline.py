@@ -9,13 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from stages import paths
 from tests.conftest import LEARNABLE, REPO, TINY, write_params
 
 NEVER_COPIED = {".git", ".venv", "models", "metrics", "__pycache__", ".pytest_cache", ".ruff_cache", "tmp", "cache"}
-LOCAL_INPUTS = ("archive", "weights")  # folders under data/ that dvc.yaml declares as dependencies
+LOCAL_INPUTS = ("archive", "weights", "digits_archive")  # folders under data/ that dvc.yaml declares as dependencies
 
 
 def copy_ignore(folder: str, names: list[str]) -> set[str]:
@@ -52,11 +55,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 STAGES = ["download", "sample", "train_baseline", "extract_features", "train_head", "finetune", "evaluate"]
+DIGITS = [f"digits_{step}@{data}" for data in ("mnist", "fashion_mnist") for step in ("data", "train", "evaluate")]
 
 
-def ran(output: str) -> list[str]:
-    """The stages a dvc command ran, in order, from its output."""
-    return [stage for line in output.splitlines() for stage in STAGES if line == f"Running stage '{stage}':"]
+def ran(output: str, stages: list[str] = STAGES) -> list[str]:
+    """The ``stages`` a dvc command ran, in order, from its output."""
+    return [stage for line in output.splitlines() for stage in stages if line == f"Running stage '{stage}':"]
 
 
 def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) -> None:
@@ -78,6 +82,31 @@ def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) 
     assert set(results) == {"test_images", "baseline", "head", "finetuned"}
     for model in ("baseline", "head", "finetuned"):
         assert (project / f"metrics/evaluate/gallery/{model}.png").is_file()
+
+
+def test_repro_runs_the_digits_study_for_each_dataset_of_the_matrix(project: Path) -> None:
+    done = ran((project / "repro.log").read_text(), DIGITS)
+    assert sorted(done) == sorted(DIGITS)
+    for data in ("mnist", "fashion_mnist"):
+        steps = [done.index(f"digits_{step}@{data}") for step in ("data", "train", "evaluate")]
+        assert steps == sorted(steps)
+        results = json.loads((project / f"metrics/digits/{data}.json").read_text())
+        assert 0.0 <= results["accuracy"] <= 1.0
+        assert (project / f"models/digits/{data}.keras").is_file()
+        assert (project / f"metrics/digits/{data}/metrics.json").is_file()
+    assert json.loads((project / "metrics/digits/mnist.json").read_text())["test_images"] == 359  # sklearn's
+    arrays = {split: np.load(project / f"data/digits/fashion_mnist/{split}.npz") for split in paths.SPLITS}
+    assert [len(arrays[split]["y"]) for split in paths.SPLITS] == [100, 100, 30]  # tiny: 20 a class, 100 held out
+    assert arrays["train"]["x"].dtype == np.uint8
+    results = json.loads((project / "metrics/digits/fashion_mnist.json").read_text())
+    assert set(results["per_class_accuracy"]) == set(paths.DIGITS_CLASS_NAMES["fashion_mnist"])
+    summary = json.loads((project / "metrics/digits/fashion_mnist/metrics.json").read_text())
+    assert summary["network"] == "book" and summary["train_images"] == 100
+    table = pd.read_csv(project / "metrics/digits/evaluate/fashion_mnist/predictions.csv")
+    assert list(table.columns) == ["index", "label", "predicted", "confidence"]
+    assert set(table["label"]) == set(paths.DIGITS_CLASS_NAMES["fashion_mnist"])  # names, not indices
+    with Image.open(project / "metrics/digits/evaluate/fashion_mnist/gallery.png") as image:
+        assert image.format == "PNG"
 
 
 def test_second_repro_does_nothing(project: Path) -> None:
@@ -135,6 +164,10 @@ def test_plots_show_renders_every_declared_plot(project: Path) -> None:
     for title in ("Baseline loss", "Head accuracy", "Fine-tuning loss", "Confusion matrix, head", "ROC curves"):
         assert title in html
     assert "gallery" in html
+    for title in ("Digits loss", "Digits accuracy", "Confusion matrix, MNIST", "Confusion matrix, Fashion-MNIST"):
+        assert title in html
+    assert "Ankle boot" in html  # the confusion matrix names Fashion-MNIST's classes
+    assert "metrics/digits/evaluate/fashion_mnist/gallery.png" in html
 
 
 def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> None:
@@ -183,6 +216,7 @@ def test_make_demo_runs_offline_and_leaves_params_alone(project: Path) -> None:
     out = sh(["make", "demo", "SCENARIO=learnable", "STAMP=installed.stamp"], project)
     assert (project / "params.yaml").read_text() == params
     assert ran(out) == STAGES
+    assert "digits_train@mnist" in sh(["dvc", "stage", "list"], project)
     (row,) = [line for line in out.splitlines() if "[learnable-" in line]
     name = row.split("[")[1].split("]")[0]
     shown = [float(cell) for cell in row.split("|")[2:-1]]
@@ -192,6 +226,17 @@ def test_make_demo_runs_offline_and_leaves_params_alone(project: Path) -> None:
     expected = [results[model][key] for model in ("baseline", "head", "finetuned") for key in ("accuracy", "roc_auc")]
     assert shown == pytest.approx(expected, abs=1e-3)
     assert results["test_images"] == 2 * LEARNABLE["sample.test_per_class"]
+
+
+# After the demo, whose digits params are the workspace's: it re-runs no digits stage then.
+def test_a_digits_change_reruns_only_the_digits_training_and_evaluation(project: Path) -> None:
+    before = (project / "models/finetuned.keras").read_bytes()
+    out = sh(["dvc", "exp", "run", "-S", "digits.epochs=2"], project)
+    assert ran(out) == []  # no Dogs vs. Cats stage
+    assert sorted(ran(out, DIGITS)) == sorted(s for s in DIGITS if "digits_data" not in s)
+    assert (project / "models/finetuned.keras").read_bytes() == before
+    summary = json.loads((project / "metrics/digits/mnist/metrics.json").read_text())
+    assert summary["step"] == 1  # two epochs: steps 0 and 1
 
 
 def test_the_demo_scenario_differs_from_tiny_only_in_size() -> None:

@@ -1,0 +1,260 @@
+"""Stage ``digits_data@<dataset>``: MNIST or Fashion-MNIST as uint8 arrays, split into train, validation, test.
+
+``digits.data.source`` says where the images come from:
+
+- ``keras``: ``keras.datasets.mnist`` / ``fashion_mnist``, downloaded once into Keras' cache;
+- ``files``: a local copy under ``<digits.data.files>/<dataset>/``, the four original ``*-ubyte.gz`` files
+  or a Keras ``.npz``, read strictly (a truncated or wrong-shaped file is an error, never fewer images);
+- ``offline``: no network. MNIST becomes scikit-learn's 1,797 real 8x8 handwritten digits, upscaled to
+  28x28 as MNIST centres its digits (a 20x20 box in the middle); Fashion-MNIST becomes generated
+  silhouettes of its ten classes. Both are stand-ins for tests and demos, not the benchmarks.
+
+``digits.data.validation`` training images, picked with ``seed``, become the validation split; the official
+test split is written apart and only ``digits_evaluate`` reads it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import sys
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from stages import paths
+from stages.common import PipelineError, atomic_path, run
+from stages.config import DigitsDataConfig, load_params
+
+SIDE = 28  # pixels; both datasets' images are 28x28 grayscale
+CLASSES = 10
+MAX_IMAGES = 1_000_000  # per file; the real ones hold 60,000 and 10,000
+IDX_FILES = {  # the original names, the same for both datasets
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # Keras' mnist.npz
+SKLEARN_TEST_SHARE = 0.2  # scikit-learn's digits have no official test split: a fixed one is made
+OFFLINE_SEED = 0  # the offline sets' own seed, so a `seed` sweep re-splits validation, not the data
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (N x 28 x 28, uint8, white on black) and their labels (N, uint8, 0 to 9)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        assert self.x.shape == (len(self.y), SIDE, SIDE) and self.x.dtype == np.uint8 and self.y.dtype == np.uint8
+
+
+def read_idx(path: Path, dims: int) -> np.ndarray:
+    """An IDX file (``*-ubyte.gz``) of unsigned bytes with ``dims`` dimensions, checked against its header."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; put the original {path.name} there, or use digits.data.source: keras")
+    try:
+        with gzip.open(path, "rb") as stream:
+            header = stream.read(4 + 4 * dims)
+            if len(header) < 4 + 4 * dims or header[:2] != b"\0\0":
+                raise PipelineError(f"{path}: not an IDX file (bad header); use the original {path.name}")
+            kind, ndim = header[2], header[3]
+            shape = struct.unpack(f">{dims}I", header[4:])
+            if kind != 0x08 or ndim != dims:
+                raise PipelineError(f"{path}: holds {ndim}-D data of type {kind:#04x}, not {dims}-D unsigned bytes")
+            if shape[0] > MAX_IMAGES or shape[1:] not in ((), (SIDE, SIDE)):
+                raise PipelineError(f"{path}: declares shape {shape}; expected up to {MAX_IMAGES} x 28 x 28")
+            size = int(np.prod(shape))
+            data = stream.read(size + 1)  # one byte more tells a file longer than its header says
+    except (OSError, EOFError, zlib.error) as error:
+        raise PipelineError(f"{path}: cannot decompress it ({error}); download it again") from None
+    if len(data) != size:
+        raise PipelineError(f"{path}: holds {len(data)} bytes of data, its header says {size}; download it again")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def read_npz(path: Path) -> tuple[Split, Split]:
+    """Keras' ``mnist.npz`` layout: ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in NPZ_KEYS if key not in data.files]
+            if missing:
+                raise PipelineError(f"{path}: has no array {missing[0]}; use Keras' layout ({', '.join(NPZ_KEYS)})")
+            arrays = {key: data[key] for key in NPZ_KEYS}
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:
+        raise PipelineError(f"{path}: not a readable .npz ({error}); use Keras' mnist.npz") from None
+    return (
+        checked(arrays["x_train"], arrays["y_train"], f"{path} (train)"),
+        checked(arrays["x_test"], arrays["y_test"], f"{path} (test)"),
+    )
+
+
+def checked(x: np.ndarray, y: np.ndarray, source: str) -> Split:
+    """A Split, after checking shapes, types and labels: a wrong file stops here, never trains."""
+    if x.ndim != 3 or x.shape[1:] != (SIDE, SIDE) or x.dtype != np.uint8:
+        raise PipelineError(f"{source}: images are {x.dtype} {x.shape}; expected uint8 N x 28 x 28")
+    if y.shape != (len(x),):
+        raise PipelineError(f"{source}: {y.shape} labels for {len(x)} images; expected one label per image")
+    if not np.issubdtype(y.dtype, np.integer) or len(y) == 0 or y.min() < 0 or y.max() >= CLASSES:
+        raise PipelineError(f"{source}: labels must be whole numbers from 0 to 9")
+    return Split(x, y.astype(np.uint8))
+
+
+def from_files(folder: Path) -> tuple[Split, Split]:
+    """A local copy: one ``.npz`` in Keras' layout, or else the four original ``*-ubyte.gz`` files."""
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: not found; put the dataset's files there (see {paths.DIGITS_ARCHIVE_DIR})")
+    archives = sorted(folder.glob("*.npz"))
+    if len(archives) > 1:
+        raise PipelineError(f"{folder}: holds {len(archives)} .npz files; keep one")
+    if archives:
+        return read_npz(archives[0])
+    splits = []
+    for images, labels in IDX_FILES.values():
+        splits.append(checked(read_idx(folder / images, 3), read_idx(folder / labels, 1), str(folder / images)))
+    return splits[0], splits[1]
+
+
+def from_keras(dataset: str) -> tuple[Split, Split]:
+    """The real loaders; Keras downloads each dataset once into ``~/.keras/datasets``."""
+    import keras  # here, not at the top: the other sources need no TensorFlow
+
+    loader = getattr(keras.datasets, dataset)
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as error:  # urllib, socket and Keras' own errors: all mean "could not fetch it"
+        reason = " ".join(str(error).split())[:200]
+        raise PipelineError(
+            f"digits.data.source keras: cannot download {dataset} ({reason}); with no network, set "
+            f"digits.data.source: files (a local copy under {paths.DIGITS_ARCHIVE_DIR}/{dataset}/) or offline"
+        ) from None
+    return checked(x_train, y_train, f"keras {dataset} (train)"), checked(x_test, y_test, f"keras {dataset} (test)")
+
+
+def sklearn_digits() -> tuple[Split, Split]:
+    """scikit-learn's 1,797 8x8 digits (0-16 intensities) as MNIST-like 28x28 images, with a fixed test split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.stack([mnist_like(image) for image in digits.images])
+    order = np.random.default_rng(OFFLINE_SEED).permutation(len(images))
+    test = order[: round(SKLEARN_TEST_SHARE * len(images))]
+    train = order[len(test) :]
+    labels = digits.target.astype(np.uint8)
+    return Split(images[train], labels[train]), Split(images[test], labels[test])
+
+
+def mnist_like(image: np.ndarray) -> np.ndarray:
+    """An 8x8 scikit-learn digit scaled to 0-255 and resized into the middle 20x20 of a 28x28 black square."""
+    small = Image.fromarray(np.round(image * (255 / 16)).astype(np.uint8))
+    big = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    big[4:24, 4:24] = np.asarray(small.resize((20, 20), Image.Resampling.BILINEAR))
+    return big
+
+
+def fashion_silhouette(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A white-on-black outline of Fashion-MNIST class ``label``, jittered in size, place and brightness."""
+    image = Image.new("L", (SIDE, SIDE), 0)
+    draw = ImageDraw.Draw(image)
+    fill = int(rng.integers(120, 256))
+    dx, dy = rng.integers(-2, 3, size=2)
+    scale = rng.uniform(0.85, 1.1)
+
+    def shape(points: list[tuple[float, float]]) -> None:
+        draw.polygon([(14 + (x - 14) * scale + dx, 14 + (y - 14) * scale + dy) for x, y in points], fill=fill)
+
+    shirt = [(9, 5), (19, 5), (25, 10), (22, 13), (20, 11), (20, 24), (8, 24), (8, 11), (6, 13), (3, 10)]
+    long_sleeves = [(9, 5), (19, 5), (24, 9), (25, 23), (22, 23), (20, 12), (20, 24), (8, 24), (8, 12), (6, 23),
+                    (3, 23), (4, 9)]  # fmt: skip
+    outlines = {
+        0: shirt,  # T-shirt/top
+        1: [(10, 3), (18, 3), (19, 25), (15, 25), (14, 10), (13, 25), (9, 25)],  # Trouser
+        2: long_sleeves,  # Pullover
+        3: [(11, 3), (17, 3), (18, 9), (23, 25), (5, 25), (10, 9)],  # Dress
+        4: [*long_sleeves[:7], (20, 26), (8, 26), *long_sleeves[8:]],  # Coat: longer
+        5: [(3, 20), (25, 20), (25, 23), (3, 23), (3, 20), (8, 14), (10, 14), (6, 20), (14, 14), (16, 14), (12, 20)],
+        6: [*shirt[:1], (14, 8), *shirt[1:]],  # Shirt: a collar notch
+        7: [(3, 16), (14, 13), (20, 16), (25, 19), (25, 22), (3, 22)],  # Sneaker
+        8: [(5, 11), (23, 11), (23, 24), (5, 24)],  # Bag
+        9: [(8, 4), (16, 4), (16, 15), (25, 19), (25, 24), (8, 24)],  # Ankle boot
+    }
+    shape(outlines[label])
+    if label == 8:  # the bag's handle
+        draw.arc((9 + dx, 4 + dy, 19 + dx, 16 + dy), 180, 360, fill=fill, width=2)
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 12, (SIDE, SIDE))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def generated_fashion(per_class: int) -> tuple[Split, Split]:
+    """``per_class`` training and a sixth as many test silhouettes per class (Fashion-MNIST's 60,000 : 10,000)."""
+    rng = np.random.default_rng(OFFLINE_SEED)
+    splits = []
+    for count in (per_class, max(1, per_class // 6)):
+        labels = np.repeat(np.arange(CLASSES, dtype=np.uint8), count)
+        splits.append(Split(np.stack([fashion_silhouette(int(label), rng) for label in labels]), labels))
+    return splits[0], splits[1]
+
+
+def load(dataset: str, cfg: DigitsDataConfig) -> tuple[Split, Split]:
+    """The official (train, test) of ``dataset`` from ``digits.data.source``."""
+    if cfg.source == "keras":
+        return from_keras(dataset)
+    if cfg.source == "files":
+        return from_files(Path(cfg.files) / dataset)
+    return sklearn_digits() if dataset == "mnist" else generated_fashion(cfg.offline_per_class)
+
+
+def split_validation(train: Split, count: int, seed: int) -> tuple[Split, Split]:
+    """``count`` training images, picked with ``seed``, held out for validation."""
+    if count >= len(train.y):
+        raise PipelineError(
+            f"{paths.PARAMS}: digits.data.validation is {count}, but there are only {len(train.y)} training "
+            "images; use fewer"
+        )
+    order = np.random.default_rng(seed).permutation(len(train.y))
+    keep, held = np.sort(order[count:]), np.sort(order[:count])
+    return Split(train.x[keep], train.y[keep]), Split(train.x[held], train.y[held])
+
+
+def save(folder: Path, splits: dict[str, Split]) -> None:
+    """``<folder>/<split>.npz`` with ``x`` and ``y``, all at once: an interrupted run leaves no folder."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for name, split in splits.items():
+            np.savez(tmp / f"{name}.npz", x=split.x, y=split.y)
+
+
+def load_split(dataset: str, split: str) -> Split:
+    """One split written by this stage."""
+    path = paths.digits_data_dir(dataset) / f"{split}.npz"
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run dvc repro digits_data@{dataset}")
+    with np.load(path, allow_pickle=False) as data:
+        return Split(data["x"], data["y"])
+
+
+def dataset_arg(argv: list[str]) -> str:
+    """The one command-line argument: which dataset."""
+    if len(argv) != 1 or argv[0] not in paths.DIGITS_DATASETS:
+        raise PipelineError(f"usage: python -m stages.digits_data {{{','.join(paths.DIGITS_DATASETS)}}}")
+    return argv[0]
+
+
+def main() -> None:
+    dataset = dataset_arg(sys.argv[1:])
+    params = load_params()
+    train, test = load(dataset, params.digits.data)
+    train, validation = split_validation(train, params.digits.data.validation, params.seed)
+    save(paths.digits_data_dir(dataset), {"train": train, "validation": validation, "test": test})
+    counts = ", ".join(
+        f"{name} {len(s.y)}" for name, s in (("train", train), ("validation", validation), ("test", test))
+    )
+    print(f"digits_data: {dataset} from {params.digits.data.source}: {counts}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,267 @@
+"""The digits study: loaders of every source, the networks, their learning, and evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import struct
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from stages import digits_data, digits_evaluate, digits_train, paths
+from stages.common import PipelineError
+from stages.config import load_params
+from stages.models import load_saved
+from tests.conftest import REPO, run_stage, write_params
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8) in the IDX format of the original MNIST files."""
+    return struct.pack(f">BBBB{array.ndim}I", 0, 0, 0x08, array.ndim, *array.shape) + array.tobytes()
+
+
+def write_idx(folder: Path, train: digits_data.Split, test: digits_data.Split) -> None:
+    """The four original ``*-ubyte.gz`` files of a dataset."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in zip((train, test), digits_data.IDX_FILES.values(), strict=True):
+        (folder / images).write_bytes(gzip.compress(idx_bytes(split.x)))
+        (folder / labels).write_bytes(gzip.compress(idx_bytes(split.y)))
+
+
+def small_split(count: int, seed: int) -> digits_data.Split:
+    rng = np.random.default_rng(seed)
+    return digits_data.Split(
+        rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), (np.arange(count) % 10).astype(np.uint8)
+    )
+
+
+@pytest.fixture
+def official(tmp_path: Path) -> tuple[digits_data.Split, digits_data.Split]:
+    return small_split(30, 1), small_split(10, 2)
+
+
+def assert_same(got: digits_data.Split, expected: digits_data.Split) -> None:
+    assert got.x.dtype == np.uint8 and got.y.dtype == np.uint8
+    assert np.array_equal(got.x, expected.x) and np.array_equal(got.y, expected.y)
+
+
+def test_the_original_ubyte_gz_files_round_trip(tmp_path: Path, official) -> None:
+    write_idx(tmp_path / "mnist", *official)
+    train, test = digits_data.from_files(tmp_path / "mnist")
+    assert_same(train, official[0])
+    assert_same(test, official[1])
+
+
+def test_a_keras_npz_round_trips(tmp_path: Path, official) -> None:
+    (tmp_path / "mnist").mkdir()
+    train, test = official
+    np.savez(tmp_path / "mnist/mnist.npz", x_train=train.x, y_train=train.y, x_test=test.x, y_test=test.y)
+    got_train, got_test = digits_data.from_files(tmp_path / "mnist")
+    assert_same(got_train, train)
+    assert_same(got_test, test)
+
+
+def corrupt(folder: Path, name: str, data: bytes) -> Path:
+    (folder / name).write_bytes(data)
+    return folder / name
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda raw: gzip.compress(raw)[:-30], "cannot decompress it"),  # a truncated download
+        (lambda raw: gzip.compress(raw[:-100]), "its header says"),  # fewer images than the header declares
+        (lambda raw: gzip.compress(raw + b"extra"), "its header says"),
+        (lambda raw: raw, "cannot decompress it"),  # not gzip at all
+        (lambda raw: gzip.compress(b"<html>not found</html>"), "not an IDX file"),
+        (lambda raw: gzip.compress(raw[:3] + b"\x02" + raw[4:]), "holds 2-D data"),
+    ],
+)
+def test_a_damaged_ubyte_file_is_one_line_naming_it(tmp_path: Path, official, damage, says: str) -> None:
+    folder = tmp_path / "mnist"
+    write_idx(folder, *official)
+    name = digits_data.IDX_FILES["train"][0]
+    path = corrupt(folder, name, damage(idx_bytes(official[0].x)))
+    with pytest.raises(PipelineError, match=says) as error:
+        digits_data.from_files(folder)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_wrong_shapes_and_labels_are_refused(tmp_path: Path, official) -> None:
+    folder = tmp_path / "mnist"
+    write_idx(folder, *official)
+    big = np.zeros((4, 32, 32), dtype=np.uint8)
+    corrupt(folder, digits_data.IDX_FILES["test"][0], gzip.compress(idx_bytes(big)))
+    with pytest.raises(PipelineError, match=r"declares shape \(4, 32, 32\)"):
+        digits_data.from_files(folder)
+    (tmp_path / "npz").mkdir()
+    train, test = official
+    arrays = {"x_train": train.x, "y_train": train.y + 5, "x_test": test.x, "y_test": test.y}
+    np.savez(tmp_path / "npz/mnist.npz", **arrays)
+    with pytest.raises(PipelineError, match="labels must be whole numbers from 0 to 9"):
+        digits_data.from_files(tmp_path / "npz")
+    np.savez(tmp_path / "npz/mnist.npz", **{**arrays, "y_train": train.y[:-1]})
+    with pytest.raises(PipelineError, match=r"\(29,\) labels for 30 images"):
+        digits_data.from_files(tmp_path / "npz")
+    np.savez(tmp_path / "npz/mnist.npz", x_train=train.x)
+    with pytest.raises(PipelineError, match="has no array y_train"):
+        digits_data.from_files(tmp_path / "npz")
+    (tmp_path / "npz/mnist.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(PipelineError, match=r"not a readable \.npz"):
+        digits_data.from_files(tmp_path / "npz")
+    with pytest.raises(PipelineError, match="not found"):
+        digits_data.from_files(tmp_path / "nothing")
+
+
+def test_the_validation_split_is_seeded_disjoint_and_never_the_test_set(official) -> None:
+    train, _ = official
+    kept, held = digits_data.split_validation(train, 12, seed=3)
+    assert (len(kept.y), len(held.y)) == (18, 12)
+    rows = {x.tobytes() for x in kept.x} | {x.tobytes() for x in held.x}
+    assert rows == {x.tobytes() for x in train.x}  # every image once, in one split or the other
+    again = digits_data.split_validation(train, 12, seed=3)[1]
+    assert np.array_equal(again.x, held.x)
+    assert not np.array_equal(digits_data.split_validation(train, 12, seed=4)[1].x, held.x)
+    with pytest.raises(PipelineError, match=r"digits\.data\.validation is 30, but there are only 30 training images"):
+        digits_data.split_validation(train, 30, seed=3)
+
+
+def test_the_offline_sources_look_like_the_real_datasets() -> None:
+    train, test = digits_data.sklearn_digits()
+    assert (len(train.y), len(test.y)) == (1438, 359)  # scikit-learn's 1,797 real digits
+    assert train.x[:, :4].max() == 0 and train.x[:, 24:].max() == 0  # a 20x20 digit, centred like MNIST's
+    assert train.x.max() == 255 and set(np.unique(train.y)) == set(range(10))
+    fashion, fashion_test = digits_data.generated_fashion(12)
+    assert (len(fashion.y), len(fashion_test.y)) == (120, 20)
+    assert np.bincount(fashion.y).tolist() == [12] * 10
+
+
+def test_without_network_the_keras_source_is_one_line_naming_the_others(workdir: Path, tmp_path: Path) -> None:
+    write_params(workdir / "params.yaml", {"digits.data.source": "keras"})
+    # A fresh Keras cache and a proxy that refuses: the real download path fails here as it does offline.
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": ""}
+    result = run_stage("digits_data", workdir, env=env, args=("mnist",))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: digits.data.source keras: cannot download mnist (")
+    assert "digits.data.source: files" in last and "offline" in last
+    assert not (workdir / "data/digits").exists()
+
+
+def test_the_stage_takes_one_known_dataset(workdir: Path) -> None:
+    result = run_stage("digits_data", workdir, args=("cifar10",))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: usage: python -m stages.digits_data {mnist,fashion_mnist}"
+
+
+def test_the_matrix_runs_every_dataset_the_code_knows() -> None:
+    from ruamel.yaml import YAML
+
+    stages = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in ("digits_data", "digits_train", "digits_evaluate"):
+        assert tuple(stages[stage]["matrix"]["dataset"]) == paths.DIGITS_DATASETS
+
+
+def offline_mnist(validation: int = 300) -> tuple[digits_data.Split, digits_data.Split, digits_data.Split]:
+    train, test = digits_data.sklearn_digits()
+    return (*digits_data.split_validation(train, validation, seed=0), test)
+
+
+def train_book(train, validation, epochs: int, seed: int = 0) -> keras.Model:
+    """The book's network, no augmentation, RMSprop at 1e-3 (the course's recipe), trained in process."""
+    cfg = dataclasses.replace(
+        load_params(REPO / "params.yaml").digits,
+        network="book",
+        dropout=0.0,
+        augment=load_params(REPO / "params.yaml").digits.augment.__class__(0.0, 0.0, 0.0),
+        optimizer="rmsprop",
+        schedule="constant",
+        batch_size=64,
+    )
+    keras.utils.set_random_seed(seed)
+    model = digits_train.build_network(cfg, seed)
+    digits_train.compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size))
+    model.fit(
+        digits_train.batches(train, 64, shuffle=True, seed=seed),
+        validation_data=digits_train.batches(validation, 64, shuffle=False, seed=0),
+        epochs=epochs,
+        verbose=0,
+    )
+    return model
+
+
+def test_the_book_network_learns_real_handwritten_digits() -> None:
+    train, validation, test = offline_mnist()
+    model = train_book(train, validation, epochs=10)
+    accuracy = model.evaluate(digits_train.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+    assert accuracy >= 0.95
+
+
+def test_with_shuffled_labels_it_stays_near_chance() -> None:
+    train, validation, test = offline_mnist()
+    rng = np.random.default_rng(0)
+    shuffled = digits_data.Split(train.x, rng.permutation(train.y))
+    model = train_book(shuffled, validation, epochs=3)
+    accuracy = model.evaluate(digits_train.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+    assert accuracy < 0.25
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_the_schedules_run_the_rate_down_as_documented(schedule: str) -> None:
+    cfg = dataclasses.replace(load_params(REPO / "params.yaml").digits, schedule=schedule, epochs=4)
+    rate = digits_train.learning_rate(cfg, steps_per_epoch=10)  # 40 steps in all
+    steps = (0, 19, 21, 31, 40)
+    at = [float(rate(step)) if callable(rate) else rate for step in steps]
+    expected = {
+        "constant": [1e-3] * 5,
+        "cosine": [1e-3 * (1 + math.cos(math.pi * step / 40)) / 2 for step in steps],  # to 0 at the last step
+        "step": [1e-3, 1e-3, 1e-4, 1e-5, 1e-5],  # x0.1 after half the steps, and after three quarters
+    }[schedule]
+    assert at == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("network", ["book", "strong"])
+def test_each_network_builds_trains_saves_and_loads_in_safe_mode(network: str, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(load_params(REPO / "params.yaml").digits, network=network, epochs=1)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = digits_train.build_network(cfg, 0)
+        digits_train.compile_digits(model, cfg, steps_per_epoch=1)
+        split = small_split(16, 0)
+        model.fit(digits_train.batches(split, 8, shuffle=True, seed=0), epochs=1, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.output.dtype == "float32"  # probabilities stay float32 under mixed precision
+    assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in model.layers)  # never flip digits
+    model.save(tmp_path / "m.keras")
+    loaded = load_saved(tmp_path / "m.keras")
+    pixels = split.x[:4, ..., np.newaxis].astype("float32")
+    probabilities = loaded.predict(pixels, verbose=0)
+    assert probabilities.shape == (4, 10)
+    assert probabilities.sum(axis=1) == pytest.approx(np.ones(4), abs=1e-3)
+    assert np.allclose(probabilities, model.predict(pixels, verbose=0), atol=1e-3)
+
+
+def test_the_scores_of_a_known_case() -> None:
+    names = paths.DIGITS_CLASS_NAMES["fashion_mnist"]
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.full((4, 10), 0.01)
+    probabilities[[0, 1, 2, 3], [0, 1, 1, 1]] = 0.91  # the second image is a T-shirt taken for a trouser
+    result = digits_evaluate.score(labels, probabilities, names)
+    assert result["accuracy"] == 0.75
+    assert result["per_class_accuracy"]["T-shirt/top"] == 0.5 and result["per_class_accuracy"]["Trouser"] == 1.0
+    assert result["per_class_accuracy"]["Bag"] is None  # no test image of that class
+    # Macro over all ten classes: precision (1 + 2/3) / 10, recall (0.5 + 1) / 10.
+    assert result["precision_macro"] == pytest.approx((1 + 2 / 3) / 10)
+    assert result["recall_macro"] == pytest.approx(0.15)
+    assert result["log_loss"] == pytest.approx(-(3 * math.log(0.91) + math.log(0.01)) / 4, rel=1e-6)
+    table = digits_evaluate.predictions_table(labels, probabilities, names)
+    assert table["label"].tolist() == ["T-shirt/top", "T-shirt/top", "Trouser", "Trouser"]
+    assert table["predicted"].tolist()[1] == "Trouser"
+    sheet = digits_evaluate.gallery(small_split(4, 0), table, 12, "fashion_mnist")
+    assert sheet.width >= 28 * digits_evaluate.ZOOM  # one tile: the one mistake
+    assert sheet.height > 28 * digits_evaluate.ZOOM
