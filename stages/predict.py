@@ -7,6 +7,9 @@ one error line on stderr, the others are still classified, and the exit status i
 
 ``--imagenet`` instead runs the pretrained network with its ImageNet top (``features.base`` and
 ``features.weights`` from params.yaml) and prints each image's top-5 ImageNet classes.
+
+A digits model (``models/digits/<dataset>.keras``) takes any image too: it is made grayscale, inverted if
+its background is light (the datasets are light on black) and resized to 28x28; each line says which.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import TextIO
 
 import keras
 import numpy as np
+from PIL import Image
 
 from stages import paths
 from stages.common import PipelineError, run
 from stages.config import FeaturesConfig, load_params
 from stages.datasets import resized_pixels
+from stages.digits_data import CLASSES, SIDE
 from stages.images import BadImage, read_file, read_image
 from stages.models import build_imagenet_classifier, load_saved, predicted_labels, takes_images
 
@@ -131,6 +136,54 @@ def classify(model: keras.Model, files: list[Path], threshold: float, batch_size
     return rows
 
 
+def is_digits_model(model: keras.Model) -> bool:
+    """A digits study model: 28x28 grayscale in, ten classes out."""
+    return tuple(model.input_shape[1:]) == (SIDE, SIDE, 1) and tuple(model.output_shape[1:]) == (CLASSES,)
+
+
+def digits_pixels(image: Image.Image) -> tuple[np.ndarray, str]:
+    """An image as the digits models take it (28x28, white on black, 0-255), and what was done to it."""
+    done = [] if image.mode == "L" else [f"{image.mode} to grayscale"]
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > 127:  # dark ink on light paper: MNIST and Fashion-MNIST are light on black
+        gray = 255 - gray
+        done.append("inverted (light background)")
+    if gray.shape != (SIDE, SIDE):
+        done.append(f"resized {gray.shape[1]}x{gray.shape[0]} to {SIDE}x{SIDE}")
+        gray = np.asarray(Image.fromarray(gray).resize((SIDE, SIDE), Image.Resampling.BILINEAR))
+    return gray[..., np.newaxis], ", ".join(done) or "as is"
+
+
+def classify_digits(model: keras.Model, model_path: Path, files: list[Path], errors: list[str]) -> list[dict]:
+    """One row per readable image: path, class name, its probability, and how the image was converted.
+
+    The class names follow the model's file name (``fashion_mnist.keras``: Fashion-MNIST's), else digits.
+    """
+    names = paths.DIGITS_CLASS_NAMES.get(model_path.stem, paths.DIGITS_CLASS_NAMES["mnist"])
+    rows = []
+    for file in files:
+        try:
+            pixels, done = digits_pixels(read_image(read_file(file)))
+        except BadImage as bad:
+            errors.append(f"{file}: cannot read image ({bad.reason.replace('_', ' ')})")
+            continue
+        except OSError as error:
+            errors.append(f"{file}: cannot read file ({error.strerror or error})")
+            continue
+        probabilities = model.predict(pixels[np.newaxis], verbose=0)[0]
+        best = int(probabilities.argmax())
+        rows.append(
+            {
+                "path": str(file),
+                "label": names[best],
+                "probability": round(float(probabilities[best]), 6),
+                "converted": done,
+            }
+        )
+    return rows
+
+
 def imagenet_names(probabilities: np.ndarray) -> list[list[tuple[str, str, float]]]:
     """Top-5 ``(class id, name, probability)`` per row; class names come from Keras' cached index file."""
     try:
@@ -212,12 +265,15 @@ def main(argv: list[str] | None = None) -> None:
             rows = classify_imagenet(params.features, files, batch_size, errors)
         else:
             model = load_saved(args.model)
-            if not takes_images(model):
+            if is_digits_model(model):
+                rows = classify_digits(model, args.model, files, errors)
+            elif not takes_images(model):
                 raise PipelineError(
                     f"{args.model} takes {model.input_shape[1:]} features, not images; use --model "
                     f"{paths.FINETUNED_MODEL} or {paths.BASELINE_MODEL}"
                 )
-            rows = classify(model, files, params.evaluate.threshold, batch_size, errors)
+            else:
+                rows = classify(model, files, params.evaluate.threshold, batch_size, errors)
     write(rows, args.format, results)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)

@@ -40,6 +40,22 @@ def models_table(results: dict, base: str) -> str:
     return "\n".join(lines)
 
 
+DIGITS_COLUMNS = {"accuracy": "accuracy", "f1_macro": "macro F1", "log_loss": "log loss"}
+
+
+def digits_table(metrics_dir: Path = paths.METRICS_DIR) -> str:
+    """The digits study's test metrics, one row per dataset that has them."""
+    lines = ["| dataset | test images | " + " | ".join(DIGITS_COLUMNS.values()) + " |"]
+    lines.append("|---" * (len(DIGITS_COLUMNS) + 2) + "|")
+    for dataset in paths.DIGITS_DATASETS:
+        path = metrics_dir / "digits" / f"{dataset}.json"
+        if path.is_file():
+            results = json.loads(path.read_text())
+            cells = [_number(results.get(metric)) for metric in DIGITS_COLUMNS]
+            lines.append(f"| {dataset} | {results.get('test_images', '?')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "No digits metrics yet: run `dvc repro`."
+
+
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -55,7 +71,10 @@ def dvc_markdown(args: list[str]) -> str:
 
 
 def render(
-    base: str, evaluate_json: Path = paths.EVALUATE_METRICS, features_json: Path = paths.FEATURES_METRICS
+    base: str,
+    evaluate_json: Path = paths.EVALUATE_METRICS,
+    features_json: Path = paths.FEATURES_METRICS,
+    metrics_dir: Path = paths.METRICS_DIR,
 ) -> str:
     """The whole page."""
     parts = ["# Dogs vs. Cats: model comparison", ""]
@@ -69,6 +88,7 @@ def render(
         ]
     else:
         parts.append(f"No `{evaluate_json}` yet: run `dvc repro`.")
+    parts += ["", "## Digits: MNIST and Fashion-MNIST", "", digits_table(metrics_dir)]
     parts += [
         "",
         f"## Metrics against `{base}`",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import math
 import struct
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from stages import digits_data, digits_evaluate, digits_train, paths
 from stages.common import PipelineError
@@ -194,11 +196,36 @@ def train_book(train, validation, epochs: int, seed: int = 0) -> keras.Model:
     return model
 
 
-def test_the_book_network_learns_real_handwritten_digits() -> None:
-    train, validation, test = offline_mnist()
-    model = train_book(train, validation, epochs=10)
-    accuracy = model.evaluate(digits_train.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+@pytest.fixture(scope="module")
+def book_on_real_digits() -> keras.Model:
+    """The book's network after 10 epochs on scikit-learn's real digits (seeded split)."""
+    train, validation, _ = offline_mnist()
+    return train_book(train, validation, epochs=10)
+
+
+def test_the_book_network_learns_real_handwritten_digits(book_on_real_digits: keras.Model) -> None:
+    test = offline_mnist()[2]
+    accuracy = book_on_real_digits.evaluate(digits_train.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
     assert accuracy >= 0.95
+
+
+def test_predict_converts_any_photo_of_a_digit_and_says_how(
+    book_on_real_digits: keras.Model, workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from stages import predict
+
+    book_on_real_digits.save(workdir / "mnist.keras")
+    test = offline_mnist()[2]
+    right = book_on_real_digits.predict(test.x[:40, ..., np.newaxis].astype("float32"), verbose=0).argmax(axis=1)
+    index = int(np.flatnonzero(right == test.y[:40])[0])  # a test digit the model gets right as it is
+    ink_on_paper = Image.fromarray(255 - test.x[index]).resize((112, 112), Image.Resampling.NEAREST).convert("RGB")
+    ink_on_paper.save(workdir / "scan.png")
+    predict.main(["scan.png", "--model", "mnist.keras", "--format", "json"])
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["label"] == str(test.y[index])
+    assert row["converted"] == "RGB to grayscale, inverted (light background), resized 112x112 to 28x28"
+    pixels, done = predict.digits_pixels(Image.fromarray(test.x[index]))
+    assert done == "as is" and np.array_equal(pixels[..., 0], test.x[index])
 
 
 def test_with_shuffled_labels_it_stays_near_chance() -> None:
@@ -265,3 +292,15 @@ def test_the_scores_of_a_known_case() -> None:
     sheet = digits_evaluate.gallery(small_split(4, 0), table, 12, "fashion_mnist")
     assert sheet.width >= 28 * digits_evaluate.ZOOM  # one tile: the one mistake
     assert sheet.height > 28 * digits_evaluate.ZOOM
+
+
+def test_the_report_shows_each_dataset_that_has_metrics(tmp_path: Path) -> None:
+    from stages import report
+
+    assert report.digits_table(tmp_path) == "No digits metrics yet: run `dvc repro`."
+    (tmp_path / "digits").mkdir()
+    result = {"test_images": 10000, "accuracy": 0.9961, "f1_macro": 0.996, "log_loss": 0.0123}
+    (tmp_path / "digits/mnist.json").write_text(json.dumps(result))
+    lines = report.digits_table(tmp_path).splitlines()
+    assert lines[0] == "| dataset | test images | accuracy | macro F1 | log loss |"
+    assert lines[2:] == ["| mnist | 10000 | 0.9961 | 0.9960 | 0.0123 |"]

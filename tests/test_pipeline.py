@@ -197,6 +197,7 @@ def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> No
     assert "| fine-tuned vgg16 |" in report
     assert "metrics/train_head/metrics.json" in report
     assert "head.learning_rate" in report
+    assert "| mnist | 359 |" in report and "| fashion_mnist | 30 |" in report
 
 
 def _experiment(rows: list, name: str) -> dict:
