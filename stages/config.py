@@ -248,10 +248,12 @@ class FinetuneConfig:
 class EvaluateConfig:
     threshold: float
     gallery_size: int
+    bootstrap: int
 
     def __post_init__(self) -> None:
         _check(0.0 < self.threshold < 1.0, "evaluate.threshold", f"is {self.threshold}; use a number between 0 and 1")
         _check(self.gallery_size >= 0, "evaluate.gallery_size", f"is {self.gallery_size}; use 0 or more")
+        _check(self.bootstrap >= 0, "evaluate.bootstrap", f"is {self.bootstrap}; use 0 (no interval) or more")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from sklearn import metrics as skm
 
-from stages import paths
+from stages import paths, stats
 from stages.common import PipelineError, atomic_path, run, write_json
 from stages.config import load_params
 from stages.datasets import image_dataset, labels_of, load_features
@@ -152,19 +152,38 @@ def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple[list[st
     return out
 
 
+def intervals(labels: np.ndarray, probabilities: np.ndarray, threshold: float, resamples: int, seed: int) -> dict:
+    """95 % intervals: Wilson for the accuracy, a seeded bootstrap over test images for the ROC AUC."""
+    correct = int((predicted_labels(probabilities, threshold) == labels).sum())
+    low, high = stats.wilson(correct, len(labels))
+    auc = stats.bootstrap_auc(labels, probabilities, resamples, seed)
+    return {
+        "accuracy_ci95": {"low": low, "high": high},
+        "roc_auc_ci95": {"low": auc[0], "high": auc[1]} if auc else None,
+    }
+
+
+def paired_tests(tables: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    """The exact McNemar test between each pair of models, on the same test images (tables sorted by file)."""
+    right = {name: (table["label"] == table["predicted"]).to_numpy() for name, table in tables.items()}
+    names = list(tables)
+    return {f"{a}_vs_{b}": stats.mcnemar(right[a], right[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
+
+
 def main() -> None:
     params = load_params()
     cfg = params.evaluate
     test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
-    results = {}
+    results, tables = {}, {}
     for name, (files, labels, probabilities) in predict_all(params.image.batch_size, sorted(test["path"])).items():
-        table = predictions_table(files, labels, probabilities, cfg.threshold)
+        table = tables[name] = predictions_table(files, labels, probabilities, cfg.threshold)
         results[name] = score(labels, probabilities, cfg.threshold)
+        results[name].update(intervals(labels, probabilities, cfg.threshold, cfg.bootstrap, params.seed))
         _write_csv(table, paths.predictions_file(name))
         _write_csv(roc_points(labels, probabilities), paths.roc_file(name))
         _write_png(gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, cfg.threshold, name), paths.gallery_file(name))
         print(f"evaluate: {name}: accuracy {results[name]['accuracy']:.4f}, ROC AUC {results[name]['roc_auc']:.4f}")
-    write_json(paths.EVALUATE_METRICS, {"test_images": len(test), **results})
+    write_json(paths.EVALUATE_METRICS, {"test_images": len(test), **results, "mcnemar": paired_tests(tables)})
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ pull-request workflow posts this page as a comment; ``make report`` writes it lo
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from stages import paths
+import pandas as pd
+
+from stages import paths, stats
 from stages.common import atomic_path, run
 
 COLUMNS = {
@@ -31,12 +34,45 @@ def model_names(base: str) -> dict[str, str]:
 
 
 def models_table(results: dict, base: str) -> str:
-    """The three models side by side, as a Markdown table."""
-    lines = ["| model | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    """The three models side by side, as a Markdown table, with the 95 % interval of the accuracy."""
+    lines = ["| model | " + " | ".join(COLUMNS.values()) + " | accuracy 95 % CI |", "|---" * (len(COLUMNS) + 2) + "|"]
     for key, name in model_names(base).items():
         section = results.get(key, {})
         cells = [_number(section.get(metric)) for metric in COLUMNS]
+        interval = section.get("accuracy_ci95")
+        cells.append(f"{interval['low']:.4f} to {interval['high']:.4f}" if interval else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def significance_table(base: str) -> str:
+    """Each model's test accuracy here against ``base``, and whether the change is real: the exact McNemar
+    test on the per-image predictions of both revisions (committed, so any clone can run it)."""
+    lines = [
+        f"| model | accuracy at `{base}` | accuracy here | right only at `{base}` | right only here | p | verdict |",
+        "|---" * 7 + "|",
+    ]
+    for model in paths.EVALUATED_MODELS:
+        path = paths.predictions_file(model)
+        if not path.is_file():
+            continue
+        shown = subprocess.run(["git", "show", f"{base}:{path.as_posix()}"], capture_output=True, text=True)
+        if shown.returncode != 0:
+            lines.append(f"| {model} | - | - | - | - | - | no predictions at `{base}` |")
+            continue
+        here, there = pd.read_csv(path), pd.read_csv(io.StringIO(shown.stdout))
+        paired = here.merge(there, on="file", suffixes=("", "_base"))
+        if not len(paired) == len(here) == len(there):
+            lines.append(f"| {model} | - | - | - | - | - | different test images: not comparable |")
+            continue
+        right_here = (paired["label"] == paired["predicted"]).to_numpy()
+        right_there = (paired["label_base"] == paired["predicted_base"]).to_numpy()
+        test = stats.mcnemar(right_there, right_here)
+        verdict = "**significant**" if test["significant"] else "within noise"
+        lines.append(
+            f"| {model} | {right_there.mean():.4f} | {right_here.mean():.4f} | {test['only_a']} | {test['only_b']} "
+            f"| {test['p_value']:.3g} | {verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -90,6 +126,12 @@ def render(
         parts.append(f"No `{evaluate_json}` yet: run `dvc repro`.")
     parts += ["", "## Digits: MNIST and Fashion-MNIST", "", digits_table(metrics_dir)]
     parts += [
+        "",
+        f"## Is the accuracy change against `{base}` real?",
+        "",
+        f"Exact McNemar test on the test images both revisions scored; p < {stats.SIGNIFICANT} is called significant.",
+        "",
+        significance_table(base),
         "",
         f"## Metrics against `{base}`",
         "",

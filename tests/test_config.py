@@ -56,6 +56,15 @@ def test_learning_rates_written_by_dvc_exp_run_are_floats(tmp_path: Path, text: 
         ({"baseline.learning_rate": float("nan")}, "baseline.learning_rate is nan; use a finite number"),
         ({"augment.zoom": "-inf"}, "augment.zoom is -inf; use a finite number"),
         ({"finetune.learning_rate": 10**400}, "finetune.learning_rate is 1000"),
+        ({"evaluate.bootstrap": -1}, "evaluate.bootstrap is -1; use 0 (no interval) or more"),
+        ({"digits.data.source": "tfds"}, "digits.data.source is 'tfds'; use one of keras, files, offline"),
+        ({"digits.data.files": "~/mnist"}, "digits.data.files is '~/mnist'; use a path (no ~)"),
+        ({"digits.data.validation": 0}, "digits.data.validation is 0; use at least 1"),
+        ({"digits.network": "resnet"}, "digits.network is 'resnet'; use one of book, strong"),
+        ({"digits.augment.rotation": 0.5}, "digits.augment.rotation is 0.5; use a number from 0 up to"),
+        ({"digits.schedule": "linear"}, "digits.schedule is 'linear'; use one of constant, cosine, step"),
+        ({"digits.learning_rate": float("nan")}, "digits.learning_rate is nan; use a finite number"),
+        ({"digits.epochs": 0}, "digits.epochs is 0; use at least 1"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, overrides: dict, expected: str) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFont
 
-from stages import evaluate
+from stages import evaluate, stats
 from stages.common import PipelineError
 from tests.conftest import image_bytes, inside
 
@@ -160,6 +160,14 @@ def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -
         assert roc["tpr"].iloc[-1] == 1.0
         with Image.open(evaluated / f"metrics/evaluate/gallery/{model}.png") as image:
             assert image.format == "PNG"
+        right = int((table["label"] == table["predicted"]).sum())
+        low, high = stats.wilson(right, 30)
+        assert section["accuracy_ci95"] == pytest.approx({"low": low, "high": high})
+        auc = section["roc_auc_ci95"]
+        assert auc["low"] <= section["roc_auc"] <= auc["high"] <= 1.0
+    pairs = results["mcnemar"]
+    assert list(pairs) == ["baseline_vs_head", "baseline_vs_finetuned", "head_vs_finetuned"]
+    assert all(0.0 <= pair["p_value"] <= 1.0 for pair in pairs.values())
     assert results["baseline"]["accuracy"] >= 0.85  # learnable data, a working model
     assert results["head"]["accuracy"] >= 0.85
 
@@ -182,8 +190,10 @@ def test_report_table_names_the_base_and_shows_every_metric(tmp_path: Path, monk
     (tmp_path / "evaluate.json").write_text(json.dumps(results))
     (tmp_path / "features.json").write_text(json.dumps({"base": "xception"}))
     table = report.models_table(results, "xception").splitlines()
-    assert table[0] == "| model | accuracy | precision | recall | F1 | ROC AUC | log loss |"
-    assert table[4] == "| fine-tuned xception | 0.7000 | 0.8000 | 0.6667 | 0.7273 | 0.8333 | 0.5041 |"
+    assert table[0] == "| model | accuracy | precision | recall | F1 | ROC AUC | log loss | accuracy 95 % CI |"
+    assert table[4] == "| fine-tuned xception | 0.7000 | 0.8000 | 0.6667 | 0.7273 | 0.8333 | 0.5041 | - |"
+    results["head"]["accuracy_ci95"] = {"low": 0.3968, "high": 0.8922}  # Wilson, 7 of 10
+    assert report.models_table(results, "xception").splitlines()[3].endswith("| 0.3968 to 0.8922 |")
     page = report.render("main", tmp_path / "evaluate.json", tmp_path / "features.json")
     assert "On the held-out test split (10 images):" in page
     assert "| xception features + head |" in page

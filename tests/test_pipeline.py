@@ -79,7 +79,7 @@ def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) 
         assert set(summary) >= {"train", "eval", "step", "best"}
     assert json.loads((project / "metrics/features.json").read_text())["feature_shape"] == [1, 1, 512]
     results = json.loads((project / "metrics/evaluate.json").read_text())
-    assert set(results) == {"test_images", "baseline", "head", "finetuned"}
+    assert set(results) == {"test_images", "baseline", "head", "finetuned", "mcnemar"}
     for model in ("baseline", "head", "finetuned"):
         assert (project / f"metrics/evaluate/gallery/{model}.png").is_file()
 
@@ -197,6 +197,8 @@ def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> No
     assert "| fine-tuned vgg16 |" in report
     assert "metrics/train_head/metrics.json" in report
     assert "head.learning_rate" in report
+    assert "## Is the accuracy change against `HEAD` real?" in report
+    assert "| head | " in report and ("within noise" in report or "**significant**" in report)
     assert "| mnist | 359 |" in report and "| fashion_mnist | 30 |" in report
 
 
