@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from sklearn import metrics as skm
 
 from stages import paths, stats
+from stages.anatomy import layer_costs, totals
 from stages.common import PipelineError, atomic_path, run, write_json
 from stages.config import load_params
 from stages.datasets import image_dataset, labels_of, load_features
@@ -163,6 +164,21 @@ def intervals(labels: np.ndarray, probabilities: np.ndarray, threshold: float, r
     }
 
 
+def costs() -> dict[str, dict[str, float | int]]:
+    """Parameters and GMACs per image of classifying one image with each model (the head's include the base
+    that makes its features), so a sweep can weigh accuracy against cost."""
+    base = totals(layer_costs(load_saved(paths.BASE_MODEL)), batch_size=1)
+    out = {}
+    for name, path in paths.EVALUATED_MODELS.items():
+        own = totals(layer_costs(load_saved(path)), batch_size=1)
+        with_base = name == "head"
+        out[name] = {
+            "params": own["params"] + (base["params"] if with_base else 0),
+            "gmacs": round(own["gmacs"] + (base["gmacs"] if with_base else 0), 6),
+        }
+    return out
+
+
 def paired_tests(tables: dict[str, pd.DataFrame]) -> dict[str, dict]:
     """The exact McNemar test between each pair of models, on the same test images (tables sorted by file)."""
     right = {name: (table["label"] == table["predicted"]).to_numpy() for name, table in tables.items()}
@@ -174,11 +190,12 @@ def main() -> None:
     params = load_params()
     cfg = params.evaluate
     test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
-    results, tables = {}, {}
+    results, tables, cost = {}, {}, costs()
     for name, (files, labels, probabilities) in predict_all(params.image.batch_size, sorted(test["path"])).items():
         table = tables[name] = predictions_table(files, labels, probabilities, cfg.threshold)
         results[name] = score(labels, probabilities, cfg.threshold)
         results[name].update(intervals(labels, probabilities, cfg.threshold, cfg.bootstrap, params.seed))
+        results[name].update(cost[name])
         _write_csv(table, paths.predictions_file(name))
         _write_csv(roc_points(labels, probabilities), paths.roc_file(name))
         _write_png(gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, cfg.threshold, name), paths.gallery_file(name))

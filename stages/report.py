@@ -34,13 +34,18 @@ def model_names(base: str) -> dict[str, str]:
 
 
 def models_table(results: dict, base: str) -> str:
-    """The three models side by side, as a Markdown table, with the 95 % interval of the accuracy."""
-    lines = ["| model | " + " | ".join(COLUMNS.values()) + " | accuracy 95 % CI |", "|---" * (len(COLUMNS) + 2) + "|"]
+    """The three models side by side, as a Markdown table: metrics, the accuracy's 95 % interval, and cost."""
+    lines = [
+        "| model | " + " | ".join(COLUMNS.values()) + " | accuracy 95 % CI | params | GMACs/image |",
+        "|---" * (len(COLUMNS) + 4) + "|",
+    ]
     for key, name in model_names(base).items():
         section = results.get(key, {})
         cells = [_number(section.get(metric)) for metric in COLUMNS]
         interval = section.get("accuracy_ci95")
         cells.append(f"{interval['low']:.4f} to {interval['high']:.4f}" if interval else "-")
+        cells.append(f"{section['params']:,}" if "params" in section else "-")
+        cells.append(f"{section['gmacs']:.3f}" if "gmacs" in section else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

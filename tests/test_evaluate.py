@@ -165,6 +165,10 @@ def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -
         assert section["accuracy_ci95"] == pytest.approx({"low": low, "high": high})
         auc = section["roc_auc_ci95"]
         assert auc["low"] <= section["roc_auc"] <= auc["high"] <= 1.0
+        assert section["params"] > 0 and section["gmacs"] > 0
+    # The head's cost includes the base that makes its features; the fine-tuned model is that base plus the head.
+    assert results["finetuned"]["params"] == results["head"]["params"]
+    assert results["finetuned"]["gmacs"] == pytest.approx(results["head"]["gmacs"], rel=1e-6)
     pairs = results["mcnemar"]
     assert list(pairs) == ["baseline_vs_head", "baseline_vs_finetuned", "head_vs_finetuned"]
     assert all(0.0 <= pair["p_value"] <= 1.0 for pair in pairs.values())
@@ -190,10 +194,14 @@ def test_report_table_names_the_base_and_shows_every_metric(tmp_path: Path, monk
     (tmp_path / "evaluate.json").write_text(json.dumps(results))
     (tmp_path / "features.json").write_text(json.dumps({"base": "xception"}))
     table = report.models_table(results, "xception").splitlines()
-    assert table[0] == "| model | accuracy | precision | recall | F1 | ROC AUC | log loss | accuracy 95 % CI |"
-    assert table[4] == "| fine-tuned xception | 0.7000 | 0.8000 | 0.6667 | 0.7273 | 0.8333 | 0.5041 | - |"
+    columns = "| accuracy 95 % CI | params | GMACs/image |"
+    assert table[0] == "| model | accuracy | precision | recall | F1 | ROC AUC | log loss " + columns
+    assert table[4] == "| fine-tuned xception | 0.7000 | 0.8000 | 0.6667 | 0.7273 | 0.8333 | 0.5041 | - | - | - |"
     results["head"]["accuracy_ci95"] = {"low": 0.3968, "high": 0.8922}  # Wilson, 7 of 10
-    assert report.models_table(results, "xception").splitlines()[3].endswith("| 0.3968 to 0.8922 |")
+    results["head"].update(params=14_846_273, gmacs=9.4512345)
+    assert (
+        report.models_table(results, "xception").splitlines()[3].endswith("| 0.3968 to 0.8922 | 14,846,273 | 9.451 |")
+    )
     page = report.render("main", tmp_path / "evaluate.json", tmp_path / "features.json")
     assert "On the held-out test split (10 images):" in page
     assert "| xception features + head |" in page
