@@ -6,7 +6,9 @@ are only decoded (any mode, EXIF orientation applied) and resized as in training
 one error line on stderr, the others are still classified, and the exit status is then 1.
 
 ``--imagenet`` instead runs the pretrained network with its ImageNet top (``features.base`` and
-``features.weights`` from params.yaml) and prints each image's top-5 ImageNet classes.
+``features.weights`` from params.yaml) and prints each image's top-5 ImageNet classes; ``--base
+vgg16,resnet50,xception`` runs several and prints their guesses side by side. The class names work
+offline: when Keras cannot download its class index, the shipped ``stages/imagenet_classes.tsv`` names them.
 
 A digits model (``models/digits/<dataset>.keras``) takes any image too: it is made grayscale, inverted if
 its background is light (the datasets are light on black) and resized to 28x28; each line says which.
@@ -35,7 +37,7 @@ from stages.config import FeaturesConfig, load_params
 from stages.datasets import resized_pixels
 from stages.digits_data import CLASSES, SIDE
 from stages.images import BadImage, read_file, read_image
-from stages.models import build_imagenet_classifier, load_saved, predicted_labels, takes_images
+from stages.models import BASES, build_imagenet_classifier, load_saved, predicted_labels, takes_images
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOP = 5
@@ -184,48 +186,69 @@ def classify_digits(model: keras.Model, model_path: Path, files: list[Path], err
     return rows
 
 
+IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.tsv")  # shipped: works offline
+
+
+def shipped_imagenet_classes() -> list[tuple[str, str]]:
+    """The 1,000 ImageNet classes as ``(WordNet id, name)`` in Keras' index order, from the shipped file."""
+    rows = [line.split("\t") for line in IMAGENET_CLASSES.read_text().splitlines() if not line.startswith("#")]
+    return [(wnid, name) for _, wnid, name in rows]
+
+
 def imagenet_names(probabilities: np.ndarray) -> list[list[tuple[str, str, float]]]:
-    """Top-5 ``(class id, name, probability)`` per row; class names come from Keras' cached index file."""
+    """Top-5 ``(class id, name, probability)`` per row: Keras' class index when it has it or can download it,
+    else the copy shipped in ``stages/imagenet_classes.tsv`` (the same ids and names)."""
     try:
         return keras.applications.imagenet_utils.decode_predictions(probabilities, top=TOP)
     except Exception as error:  # the class index is a download: offline without a cache it fails
         if "URL fetch failure" not in str(error):
             raise
-        print(
-            "note: ImageNet class names are not cached and cannot be downloaded; showing class indices", file=sys.stderr
-        )
-        top = np.argsort(-probabilities, axis=1)[:, :TOP]
-        return [
-            [(f"class_{i}", f"class_{i}", float(row[i])) for i in indices]
-            for row, indices in zip(probabilities, top, strict=True)
-        ]
+    print(f"note: Keras cannot download ImageNet's class index; using {IMAGENET_CLASSES.name}", file=sys.stderr)
+    classes = shipped_imagenet_classes()
+    top = np.argsort(-probabilities, axis=1)[:, :TOP]
+    return [[(*classes[i], float(row[i])) for i in indices] for row, indices in zip(probabilities, top, strict=True)]
 
 
-def classify_imagenet(cfg: FeaturesConfig, files: list[Path], batch_size: int, errors: list[str]):
-    """One row per readable image and top-5 rank: path, rank, class id, name, probability."""
-    model = build_imagenet_classifier(cfg)
-    if cfg.weights == "none":
+def classify_imagenet(bases: list[str], weights: str, files: list[Path], batch_size: int, errors: list[str]):
+    """One row per readable image, base and top-5 rank: path, base, rank, class id, name, probability."""
+    if weights == "none":
         print("note: features.weights is none: the network's weights are random, so are its classes", file=sys.stderr)
-    read: list[Path] = []
-    outputs = []
-    for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
-        read += batch_files
-        outputs.append(model.predict(pixels, verbose=0))
-    if not read:
-        return []
     rows = []
-    for file, top in zip(read, imagenet_names(np.concatenate(outputs)), strict=True):
-        for rank, (class_id, name, probability) in enumerate(top, start=1):
-            rows.append(
-                {
-                    "path": str(file),
-                    "rank": rank,
-                    "class_id": class_id,
-                    "name": name,
-                    "probability": round(float(probability), 6),
-                }
-            )
+    for index, base in enumerate(bases):
+        model = build_imagenet_classifier(FeaturesConfig(base, weights))
+        read: list[Path] = []
+        outputs = []
+        # Unreadable files are reported once, while the first base reads them.
+        for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors if index == 0 else []):
+            read += batch_files
+            outputs.append(model.predict(pixels, verbose=0))
+        if not read:
+            return []
+        for file, top in zip(read, imagenet_names(np.concatenate(outputs)), strict=True):
+            for rank, (class_id, name, probability) in enumerate(top, start=1):
+                rows.append(
+                    {
+                        "path": str(file),
+                        "base": base,
+                        "rank": rank,
+                        "class_id": class_id,
+                        "name": name,
+                        "probability": round(float(probability), 6),
+                    }
+                )
     return rows
+
+
+def side_by_side(rows: list[dict], out: TextIO) -> None:
+    """ImageNet rows as one block per photo: a line per rank, the bases' guesses in columns."""
+    bases = list(dict.fromkeys(row["base"] for row in rows))
+    cells = {(r["path"], r["base"], r["rank"]): f"{r['name']} ({r['probability']:.3f})" for r in rows}
+    width = max(len(cell) for cell in cells.values()) + 2
+    for path in dict.fromkeys(row["path"] for row in rows):
+        out.write(path + "\n" + "  rank  " + "".join(f"{base:<{width}}" for base in bases).rstrip() + "\n")
+        for rank in range(1, TOP + 1):
+            guesses = "".join(f"{cells.get((path, base, rank), '-'):<{width}}" for base in bases)
+            out.write(f"  {rank:<6}{guesses}".rstrip() + "\n")
 
 
 def write(rows: list[dict], fmt: str, out: TextIO) -> None:
@@ -238,6 +261,8 @@ def write(rows: list[dict], fmt: str, out: TextIO) -> None:
             writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
+    elif rows and "base" in rows[0]:
+        side_by_side(rows, out)
     else:
         for row in rows:
             shown = [v for k, v in row.items() if k != "dog_probability"]
@@ -250,7 +275,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=paths.FINETUNED_MODEL, help="a saved image model")
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text")
     parser.add_argument("--imagenet", action="store_true", help="top-5 ImageNet classes from the pretrained network")
+    parser.add_argument(
+        "--base",
+        help="with --imagenet: comma-separated bases side by side, e.g. vgg16,resnet50 (default features.base)",
+    )
     return parser.parse_args(argv)
+
+
+def imagenet_bases(option: str | None, cfg: FeaturesConfig) -> list[str]:
+    """The bases ``--base`` names (default ``features.base``), checked."""
+    if option is None:
+        return [cfg.base]
+    bases = [base.strip() for base in option.split(",") if base.strip()]
+    unknown = [base for base in bases if base not in BASES]
+    if unknown or not bases:
+        raise PipelineError(f"--base {option}: unknown base {unknown[0] if unknown else ''!r}; use {', '.join(BASES)}")
+    if bases != [cfg.base] and cfg.weights not in ("imagenet", "none"):
+        raise PipelineError(f"--base {option}: features.weights is a file for {cfg.base}; use imagenet or none")
+    return bases
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     # Keras prints downloads and progress to stdout; keep stdout for results only, so csv/json parse.
     with contextlib.redirect_stdout(sys.stderr):
         if args.imagenet:
-            rows = classify_imagenet(params.features, files, batch_size, errors)
+            rows = classify_imagenet(imagenet_bases(args.base, params.features), params.features.weights, files,
+                                     batch_size, errors)  # fmt: skip
         else:
             model = load_saved(args.model)
             if is_digits_model(model):

@@ -132,6 +132,57 @@ def test_imagenet_top5_with_random_weights_says_so(trained: Path, photos: Path) 
     assert "weights are random" in result.stderr
 
 
+def test_the_shipped_imagenet_classes_are_keras_index_order() -> None:
+    classes = predict.shipped_imagenet_classes()
+    assert len(classes) == 1000
+    wnids = [wnid for wnid, _ in classes]
+    assert wnids == sorted(set(wnids))  # Keras' index is the sorted WordNet ids
+    assert classes[0] == ("n01440764", "tench") and classes[281] == ("n02123045", "tabby")
+    assert classes[207] == ("n02099601", "golden_retriever")  # spaces as underscores, as Keras names them
+    assert all(name and " " not in name for _, name in classes)
+
+
+def test_offline_the_imagenet_names_come_from_the_shipped_file(monkeypatch, capsys) -> None:
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -2]")
+
+    monkeypatch.setattr(keras.applications.imagenet_utils, "decode_predictions", offline)
+    probabilities = np.full((1, 1000), 0.0001, dtype="float32")
+    probabilities[0, [281, 285, 207]] = [0.5, 0.3, 0.1]
+    (top,) = predict.imagenet_names(probabilities)
+    assert [(wnid, name) for wnid, name, _ in top[:3]] == [
+        ("n02123045", "tabby"),
+        ("n02124075", "Egyptian_cat"),
+        ("n02099601", "golden_retriever"),
+    ]
+    assert top[0][2] == pytest.approx(0.5)
+    assert "using imagenet_classes.tsv" in capsys.readouterr().err
+
+
+def test_imagenet_runs_several_bases_side_by_side(trained: Path, photos: Path, capsys) -> None:
+    with inside(trained):
+        predict.main([str(photos / "cat.jpg"), "--imagenet", "--base", "vgg16,resnet50"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(photos / "cat.jpg")
+    assert lines[1].split() == ["rank", "vgg16", "resnet50"]
+    assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3", "4", "5"]
+    assert all(len(line.split()) == 5 for line in lines[2:])  # rank, then name (p) for each base
+
+
+@pytest.mark.parametrize(
+    ("option", "weights", "error"),
+    [
+        ("vgg16,alexnet", "none", "--base vgg16,alexnet: unknown base 'alexnet'; use vgg16, xception"),
+        ("vgg16,resnet50", "data/weights/v.h5", "--base vgg16,resnet50: features.weights is a file for vgg16"),
+    ],
+)
+def test_a_wrong_base_list_is_one_line(option: str, weights: str, error: str) -> None:
+    from stages.config import FeaturesConfig
+
+    with pytest.raises(predict.PipelineError, match=error):
+        predict.imagenet_bases(option, FeaturesConfig("vgg16", weights))
+
+
 @contextlib.contextmanager
 def deadline(seconds: int) -> Iterator[None]:
     """Fail instead of hanging: a link loop or a FIFO must not block predict."""
