@@ -1,26 +1,29 @@
 """Stage ``evaluate``: score every model on the held-out test split, and write what DVC plots and people read.
 
 Writes ``metrics/evaluate.json`` (one section per model) and, under ``metrics/evaluate/``, per-image
-predictions (for DVC's confusion template), ROC points, and a PNG of each model's most confidently
-wrong test images. The test images are checked against ``data/sample/manifest.csv`` first, so a missing
-or changed file stops the stage instead of silently shrinking the test set.
+predictions (for DVC's confusion template), ROC points, and PNGs of each model's most confidently wrong
+and most confidently right test images, with Grad-CAM heatmaps for the models that take images. The test
+images are checked against ``data/sample/manifest.csv`` first, so a missing or changed file stops the
+stage instead of silently shrinking the test set.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from sklearn import metrics as skm
 
-from stages import paths, stats
+from stages import gradcam, paths, stats
 from stages.anatomy import layer_costs, totals
 from stages.common import PipelineError, atomic_path, run, write_json
 from stages.config import load_params
-from stages.datasets import image_dataset, labels_of, load_features
+from stages.datasets import image_dataset, labels_of, load_features, resized_pixels
 from stages.models import load_saved, predicted_labels, takes_images
 
 THUMBNAIL = 128  # gallery tile side, pixels
@@ -89,34 +92,77 @@ def predictions_table(files: list[str], labels: np.ndarray, probabilities: np.nd
 
 def most_confidently_wrong(table: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:
     """The ``size`` misclassified rows whose P(dog) is furthest from ``threshold``, most confident first."""
-    wrong = table[table["label"] != table["predicted"]]
-    confidence = (wrong["probability"] - threshold).abs().rename("confidence")
-    ordered = pd.concat([wrong, confidence], axis=1).sort_values(["confidence", "file"], ascending=[False, True])
+    return _most_confident(table[table["label"] != table["predicted"]], size, threshold)
+
+
+def most_confidently_right(table: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:
+    """The ``size`` correctly classified rows whose P(dog) is furthest from ``threshold``, most confident first."""
+    return _most_confident(table[table["label"] == table["predicted"]], size, threshold)
+
+
+def _most_confident(rows: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:
+    confidence = (rows["probability"] - threshold).abs().rename("confidence")
+    ordered = pd.concat([rows, confidence], axis=1).sort_values(["confidence", "file"], ascending=[False, True])
     return ordered.drop(columns="confidence").head(size)
 
 
-def gallery(table: pd.DataFrame, sample_dir: Path, size: int, threshold: float, title: str) -> Image.Image:
-    """A strip of the ``size`` most confidently wrong images, captioned with truth and P(dog), under a heading
-    that always fits; a model with no mistakes gets a one-line sheet that says so."""
-    wrong = most_confidently_wrong(table, size, threshold)
+Explainer = Callable[[list[str]], dict[str, Image.Image]]
+
+
+def gallery(
+    table: pd.DataFrame,
+    sample_dir: Path,
+    size: int,
+    threshold: float,
+    title: str,
+    right: bool = False,
+    explain: Explainer | None = None,
+) -> Image.Image:
+    """A strip of the ``size`` most confidently wrong images (``right``: right ones), captioned with truth and
+    P(dog), under a heading that always fits; with ``explain`` each photo has its Grad-CAM overlay under it.
+    A model with nothing to show gets a one-line sheet that says so."""
+    shown = (most_confidently_right if right else most_confidently_wrong)(table, size, threshold)
+    word = "right" if right else "wrong"
     font = ImageFont.load_default(size=11)
-    if wrong.empty:
-        heading = f"{title}: no misclassified test images"
+    if shown.empty:
+        heading = f"{title}: no {'correctly ' if right else 'mis'}classified test images"
     else:
-        heading = f"{title}: the {len(wrong)} most confidently wrong test image{'s' * (len(wrong) > 1)}"
-    width = max(len(wrong) * THUMBNAIL, int(font.getlength(heading)) + 2 * MARGIN)
-    height = CAPTION + (THUMBNAIL + CAPTION if len(wrong) else 0)
+        heading = f"{title}: the {len(shown)} most confidently {word} test image{'s' * (len(shown) > 1)}"
+    overlays = explain(list(shown["file"])) if explain and not shown.empty else {}
+    if overlays:
+        heading += ", with Grad-CAM"
+    rows = 2 if overlays else 1
+    width = max(len(shown) * THUMBNAIL, int(font.getlength(heading)) + 2 * MARGIN)
+    height = CAPTION + (rows * THUMBNAIL + CAPTION if len(shown) else 0)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((MARGIN, MARGIN), heading, fill="black", font=font)
-    for index, row in enumerate(wrong.itertuples()):
-        with Image.open(sample_dir / row.file) as image:
-            thumb = ImageOps.contain(image.convert("RGB"), (THUMBNAIL, THUMBNAIL))
+    for index, row in enumerate(shown.itertuples()):
         x = index * THUMBNAIL
-        sheet.paste(thumb, (x + (THUMBNAIL - thumb.width) // 2, CAPTION + (THUMBNAIL - thumb.height) // 2))
+        with Image.open(sample_dir / row.file) as image:
+            tiles = [image.convert("RGB")] + ([overlays[row.file]] if overlays else [])
+        for level, tile in enumerate(tiles):
+            thumb = ImageOps.contain(tile, (THUMBNAIL, THUMBNAIL))
+            top = CAPTION + level * THUMBNAIL
+            sheet.paste(thumb, (x + (THUMBNAIL - thumb.width) // 2, top + (THUMBNAIL - thumb.height) // 2))
         caption = f"true {row.label}\nP(dog)={row.probability:.3f}"
-        draw.multiline_text((x + MARGIN, CAPTION + THUMBNAIL + 2), caption, fill="black", font=font, spacing=1)
+        draw.multiline_text((x + MARGIN, CAPTION + rows * THUMBNAIL + 2), caption, fill="black", font=font, spacing=1)
     return sheet
+
+
+def explainer(model: keras.Model, sample_dir: Path, threshold: float) -> Explainer:
+    """Grad-CAM overlays of test files, at the model's input size, as the gallery shows them."""
+
+    def explain(files: list[str]) -> dict[str, Image.Image]:
+        size = model.input_shape[1]
+        pixels = []
+        for file in files:
+            with Image.open(sample_dir / file) as image:
+                pixels.append(resized_pixels(image, size))
+        maps, _ = gradcam.heatmaps(model, np.stack(pixels), threshold)
+        return {file: gradcam.overlay(p, m) for file, p, m in zip(files, pixels, maps, strict=True)}
+
+    return explain
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
@@ -129,8 +175,9 @@ def _write_png(image: Image.Image, path: Path) -> None:
         image.save(tmp, format="PNG", optimize=True)
 
 
-def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
-    """Per model: test file ids, labels and P(dog), from the saved models (preprocessing included).
+def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
+    """Per model: test file ids, labels, P(dog), and the model if it takes images (else None), from the saved
+    models (preprocessing included).
 
     Image models get the test images at their own input size, the head the test features; either must
     hold exactly the ``expected`` (sorted) files of the manifest.
@@ -141,12 +188,12 @@ def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple[list[st
         if takes_images(model):
             images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
             probabilities = model.predict(images, verbose=0).reshape(-1)
-            out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities)
+            out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities, model)
             source = "the test images"
         else:
             features = load_features("test")
             probabilities = model.predict(features.features, batch_size=batch_size, verbose=0)
-            out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1))
+            out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1), None)
             source = paths.features_file("test")
         if sorted(out[name][0]) != expected:
             raise PipelineError(f"{source} do not match {paths.MANIFEST}; run dvc repro")
@@ -191,14 +238,19 @@ def main() -> None:
     cfg = params.evaluate
     test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
     results, tables, cost = {}, {}, costs()
-    for name, (files, labels, probabilities) in predict_all(params.image.batch_size, sorted(test["path"])).items():
+    for name, (files, labels, probabilities, model) in predict_all(
+        params.image.batch_size, sorted(test["path"])
+    ).items():
         table = tables[name] = predictions_table(files, labels, probabilities, cfg.threshold)
         results[name] = score(labels, probabilities, cfg.threshold)
         results[name].update(intervals(labels, probabilities, cfg.threshold, cfg.bootstrap, params.seed))
         results[name].update(cost[name])
         _write_csv(table, paths.predictions_file(name))
         _write_csv(roc_points(labels, probabilities), paths.roc_file(name))
-        _write_png(gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, cfg.threshold, name), paths.gallery_file(name))
+        explain = explainer(model, paths.SAMPLE_DIR, cfg.threshold) if model is not None else None
+        for right in (False, True):
+            sheet = gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, cfg.threshold, name, right, explain)
+            _write_png(sheet, paths.gallery_file(name, right))
         print(f"evaluate: {name}: accuracy {results[name]['accuracy']:.4f}, ROC AUC {results[name]['roc_auc']:.4f}")
     write_json(paths.EVALUATE_METRICS, {"test_images": len(test), **results, "mcnemar": paired_tests(tables)})
 

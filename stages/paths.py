@@ -50,9 +50,9 @@ def roc_file(model: str) -> Path:
     return EVALUATE_DIR / "roc" / f"{model}.csv"
 
 
-def gallery_file(model: str) -> Path:
-    """The PNG of one model's most confidently wrong test images."""
-    return EVALUATE_DIR / "gallery" / f"{model}.png"
+def gallery_file(model: str, right: bool = False) -> Path:
+    """The PNG of one model's most confidently wrong test images (``right``: right ones)."""
+    return EVALUATE_DIR / "gallery" / f"{model}{'_right' if right else ''}.png"
 
 
 DIGITS_DATASETS = ("mnist", "fashion_mnist")  # dvc.yaml's matrix runs the digits stages once per dataset

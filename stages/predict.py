@@ -10,6 +10,8 @@ one error line on stderr, the others are still classified, and the exit status i
 vgg16,resnet50,xception`` runs several and prints their guesses side by side. The class names work
 offline: when Keras cannot download its class index, the shipped ``stages/imagenet_classes.tsv`` names them.
 
+``--explain OUT_DIR`` also writes each photo with its Grad-CAM heatmap over it (where the model looked).
+
 A digits model (``models/digits/<dataset>.keras``) takes any image too: it is made grayscale, inverted if
 its background is light (the datasets are light on black) and resized to 28x28; each line says which.
 """
@@ -31,8 +33,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-from stages import paths
-from stages.common import PipelineError, run
+from stages import gradcam, paths
+from stages.common import PipelineError, atomic_path, run
 from stages.config import FeaturesConfig, load_params
 from stages.datasets import resized_pixels
 from stages.digits_data import CLASSES, SIDE
@@ -120,11 +122,26 @@ def load_batches(files: list[Path], size: int, batch_size: int, errors: list[str
         yield batch_files, np.stack(batch_pixels)
 
 
-def classify(model: keras.Model, files: list[Path], threshold: float, batch_size: int, errors: list[str]):
-    """One row per readable image: path, label, P(label), P(dog)."""
+def classify(
+    model: keras.Model,
+    files: list[Path],
+    threshold: float,
+    batch_size: int,
+    errors: list[str],
+    explain_dir: Path | None = None,
+):
+    """One row per readable image: path, label, P(label), P(dog); with ``explain_dir``, a Grad-CAM overlay
+    per image is written there (``<name>.png``, ``<name>-2.png`` for a second photo of the same name)."""
     rows = []
+    taken: set[str] = set()
     for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
         dogs = model.predict(pixels, verbose=0).reshape(-1)
+        if explain_dir is not None:
+            maps, _ = gradcam.heatmaps(model, pixels, threshold)
+            for file, image, heatmap in zip(batch_files, pixels, maps, strict=True):
+                name = _free_name(file.stem, taken)
+                with atomic_path(explain_dir / f"{name}.png") as tmp:
+                    gradcam.overlay(image, heatmap).save(tmp, format="PNG")
         for file, dog, labelled in zip(batch_files, dogs, predicted_labels(dogs, threshold), strict=True):
             label = paths.CLASS_NAMES[labelled]
             rows.append(
@@ -136,6 +153,16 @@ def classify(model: keras.Model, files: list[Path], threshold: float, batch_size
                 }
             )
     return rows
+
+
+def _free_name(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... if taken already; then marks it taken."""
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return name
 
 
 def is_digits_model(model: keras.Model) -> bool:
@@ -276,6 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text")
     parser.add_argument("--imagenet", action="store_true", help="top-5 ImageNet classes from the pretrained network")
     parser.add_argument(
+        "--explain", type=Path, metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per photo into OUT_DIR"
+    )
+    parser.add_argument(
         "--base",
         help="with --imagenet: comma-separated bases side by side, e.g. vgg16,resnet50 (default features.base)",
     )
@@ -303,11 +333,17 @@ def main(argv: list[str] | None = None) -> None:
     results = sys.stdout
     # Keras prints downloads and progress to stdout; keep stdout for results only, so csv/json parse.
     with contextlib.redirect_stdout(sys.stderr):
+        if args.imagenet and args.explain:
+            raise PipelineError("--explain works with a cat/dog model, not with --imagenet")
         if args.imagenet:
             rows = classify_imagenet(imagenet_bases(args.base, params.features), params.features.weights, files,
                                      batch_size, errors)  # fmt: skip
         else:
             model = load_saved(args.model)
+            if args.explain and (is_digits_model(model) or not takes_images(model)):
+                raise PipelineError(
+                    f"--explain: {args.model} is not a cat/dog image model; use {paths.FINETUNED_MODEL}"
+                )
             if is_digits_model(model):
                 rows = classify_digits(model, args.model, files, errors)
             elif not takes_images(model):
@@ -316,7 +352,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"{paths.FINETUNED_MODEL} or {paths.BASELINE_MODEL}"
                 )
             else:
-                rows = classify(model, files, params.evaluate.threshold, batch_size, errors)
+                rows = classify(model, files, params.evaluate.threshold, batch_size, errors, args.explain)
+                if args.explain:
+                    print(f"predict: Grad-CAM overlays of {len(rows)} photos in {args.explain}", file=sys.stderr)
     write(rows, args.format, results)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,82 @@
+"""Grad-CAM: heatmaps where the evidence is, for every model that takes images, in evaluate and predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import evaluate, gradcam, paths, predict
+from stages.common import PipelineError
+from tests.conftest import inside
+
+
+def red_detector() -> keras.Model:
+    """P(dog) rises with the amount of red: a 1x1 convolution computing R - G - B, pooled, then a sigmoid."""
+    inputs = keras.Input((32, 32, 3))
+    red = keras.layers.Conv2D(1, 1, use_bias=False, activation="relu", name="red")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(red)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("red").set_weights([np.array([1.0, -1.0, -1.0]).reshape(1, 1, 3, 1)])
+    model.layers[-1].set_weights([np.array([[0.05]]), np.array([-0.5])])
+    return model
+
+
+def test_the_heatmap_lies_on_the_region_that_decides_the_class() -> None:
+    image = np.full((32, 32, 3), 100.0, dtype=np.float32)  # grey: no evidence anywhere
+    image[4:14, 18:28] = [255.0, 0.0, 0.0]  # one red square decides "dog"
+    maps, dogs = gradcam.heatmaps(red_detector(), image[np.newaxis])
+    assert dogs[0] > 0.5
+    heatmap = maps[0]
+    assert heatmap.shape == (32, 32) and heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
+    region = np.zeros((32, 32), dtype=bool)
+    region[3:15, 17:29] = True  # the square and the one-pixel rim bilinear resizing may blur into
+    assert heatmap[region].sum() / heatmap.sum() > 0.9
+
+
+def test_every_image_model_of_the_pipeline_is_explained_at_its_input_size(trained: Path) -> None:
+    for path, layer in ((paths.BASELINE_MODEL, keras.layers.Conv2D), (paths.FINETUNED_MODEL, keras.Model)):
+        model = keras.models.load_model(trained / path)
+        assert isinstance(gradcam.feature_map_layer(model), layer)  # no layer names: the last 4-D output
+        pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+        maps, dogs = gradcam.heatmaps(model, pixels)
+        assert maps.shape == (3, 32, 32) and maps.min() >= 0.0 and maps.max() <= 1.0
+        assert dogs == pytest.approx(model.predict(pixels, verbose=0).reshape(-1), abs=1e-5)
+    head = keras.models.load_model(trained / paths.HEAD_MODEL)
+    with pytest.raises(PipelineError, match="no layer with a 4-D output"):
+        gradcam.feature_map_layer(head)
+
+
+def test_evaluate_shows_overlays_for_image_models_and_the_right_images_too(trained: Path) -> None:
+    with inside(trained):
+        evaluate.main()
+    sizes = {}
+    for model in paths.EVALUATED_MODELS:
+        for right in (False, True):
+            with Image.open(trained / paths.gallery_file(model, right)) as sheet:
+                sizes[model, right] = sheet.size
+    two_rows = 2 * evaluate.CAPTION + 2 * evaluate.THUMBNAIL
+    assert sizes["baseline", True][1] == sizes["finetuned", True][1] == two_rows  # photo, then its heatmap
+    assert sizes["head", True][1] == 2 * evaluate.CAPTION + evaluate.THUMBNAIL  # features: nothing to overlay
+
+
+def test_predict_explain_writes_one_overlay_per_photo(trained: Path, tmp_path: Path, capsys) -> None:
+    photos = tmp_path / "photos"
+    for folder in ("a", "b"):
+        (photos / folder).mkdir(parents=True)
+        Image.new("RGB", (50, 40), (200, 120, 40)).save(photos / folder / "rex.jpg")
+    with inside(trained):
+        predict.main([str(photos), "--explain", str(tmp_path / "cams")])
+    written = sorted(p.name for p in (tmp_path / "cams").iterdir())
+    assert written == ["rex-2.png", "rex.png"]  # two photos named alike: neither overwrites the other
+    with Image.open(tmp_path / "cams/rex.png") as overlay:
+        assert overlay.size == (32, 32)  # the model's input size
+    assert "Grad-CAM overlays of 2 photos" in capsys.readouterr().err
+    with inside(trained), pytest.raises(PipelineError, match="not a cat/dog image model"):
+        predict.main([str(photos), "--model", str(paths.HEAD_MODEL), "--explain", str(tmp_path / "x")])
+    with inside(trained), pytest.raises(PipelineError, match="not with --imagenet"):
+        predict.main([str(photos), "--imagenet", "--explain", str(tmp_path / "x")])
