@@ -228,6 +228,16 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class FrozenConfig:
+    learning_rate: float
+    epochs: int
+    patience: int | None
+
+    def __post_init__(self) -> None:
+        _schedule("frozen", self.learning_rate, self.epochs, self.patience)
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     unfreeze: str
     cache_frozen: bool
@@ -326,6 +336,7 @@ class Params:
     baseline: BaselineConfig
     features: FeaturesConfig
     head: HeadConfig
+    frozen: FrozenConfig
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
     train: TrainConfig

@@ -105,6 +105,18 @@ def predict_split(model: keras.Model, split: str, image_size: int, batch_size: i
     return Features(outputs, labels_of(dataset.file_paths), np.array(dataset.file_paths))
 
 
+# A feature that never fired in training has variance 0, and standardizing by it would turn the first
+# non-zero value it meets in validation into thousands. Each variance is floored at this share of the mean.
+VARIANCE_FLOOR = 0.01
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and floored variance of training features, for ``head.normalize``."""
+    flat = features.reshape(len(features), -1)
+    variance = flat.var(axis=0)
+    return flat.mean(axis=0), np.maximum(variance, VARIANCE_FLOOR * variance.mean())
+
+
 @dataclass(frozen=True)
 class Features:
     """One split's extracted features, labels (0 cat / 1 dog) and file ids (paths under ``data/sample``)."""

@@ -176,8 +176,7 @@ def _write_png(image: Image.Image, path: Path) -> None:
 
 
 def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
-    """Per model: test file ids, labels, P(dog), and the model if it takes images (else None), from the saved
-    models (preprocessing included).
+    """Per model: test file ids, labels, P(dog) and the model, from the saved models (preprocessing included).
 
     Image models get the test images at their own input size, the head the test features; either must
     hold exactly the ``expected`` (sorted) files of the manifest.
@@ -193,7 +192,7 @@ def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
         else:
             features = load_features("test")
             probabilities = model.predict(features.features, batch_size=batch_size, verbose=0)
-            out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1), None)
+            out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1), model)
             source = paths.features_file("test")
         if sorted(out[name][0]) != expected:
             raise PipelineError(f"{source} do not match {paths.MANIFEST}; run dvc repro")
@@ -211,13 +210,13 @@ def intervals(labels: np.ndarray, probabilities: np.ndarray, threshold: float, r
     }
 
 
-def costs() -> dict[str, dict[str, float | int]]:
-    """Parameters and GMACs per image of classifying one image with each model (the head's include the base
-    that makes its features), so a sweep can weigh accuracy against cost."""
+def costs(loaded: dict[str, keras.Model]) -> dict[str, dict[str, float | int]]:
+    """Parameters and GMACs per image of classifying one image with each of the ``loaded`` models (the head's
+    include the base that makes its features), so a sweep can weigh accuracy against cost."""
     base = totals(layer_costs(load_saved(paths.BASE_MODEL)), batch_size=1)
     out = {}
-    for name, path in paths.EVALUATED_MODELS.items():
-        own = totals(layer_costs(load_saved(path)), batch_size=1)
+    for name, model in loaded.items():
+        own = totals(layer_costs(model), batch_size=1)
         with_base = name == "head"
         out[name] = {
             "params": own["params"] + (base["params"] if with_base else 0),
@@ -237,17 +236,17 @@ def main() -> None:
     params = load_params()
     cfg = params.evaluate
     test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
-    results, tables, cost = {}, {}, costs()
-    for name, (files, labels, probabilities, model) in predict_all(
-        params.image.batch_size, sorted(test["path"])
-    ).items():
+    results, tables = {}, {}
+    predicted = predict_all(params.image.batch_size, sorted(test["path"]))
+    cost = costs({name: model for name, (*_, model) in predicted.items()})
+    for name, (files, labels, probabilities, model) in predicted.items():
         table = tables[name] = predictions_table(files, labels, probabilities, cfg.threshold)
         results[name] = score(labels, probabilities, cfg.threshold)
         results[name].update(intervals(labels, probabilities, cfg.threshold, cfg.bootstrap, params.seed))
         results[name].update(cost[name])
         _write_csv(table, paths.predictions_file(name))
         _write_csv(roc_points(labels, probabilities), paths.roc_file(name))
-        explain = explainer(model, paths.SAMPLE_DIR, cfg.threshold) if model is not None else None
+        explain = explainer(model, paths.SAMPLE_DIR, cfg.threshold) if takes_images(model) else None
         for right in (False, True):
             sheet = gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, cfg.threshold, name, right, explain)
             _write_png(sheet, paths.gallery_file(name, right))

@@ -218,13 +218,15 @@ def build_head(
     return keras.Model(inputs, outputs, name="head")
 
 
-def build_finetune(extractor: keras.Model, head: keras.Model, augment: keras.Sequential) -> keras.Model:
-    """Augmentation, then the extractor, then the trained head: one model from raw pixels to P(dog)."""
+def build_finetune(
+    extractor: keras.Model, head: keras.Model, augment: keras.Sequential, name: str = "finetuned"
+) -> keras.Model:
+    """Augmentation, then the extractor, then the head: one model from raw pixels to P(dog)."""
     inputs = keras.Input(extractor.input_shape[1:], name="image")
     x = augment(inputs)
     x = extractor(x)
     outputs = head(x)
-    return keras.Model(inputs, outputs, name="finetuned")
+    return keras.Model(inputs, outputs, name=name)
 
 
 def split_frozen(extractor: keras.Model, head: keras.Model) -> tuple[keras.Model, keras.Model]:

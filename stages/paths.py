@@ -17,8 +17,15 @@ MODELS_DIR = Path("models")
 BASE_MODEL = MODELS_DIR / "base.keras"
 BASELINE_MODEL = MODELS_DIR / "baseline.keras"
 HEAD_MODEL = MODELS_DIR / "head.keras"
+FROZEN_MODEL = MODELS_DIR / "frozen.keras"
 FINETUNED_MODEL = MODELS_DIR / "finetuned.keras"
-EVALUATED_MODELS = {"baseline": BASELINE_MODEL, "head": HEAD_MODEL, "finetuned": FINETUNED_MODEL}
+# The book's four models, in its order.
+EVALUATED_MODELS = {
+    "baseline": BASELINE_MODEL,
+    "head": HEAD_MODEL,
+    "frozen": FROZEN_MODEL,
+    "finetuned": FINETUNED_MODEL,
+}
 
 METRICS_DIR = Path("metrics")
 DATA_METRICS = METRICS_DIR / "data.json"

@@ -30,7 +30,12 @@ COLUMNS = {
 
 def model_names(base: str) -> dict[str, str]:
     """How the page names each model, given the pretrained base they used."""
-    return {"baseline": "baseline convnet", "head": f"{base} features + head", "finetuned": f"fine-tuned {base}"}
+    return {
+        "baseline": "baseline convnet",
+        "head": f"{base} features + head",
+        "frozen": f"frozen {base} + head, augmented",
+        "finetuned": f"fine-tuned {base}",
+    }
 
 
 def models_table(results: dict, base: str) -> str:

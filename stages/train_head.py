@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from stages import paths
 from stages.common import run
 from stages.config import load_params
-from stages.datasets import load_features
+from stages.datasets import feature_stats, load_features
 from stages.models import build_head
 from stages.training import compile_binary, fit, save_model, seed_everything, set_precision
 
 STAGE = "train_head"
-# A feature that never fired in training has variance 0, and standardizing by it would turn the first
-# non-zero value it meets in validation into thousands. Each variance is floored at this share of the mean.
-VARIANCE_FLOOR = 0.01
-
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and floored variance of training features, for ``head.normalize``."""
-    flat = features.reshape(len(features), -1)
-    variance = flat.var(axis=0)
-    return flat.mean(axis=0), np.maximum(variance, VARIANCE_FLOOR * variance.mean())
 
 
 def main() -> None:

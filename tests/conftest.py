@@ -105,11 +105,11 @@ def copy_of_trained(trained: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder where every stage up to finetune has run, in process, on the LEARNABLE config."""
-    from stages import download, extract_features, finetune, sample, train_baseline, train_head
+    from stages import download, extract_features, finetune, sample, train_baseline, train_frozen, train_head
 
     root = tmp_path_factory.mktemp("trained")
     write_params(root / "params.yaml", LEARNABLE)
     with inside(root):
-        for stage in (download, sample, train_baseline, extract_features, train_head, finetune):
+        for stage in (download, sample, train_baseline, extract_features, train_head, train_frozen, finetune):
             stage.main()
     return root

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from stages import evaluate, extract_features, finetune, train_head
+from stages import evaluate, extract_features, finetune, train_frozen, train_head
 from stages.config import ConfigError, FeaturesConfig
 from stages.models import BASES, base_of, build_extractor, unfreeze
 from tests.conftest import LEARNABLE, inside, write_params
@@ -108,7 +108,7 @@ def test_pipeline_runs_end_to_end_with_each_base(base: str, trained: Path, tmp_p
     size = max(32, BASES[base].min_size)
     write_params(tmp_path / "params.yaml", {**LEARNABLE, "features.base": base, "image.size": size, "head.epochs": 1})
     with inside(tmp_path):
-        for stage in (extract_features, train_head, finetune, evaluate):
+        for stage in (extract_features, train_head, train_frozen, finetune, evaluate):
             stage.main()
     results = json.loads((tmp_path / "metrics/evaluate.json").read_text())
     assert results["test_images"] == 30

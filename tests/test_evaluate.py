@@ -145,7 +145,7 @@ def evaluated(trained: Path) -> Path:
 def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -> None:
     results = json.loads((evaluated / "metrics/evaluate.json").read_text())
     assert results["test_images"] == 30
-    for model in ("baseline", "head", "finetuned"):
+    for model in ("baseline", "head", "frozen", "finetuned"):
         table = pd.read_csv(evaluated / f"metrics/evaluate/predictions/{model}.csv")
         assert list(table.columns) == ["file", "label", "probability", "predicted"]
         assert len(table) == 30
@@ -170,7 +170,8 @@ def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -
     assert results["finetuned"]["params"] == results["head"]["params"]
     assert results["finetuned"]["gmacs"] == pytest.approx(results["head"]["gmacs"], rel=1e-6)
     pairs = results["mcnemar"]
-    assert list(pairs) == ["baseline_vs_head", "baseline_vs_finetuned", "head_vs_finetuned"]
+    models = ["baseline", "head", "frozen", "finetuned"]
+    assert list(pairs) == [f"{a}_vs_{b}" for i, a in enumerate(models) for b in models[i + 1 :]]
     assert all(0.0 <= pair["p_value"] <= 1.0 for pair in pairs.values())
     assert results["baseline"]["accuracy"] >= 0.85  # learnable data, a working model
     assert results["head"]["accuracy"] >= 0.85
@@ -196,7 +197,8 @@ def test_report_table_names_the_base_and_shows_every_metric(tmp_path: Path, monk
     table = report.models_table(results, "xception").splitlines()
     columns = "| accuracy 95 % CI | params | GMACs/image |"
     assert table[0] == "| model | accuracy | precision | recall | F1 | ROC AUC | log loss " + columns
-    assert table[4] == "| fine-tuned xception | 0.7000 | 0.8000 | 0.6667 | 0.7273 | 0.8333 | 0.5041 | - | - | - |"
+    assert table[4] == "| frozen xception + head, augmented | - | - | - | - | - | - | - | - | - |"
+    assert table[5] == "| fine-tuned xception | 0.7000 | 0.8000 | 0.6667 | 0.7273 | 0.8333 | 0.5041 | - | - | - |"
     results["head"]["accuracy_ci95"] = {"low": 0.3968, "high": 0.8922}  # Wilson, 7 of 10
     results["head"].update(params=14_846_273, gmacs=9.4512345)
     assert (

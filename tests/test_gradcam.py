@@ -60,7 +60,9 @@ def test_evaluate_shows_overlays_for_image_models_and_the_right_images_too(train
             with Image.open(trained / paths.gallery_file(model, right)) as sheet:
                 sizes[model, right] = sheet.size
     two_rows = 2 * evaluate.CAPTION + 2 * evaluate.THUMBNAIL
-    assert sizes["baseline", True][1] == sizes["finetuned", True][1] == two_rows  # photo, then its heatmap
+    assert (
+        sizes["baseline", True][1] == sizes["frozen", True][1] == sizes["finetuned", True][1] == two_rows
+    )  # photo, then its heatmap
     assert sizes["head", True][1] == 2 * evaluate.CAPTION + evaluate.THUMBNAIL  # features: nothing to overlay
 
 

@@ -54,7 +54,16 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-STAGES = ["download", "sample", "train_baseline", "extract_features", "train_head", "finetune", "evaluate"]
+STAGES = [
+    "download",
+    "sample",
+    "train_baseline",
+    "extract_features",
+    "train_head",
+    "train_frozen",
+    "finetune",
+    "evaluate",
+]
 DIGITS = [f"digits_{step}@{data}" for data in ("mnist", "fashion_mnist") for step in ("data", "train", "evaluate")]
 
 
@@ -72,15 +81,15 @@ def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) 
     assert (project / "dvc.lock").is_file()
     for split in ("train", "validation", "test"):
         assert (project / f"data/features/{split}.npz").is_file()
-    for model in ("baseline", "base", "head", "finetuned"):
+    for model in ("baseline", "base", "head", "frozen", "finetuned"):
         assert (project / f"models/{model}.keras").stat().st_size > 0
-    for stage in ("train_baseline", "train_head", "finetune"):
+    for stage in ("train_baseline", "train_head", "train_frozen", "finetune"):
         summary = json.loads((project / f"metrics/{stage}/metrics.json").read_text())
         assert set(summary) >= {"train", "eval", "step", "best"}
     assert json.loads((project / "metrics/features.json").read_text())["feature_shape"] == [1, 1, 512]
     results = json.loads((project / "metrics/evaluate.json").read_text())
-    assert set(results) == {"test_images", "baseline", "head", "finetuned", "mcnemar"}
-    for model in ("baseline", "head", "finetuned"):
+    assert set(results) == {"test_images", "baseline", "head", "frozen", "finetuned", "mcnemar"}
+    for model in ("baseline", "head", "frozen", "finetuned"):
         assert (project / f"metrics/evaluate/gallery/{model}.png").is_file()
 
 
@@ -226,7 +235,9 @@ def test_make_demo_runs_offline_and_leaves_params_alone(project: Path) -> None:
     # The table shows the demo's own test metrics, read back from DVC: accuracy and ROC AUC of each model.
     metrics = _experiment(json.loads(sh(["dvc", "exp", "show", "--json"], project)), name)["data"]["metrics"]
     results = metrics["metrics/evaluate.json"]["data"]
-    expected = [results[model][key] for model in ("baseline", "head", "finetuned") for key in ("accuracy", "roc_auc")]
+    expected = [
+        results[model][key] for model in ("baseline", "head", "frozen", "finetuned") for key in ("accuracy", "roc_auc")
+    ]
     assert shown == pytest.approx(expected, abs=1e-3)
     assert results["test_images"] == 2 * LEARNABLE["sample.test_per_class"]
 

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from stages import finetune, train_baseline, train_head
+from stages import finetune, train_baseline, train_frozen, train_head
 from tests.conftest import LEARNABLE, REPO, inside, write_params
 
 
@@ -25,11 +25,11 @@ def test_every_precision_trains_saves_and_loads(
     write_params(copy_of_trained / "params.yaml", {**LEARNABLE, **overrides, "baseline.epochs": 1, "head.epochs": 1})
     try:
         with inside(copy_of_trained):
-            for stage in (train_baseline, train_head, finetune):
+            for stage in (train_baseline, train_head, train_frozen, finetune):
                 stage.main()
     finally:
         keras.mixed_precision.set_global_policy("float32")  # the policy is global: leave it as other tests expect
-    for name in ("baseline", "head", "finetuned"):
+    for name in ("baseline", "head", "frozen", "finetuned"):
         model = keras.models.load_model(copy_of_trained / f"models/{name}.keras")
         assert model.outputs[0].dtype == "float32", name  # the sigmoid stays float32 under mixed precision
         convolutions_or_dense = [

@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 
 from stages.config import load_params
-from stages.datasets import image_dataset, load_features
+from stages.datasets import VARIANCE_FLOOR, feature_stats, image_dataset, load_features
 from stages.models import augmentation, build_baseline, build_head
-from stages.train_head import VARIANCE_FLOOR, feature_stats
 from stages.training import compile_binary, fit, seed_everything
 from tests.conftest import inside, run_stage
 
@@ -124,6 +123,29 @@ def test_finetune_trains_block5_and_the_head_and_nothing_else(trained: Path) -> 
         if before.weights:
             same = all(np.array_equal(b, a) for b, a in zip(before.get_weights(), after.get_weights(), strict=True))
             assert same == (not before.trainable_weights), before.name  # standardize has no trainable weights
+
+
+def test_train_frozen_trains_a_new_head_and_leaves_the_base_as_it_was(trained: Path) -> None:
+    base = keras.models.load_model(trained / "models/base.keras").get_layer("vgg16")
+    frozen = keras.models.load_model(trained / "models/frozen.keras")
+    assert frozen.name == "frozen" and [layer.name for layer in frozen.layers[1:]] == [
+        "augmentation",
+        "extractor",
+        "head",
+    ]
+    frozen_base = frozen.get_layer("extractor").get_layer("vgg16")
+    checked = 0
+    for layer in base.layers:
+        if layer.weights:
+            pairs = zip(layer.get_weights(), frozen_base.get_layer(layer.name).get_weights(), strict=True)
+            assert all(np.array_equal(before, after) for before, after in pairs), layer.name  # the base never moved
+            checked += 1
+    assert checked == 13
+    head = keras.models.load_model(trained / "models/head.keras").get_layer("dense").get_weights()[0]
+    new_head = frozen.get_layer("head").get_layer("dense").get_weights()[0]
+    assert not np.allclose(head, new_head)  # its own head, not train_head's
+    summary = json.loads((trained / "metrics/train_frozen/metrics.json").read_text())
+    assert summary["augmented"] is True and summary["step"] == 0  # tiny: one epoch
 
 
 def test_feature_stats_floor_dead_features() -> None:
