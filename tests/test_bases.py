@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from stages import evaluate, extract_features, finetune, train_frozen, train_head
+from stages import evaluate, extract_features, finetune, train_head
 from stages.config import ConfigError, FeaturesConfig
 from stages.models import BASES, base_of, build_extractor, unfreeze
 from tests.conftest import LEARNABLE, inside, write_params
@@ -104,11 +104,13 @@ def test_pipeline_runs_end_to_end_with_each_base(base: str, trained: Path, tmp_p
     # vgg16 runs end to end in test_pipeline; the sample and the baseline do not depend on the base.
     shutil.copytree(trained / "data/sample", tmp_path / "data/sample")
     (tmp_path / "models").mkdir()
-    shutil.copy(trained / "models/baseline.keras", tmp_path / "models/baseline.keras")
+    # Nor does it change how train_frozen works (finetune's extractor and build_finetune): its model is reused.
+    for model in ("baseline", "frozen"):
+        shutil.copy(trained / f"models/{model}.keras", tmp_path / f"models/{model}.keras")
     size = max(32, BASES[base].min_size)
     write_params(tmp_path / "params.yaml", {**LEARNABLE, "features.base": base, "image.size": size, "head.epochs": 1})
     with inside(tmp_path):
-        for stage in (extract_features, train_head, train_frozen, finetune, evaluate):
+        for stage in (extract_features, train_head, finetune, evaluate):
             stage.main()
     results = json.loads((tmp_path / "metrics/evaluate.json").read_text())
     assert results["test_images"] == 30
