@@ -1,7 +1,8 @@
 """``python -m stages.report``: one Markdown page comparing the models, and how metrics and params moved.
 
-Needs only DVC and git (no TensorFlow), and works in any clone because metrics files are in git. The
-pull-request workflow posts this page as a comment; ``make report`` writes it locally.
+Needs DVC, git and the statistics packages (no TensorFlow), and works in any clone because metrics files
+and per-image predictions are in git. The pull-request workflow posts this page as a comment; ``make
+report`` writes it locally.
 """
 
 from __future__ import annotations
