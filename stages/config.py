@@ -27,6 +27,7 @@ Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Padding = Literal["valid", "same"]
 Base = Literal["vgg16", "xception", "resnet50", "efficientnetv2b0"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+Strategy = Literal["auto", "one_device", "mirrored"]
 DigitsSource = Literal["keras", "files", "offline"]
 DigitsNetwork = Literal["book", "strong"]
 Optimizer = Literal["rmsprop", "adam"]
@@ -273,6 +274,7 @@ class TrainConfig:
     precision: Precision
     jit_compile: bool
     deterministic: bool
+    strategy: Strategy
 
 
 @dataclass(frozen=True)

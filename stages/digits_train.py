@@ -21,7 +21,7 @@ from stages import paths
 from stages.common import run
 from stages.config import DigitsAugmentConfig, DigitsConfig, load_params
 from stages.digits_data import CLASSES, SIDE, Split, dataset_arg, load_split
-from stages.training import fit, save_model, seed_everything, set_precision
+from stages.training import distribution, fit, save_model, seed_everything, set_precision
 
 BN_MOMENTUM = 0.9  # Keras' 0.99 needs thousands of steps to settle; small offline sets have a few hundred
 
@@ -106,19 +106,20 @@ def main() -> None:
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
     train, validation = load_split(dataset, "train"), load_split(dataset, "validation")
-    model = build_network(cfg, params.seed)
-    compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size), train_cfg.jit_compile)
-    model.summary()
-    fit(
-        model,
-        batches(train, cfg.batch_size, shuffle=True, seed=params.seed),
-        validation=batches(validation, cfg.batch_size, shuffle=False, seed=params.seed),
-        stage=paths.digits_live_stage(dataset),
-        epochs=cfg.epochs,
-        patience=cfg.patience,
-        notes={"network": cfg.network, "train_images": len(train.y), "validation_images": len(validation.y)},
-    )
-    save_model(model, paths.digits_model(dataset))
+    with distribution(train_cfg).scope():
+        model = build_network(cfg, params.seed)
+        compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size), train_cfg.jit_compile)
+        model.summary()
+        fit(
+            model,
+            batches(train, cfg.batch_size, shuffle=True, seed=params.seed),
+            validation=batches(validation, cfg.batch_size, shuffle=False, seed=params.seed),
+            stage=paths.digits_live_stage(dataset),
+            epochs=cfg.epochs,
+            patience=cfg.patience,
+            notes={"network": cfg.network, "train_images": len(train.y), "validation_images": len(validation.y)},
+        )
+        save_model(model, paths.digits_model(dataset))
 
 
 if __name__ == "__main__":

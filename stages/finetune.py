@@ -14,7 +14,7 @@ from stages import models, paths
 from stages.common import run
 from stages.config import load_params
 from stages.datasets import image_dataset, predict_split
-from stages.training import compile_binary, fit, save_model, seed_everything, set_precision
+from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
 
 STAGE = "finetune"
 
@@ -24,44 +24,51 @@ def main() -> None:
     image, cfg, train_cfg = params.image, params.finetune, params.train
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
-    # Made again under train.precision, with the saved weights: a loaded model keeps its saved precision.
-    extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
-    head = models.load_saved(paths.HEAD_MODEL)
-    model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed))
-    unfrozen = models.unfreeze(extractor, cfg.unfreeze)
-    print(f"finetune: training {', '.join(unfrozen)} and the head")
-    schedule = {"stage": STAGE, "epochs": cfg.epochs, "patience": cfg.patience}
-    if cfg.cache_frozen:
-        frozen, rest = models.split_frozen(extractor, head)
-        train, validation = (
-            predict_split(frozen, split, image.size, image.batch_size) for split in ("train", "validation")
-        )
-        compile_binary(rest, cfg.learning_rate, train_cfg.jit_compile)  # after unfreezing: compile fixes what trains
-        rest.summary(show_trainable=True)
-        fit(
-            rest,  # shares its layers with model: training it trains the saved model
-            train.features,
-            train.labels,
-            validation=(validation.features, validation.labels),
-            batch_size=image.batch_size,
-            notes={"cache_frozen": True, "augmented": False},
-            **schedule,
-        )
-    else:
-        compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)  # after unfreezing: compile fixes what trains
-        model.summary(show_trainable=True)
-        train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
-        validation = image_dataset(
-            "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
-        )
-        fit(
-            model,
-            train,
-            validation=validation,
-            notes={"cache_frozen": False, "augmented": params.augment.active()},
-            **schedule,
-        )
-    save_model(model, paths.FINETUNED_MODEL)
+    with distribution(train_cfg).scope():
+        # Made again under train.precision, with the saved weights: a loaded model keeps its saved precision.
+        extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
+        head = models.load_saved(paths.HEAD_MODEL)
+        model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed))
+        unfrozen = models.unfreeze(extractor, cfg.unfreeze)
+        print(f"finetune: training {', '.join(unfrozen)} and the head")
+        schedule = {"stage": STAGE, "epochs": cfg.epochs, "patience": cfg.patience}
+        if cfg.cache_frozen:
+            frozen, rest = models.split_frozen(extractor, head)
+            train, validation = (
+                predict_split(frozen, split, image.size, image.batch_size) for split in ("train", "validation")
+            )
+            compile_binary(
+                rest, cfg.learning_rate, train_cfg.jit_compile
+            )  # after unfreezing: compile fixes what trains
+            rest.summary(show_trainable=True)
+            fit(
+                rest,  # shares its layers with model: training it trains the saved model
+                train.features,
+                train.labels,
+                validation=(validation.features, validation.labels),
+                batch_size=image.batch_size,
+                notes={"cache_frozen": True, "augmented": False},
+                **schedule,
+            )
+        else:
+            compile_binary(
+                model, cfg.learning_rate, train_cfg.jit_compile
+            )  # after unfreezing: compile fixes what trains
+            model.summary(show_trainable=True)
+            train = image_dataset(
+                "train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True
+            )
+            validation = image_dataset(
+                "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
+            )
+            fit(
+                model,
+                train,
+                validation=validation,
+                notes={"cache_frozen": False, "augmented": params.augment.active()},
+                **schedule,
+            )
+        save_model(model, paths.FINETUNED_MODEL)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from stages.common import run
 from stages.config import load_params
 from stages.datasets import image_dataset
 from stages.models import augmentation, build_baseline
-from stages.training import compile_binary, fit, save_model, seed_everything, set_precision
+from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
 
 STAGE = "train_baseline"
 
@@ -17,15 +17,16 @@ def main() -> None:
     image, cfg, train_cfg = params.image, params.baseline, params.train
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
-    model = build_baseline(image.size, cfg, augmentation(params.augment, params.seed))
-    train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
-    validation = image_dataset(
-        "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
-    )
-    compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
-    model.summary()
-    fit(model, train, validation=validation, stage=STAGE, epochs=cfg.epochs, patience=cfg.patience)
-    save_model(model, paths.BASELINE_MODEL)
+    with distribution(train_cfg).scope():
+        model = build_baseline(image.size, cfg, augmentation(params.augment, params.seed))
+        train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
+        validation = image_dataset(
+            "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
+        )
+        compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
+        model.summary()
+        fit(model, train, validation=validation, stage=STAGE, epochs=cfg.epochs, patience=cfg.patience)
+        save_model(model, paths.BASELINE_MODEL)
 
 
 if __name__ == "__main__":

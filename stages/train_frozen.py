@@ -14,7 +14,7 @@ from stages import models, paths
 from stages.common import run
 from stages.config import load_params
 from stages.datasets import feature_stats, image_dataset, load_features
-from stages.training import compile_binary, fit, save_model, seed_everything, set_precision
+from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
 
 STAGE = "train_frozen"
 
@@ -24,27 +24,28 @@ def main() -> None:
     image, cfg, train_cfg = params.image, params.frozen, params.train
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
-    extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
-    extractor.trainable = False
-    stats = feature_stats(load_features("train").features) if params.head.normalize else None
-    head = models.build_head(extractor.output_shape[1:], params.head, stats)
-    model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed), name="frozen")
-    compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
-    model.summary(show_trainable=True)
-    train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
-    validation = image_dataset(
-        "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
-    )
-    fit(
-        model,
-        train,
-        validation=validation,
-        stage=STAGE,
-        epochs=cfg.epochs,
-        patience=cfg.patience,
-        notes={"augmented": params.augment.active()},
-    )
-    save_model(model, paths.FROZEN_MODEL)
+    with distribution(train_cfg).scope():
+        extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
+        extractor.trainable = False
+        stats = feature_stats(load_features("train").features) if params.head.normalize else None
+        head = models.build_head(extractor.output_shape[1:], params.head, stats)
+        model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed), name="frozen")
+        compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
+        model.summary(show_trainable=True)
+        train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
+        validation = image_dataset(
+            "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
+        )
+        fit(
+            model,
+            train,
+            validation=validation,
+            stage=STAGE,
+            epochs=cfg.epochs,
+            patience=cfg.patience,
+            notes={"augmented": params.augment.active()},
+        )
+        save_model(model, paths.FROZEN_MODEL)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from stages.common import run
 from stages.config import load_params
 from stages.datasets import feature_stats, load_features
 from stages.models import build_head
-from stages.training import compile_binary, fit, save_model, seed_everything, set_precision
+from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
 
 STAGE = "train_head"
 
@@ -18,20 +18,21 @@ def main() -> None:
     train, validation = load_features("train"), load_features("validation")
     seed_everything(params.seed, params.train.deterministic)
     set_precision(params.train)
-    model = build_head(train.features.shape[1:], cfg, feature_stats(train.features))
-    compile_binary(model, cfg.learning_rate, params.train.jit_compile)
-    model.summary()
-    fit(
-        model,
-        train.features,
-        train.labels,
-        validation=(validation.features, validation.labels),
-        stage=STAGE,
-        epochs=cfg.epochs,
-        patience=cfg.patience,
-        batch_size=cfg.batch_size,
-    )
-    save_model(model, paths.HEAD_MODEL)
+    with distribution(params.train).scope():
+        model = build_head(train.features.shape[1:], cfg, feature_stats(train.features))
+        compile_binary(model, cfg.learning_rate, params.train.jit_compile)
+        model.summary()
+        fit(
+            model,
+            train.features,
+            train.labels,
+            validation=(validation.features, validation.labels),
+            stage=STAGE,
+            epochs=cfg.epochs,
+            patience=cfg.patience,
+            batch_size=cfg.batch_size,
+        )
+        save_model(model, paths.HEAD_MODEL)
 
 
 if __name__ == "__main__":

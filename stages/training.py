@@ -33,6 +33,27 @@ def set_precision(cfg: TrainConfig) -> None:
     keras.mixed_precision.set_global_policy(cfg.precision)
 
 
+def distribution(cfg: TrainConfig) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy ``train.strategy`` names; build, compile and fit inside its ``scope()``.
+
+    ``mirrored`` keeps one replica per local GPU (on a machine without one, per logical CPU device, as the
+    tests make two) and splits each batch between them: the batch size in params.yaml is the global one,
+    and the gradients of the replicas are summed, so the training is the one-device training, faster.
+    ``auto`` is ``mirrored`` on a machine with more than one GPU, else the default single device;
+    ``one_device`` pins everything to the first GPU, or the CPU.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    if cfg.strategy == "mirrored" or (cfg.strategy == "auto" and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+    elif cfg.strategy == "one_device":
+        strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
+    else:
+        strategy = tf.distribute.get_strategy()
+    print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {type(strategy).__name__}")
+    return strategy
+
+
 def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
     """RMSprop on binary cross-entropy, reporting accuracy, as the book trains every model.
 
