@@ -62,6 +62,14 @@ def image_dataset(
     return dataset
 
 
+def training_images(image_size: int, batch_size: int, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training stages' (train, validation) image datasets: train shuffled with ``seed``, both decoded once."""
+    return (
+        image_dataset("train", image_size, batch_size, shuffle=True, seed=seed, decode_once=True),
+        image_dataset("validation", image_size, batch_size, shuffle=False, seed=seed, decode_once=True),
+    )
+
+
 def _cache_file(split: str, nbytes: int) -> str:
     """Where ``image_dataset`` keeps decoded pixels: ``""`` (memory) when they take at most a quarter of the
     free memory, else a scratch folder under ``data/cache/`` that goes when the process exits (one left by a

@@ -13,7 +13,7 @@ from __future__ import annotations
 from stages import models, paths
 from stages.common import run
 from stages.config import load_params
-from stages.datasets import image_dataset, predict_split
+from stages.datasets import predict_split, training_images
 from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
 
 STAGE = "finetune"
@@ -37,9 +37,8 @@ def main() -> None:
             train, validation = (
                 predict_split(frozen, split, image.size, image.batch_size) for split in ("train", "validation")
             )
-            compile_binary(
-                rest, cfg.learning_rate, train_cfg.jit_compile
-            )  # after unfreezing: compile fixes what trains
+            # After unfreezing: compile fixes what trains.
+            compile_binary(rest, cfg.learning_rate, train_cfg.jit_compile)
             rest.summary(show_trainable=True)
             fit(
                 rest,  # shares its layers with model: training it trains the saved model
@@ -51,16 +50,10 @@ def main() -> None:
                 **schedule,
             )
         else:
-            compile_binary(
-                model, cfg.learning_rate, train_cfg.jit_compile
-            )  # after unfreezing: compile fixes what trains
+            # After unfreezing: compile fixes what trains.
+            compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
             model.summary(show_trainable=True)
-            train = image_dataset(
-                "train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True
-            )
-            validation = image_dataset(
-                "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
-            )
+            train, validation = training_images(image.size, image.batch_size, params.seed)
             fit(
                 model,
                 train,

@@ -101,18 +101,21 @@ def _images_under(folder: Path, errors: list[str]) -> list[Path]:
     return found
 
 
+def readable_images(files: list[Path], errors: list[str]) -> Iterator[tuple[Path, Image.Image]]:
+    """Each file decoded (upright, any mode), skipping those that cannot be: each adds a line to ``errors``."""
+    for file in files:
+        try:
+            yield file, read_image(read_file(file))  # regular files only, at most MAX_FILE_BYTES
+        except BadImage as bad:
+            errors.append(f"{file}: cannot read image ({bad.reason.replace('_', ' ')})")
+        except OSError as error:
+            errors.append(f"{file}: cannot read file ({error.strerror or error})")
+
+
 def load_batches(files: list[Path], size: int, batch_size: int, errors: list[str]) -> Iterator[tuple]:
     """Batches of (readable files, their pixels); an unreadable file adds a line to ``errors``."""
     batch_files, batch_pixels = [], []
-    for file in files:
-        try:
-            image = read_image(read_file(file))  # regular files only, at most MAX_FILE_BYTES
-        except BadImage as bad:
-            errors.append(f"{file}: cannot read image ({bad.reason.replace('_', ' ')})")
-            continue
-        except OSError as error:
-            errors.append(f"{file}: cannot read file ({error.strerror or error})")
-            continue
+    for file, image in readable_images(files, errors):
         batch_files.append(file)
         batch_pixels.append(resized_pixels(image, size))
         if len(batch_files) == batch_size:
@@ -191,15 +194,8 @@ def classify_digits(model: keras.Model, model_path: Path, files: list[Path], err
     """
     names = paths.DIGITS_CLASS_NAMES.get(model_path.stem, paths.DIGITS_CLASS_NAMES["mnist"])
     rows = []
-    for file in files:
-        try:
-            pixels, done = digits_pixels(read_image(read_file(file)))
-        except BadImage as bad:
-            errors.append(f"{file}: cannot read image ({bad.reason.replace('_', ' ')})")
-            continue
-        except OSError as error:
-            errors.append(f"{file}: cannot read file ({error.strerror or error})")
-            continue
+    for file, image in readable_images(files, errors):
+        pixels, done = digits_pixels(image)
         probabilities = model.predict(pixels[np.newaxis], verbose=0)[0]
         best = int(probabilities.argmax())
         rows.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from stages import paths
 from stages.common import run
 from stages.config import load_params
-from stages.datasets import image_dataset
+from stages.datasets import training_images
 from stages.models import augmentation, build_baseline
 from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
 
@@ -19,10 +19,7 @@ def main() -> None:
     set_precision(train_cfg)
     with distribution(train_cfg).scope():
         model = build_baseline(image.size, cfg, augmentation(params.augment, params.seed))
-        train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
-        validation = image_dataset(
-            "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
-        )
+        train, validation = training_images(image.size, image.batch_size, params.seed)
         compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
         model.summary()
         fit(model, train, validation=validation, stage=STAGE, epochs=cfg.epochs, patience=cfg.patience)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from stages import models, paths
 from stages.common import run
 from stages.config import load_params
-from stages.datasets import feature_stats, image_dataset, load_features
+from stages.datasets import feature_stats, load_features, training_images
 from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
 
 STAGE = "train_frozen"
@@ -32,10 +32,7 @@ def main() -> None:
         model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed), name="frozen")
         compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
         model.summary(show_trainable=True)
-        train = image_dataset("train", image.size, image.batch_size, shuffle=True, seed=params.seed, decode_once=True)
-        validation = image_dataset(
-            "validation", image.size, image.batch_size, shuffle=False, seed=params.seed, decode_once=True
-        )
+        train, validation = training_images(image.size, image.batch_size, params.seed)
         fit(
             model,
             train,
