@@ -31,7 +31,7 @@ test-fast: setup
 SCENARIO ?= demo
 demo: setup
 	eval dvc exp run --temp --name $(SCENARIO)-$$(date +%Y%m%d-%H%M%S) "$$(python -m stages.scenarios $(SCENARIO))"
-	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|frozen|finetuned)\.(accuracy|roc_auc)$$'
+	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|frozen|finetuned)\.(accuracy|roc_auc)$$|^metrics/digits/[a-z_]+\.json:accuracy$$'
 
 lint: setup
 	ruff check .
