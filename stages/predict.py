@@ -193,18 +193,16 @@ def classify_digits(model: keras.Model, model_path: Path, files: list[Path], err
     The class names follow the model's file name (``fashion_mnist.keras``: Fashion-MNIST's), else digits.
     """
     names = paths.DIGITS_CLASS_NAMES.get(model_path.stem, paths.DIGITS_CLASS_NAMES["mnist"])
+    read = [(file, *digits_pixels(image)) for file, image in readable_images(files, errors)]
+    if not read:
+        return []
+    # 28x28 images are small: one predict call for all of them, not one per image.
+    probabilities = model.predict(np.stack([pixels for _, pixels, _ in read]), verbose=0)
     rows = []
-    for file, image in readable_images(files, errors):
-        pixels, done = digits_pixels(image)
-        probabilities = model.predict(pixels[np.newaxis], verbose=0)[0]
-        best = int(probabilities.argmax())
+    for (file, _, done), row in zip(read, probabilities, strict=True):
+        best = int(row.argmax())
         rows.append(
-            {
-                "path": str(file),
-                "label": names[best],
-                "probability": round(float(probabilities[best]), 6),
-                "converted": done,
-            }
+            {"path": str(file), "label": names[best], "probability": round(float(row[best]), 6), "converted": done}
         )
     return rows
 
