@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -55,6 +57,26 @@ def run_stage(
     return subprocess.run(
         [sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, env=full_env, capture_output=True, text=True
     )
+
+
+def call_stage(name: str, cwd: Path, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``python -m stages.<name> [args]`` in this process: the same ``run(main)`` with ``sys.argv``, its exit
+    status, stdout and stderr, without paying another TensorFlow import (``run_stage`` for a real process)."""
+    from stages.common import run
+
+    module = importlib.import_module(f"stages.{name}")
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own
+    with inside(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        argv, sys.argv = sys.argv, [f"stages.{name}", *args]
+        try:
+            run(module.main)
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            sys.argv = argv
+            signal.signal(signal.SIGTERM, sigterm)
+    return subprocess.CompletedProcess([name, *args], status, out.getvalue(), err.getvalue())
 
 
 def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (40, 30), exif=None) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 
 from stages import anatomy
 from stages.common import run
-from tests.conftest import run_stage
+from tests.conftest import call_stage
 
 
 def test_the_course_example_costs_what_the_course_says() -> None:
@@ -56,7 +56,7 @@ def test_nested_models_are_opened_and_frozen_weights_told_apart() -> None:
 def test_the_command_prints_a_table_and_refuses_a_wrong_call_in_one_line(
     workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    result = run_stage("anatomy", workdir, args=("--base", "vgg16", "--size", "32", "--batch-size", "8"))
+    result = call_stage("anatomy", workdir, args=("--base", "vgg16", "--size", "32", "--batch-size", "8"))
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].split()[:2] == ["layer", "output"] and lines[0].endswith("MB/8")

@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from stages import evaluate, extract_features, finetune, train_head
+from stages import anatomy, extract_features, finetune, gradcam, train_head
 from stages.config import ConfigError, FeaturesConfig
+from stages.datasets import image_dataset
 from stages.models import BASES, base_of, build_extractor, unfreeze
 from tests.conftest import LEARNABLE, inside, write_params
 
@@ -103,17 +104,22 @@ def test_an_unknown_base_lists_the_valid_ones(tmp_path: Path) -> None:
 def test_pipeline_runs_end_to_end_with_each_base(base: str, trained: Path, tmp_path: Path) -> None:
     # vgg16 runs end to end in test_pipeline; the sample and the baseline do not depend on the base.
     shutil.copytree(trained / "data/sample", tmp_path / "data/sample")
-    (tmp_path / "models").mkdir()
-    # Nor does it change how train_frozen works (finetune's extractor and build_finetune): its model is reused.
-    for model in ("baseline", "frozen"):
-        shutil.copy(trained / f"models/{model}.keras", tmp_path / f"models/{model}.keras")
     size = max(32, BASES[base].min_size)
     write_params(tmp_path / "params.yaml", {**LEARNABLE, "features.base": base, "image.size": size, "head.epochs": 1})
     with inside(tmp_path):
-        for stage in (extract_features, train_head, finetune, evaluate):
+        for stage in (extract_features, train_head, finetune):
             stage.main()
-    results = json.loads((tmp_path / "metrics/evaluate.json").read_text())
-    assert results["test_images"] == 30
+        # What evaluate does with a base, without the models that do not depend on it: Grad-CAM through
+        # the nested base, and the cost of the base and of the fine-tuned model.
+        tuned = keras.models.load_model("models/finetuned.keras")
+        test = image_dataset("test", size, 8, shuffle=False, seed=0)
+        pixels = next(iter(test))[0].numpy()
+        maps, dog = gradcam.heatmaps(tuned, pixels)
+        base_cost = anatomy.totals(anatomy.layer_costs(keras.models.load_model("models/base.keras")), 1)
     assert json.loads((tmp_path / "metrics/features.json").read_text())["base"] == base
-    tuned = keras.models.load_model(tmp_path / "models/finetuned.keras")
     assert base_of(tuned.get_layer("extractor")).name == BASES[base].model_name
+    assert maps.shape == (8, size, size) and np.isfinite(maps).all() and 0.0 <= maps.min() <= maps.max() <= 1.0
+    assert ((dog >= 0) & (dog <= 1)).all()
+    cost = anatomy.totals(anatomy.layer_costs(tuned), 1)
+    assert cost["params"] == tuned.count_params() and base_cost["params"] < cost["params"]
+    assert 0 < base_cost["gmacs"] < cost["gmacs"]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from stages import predict
 from stages.datasets import image_dataset
-from tests.conftest import image_bytes, inside, run_stage
+from tests.conftest import call_stage, image_bytes, inside, run_stage
 
 
 @pytest.fixture
@@ -93,15 +93,7 @@ def test_predictions_match_the_training_input_pipeline(trained: Path, capsys: py
 
 
 def test_a_features_model_is_refused_in_one_line(trained: Path, photos: Path) -> None:
-    result = run_stage(
-        "predict",
-        trained,
-        args=(
-            str(photos / "cat.jpg"),
-            "--model",
-            "models/head.keras",
-        ),
-    )
+    result = call_stage("predict", trained, args=(str(photos / "cat.jpg"), "--model", "models/head.keras"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: models/head.keras takes (1, 1, 512) features, not images; use --model models/finetuned.keras "
@@ -122,7 +114,7 @@ def test_missing_paths_are_errors_and_the_rest_still_runs(trained: Path, photos:
 @pytest.mark.slow
 def test_imagenet_top5_with_random_weights_says_so(trained: Path, photos: Path) -> None:
     args = (str(photos / "cat.jpg"), str(photos / "gray.jpg"), "--imagenet", "--format", "json")
-    result = run_stage("predict", trained, args=args)
+    result = call_stage("predict", trained, args=args)
     assert result.returncode == 0, result.stderr[-1500:]
     rows = json.loads(result.stdout)
     assert len(rows) == 2 * predict.TOP
@@ -241,7 +233,7 @@ def test_only_regular_files_are_read_and_never_too_much(tmp_path: Path) -> None:
 def test_an_empty_folder_is_an_error_not_silence(trained: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/notes.txt").write_text("no photos here")
-    result = run_stage("predict", trained, args=(str(tmp_path / "empty"),))
+    result = call_stage("predict", trained, args=(str(tmp_path / "empty"),))
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'empty'}: no image files there"
