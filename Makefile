@@ -47,5 +47,6 @@ report: setup
 	python -m stages.report --base $(BASE) --out report.md
 	dvc plots diff $(BASE) --out dvc_plots
 
+# Speed of each step on this machine; BENCH_ARGS="--scenario full" estimates the 25,000-image run.
 bench: setup
-	python -m stages.bench
+	python -m stages.bench $(BENCH_ARGS)

@@ -2,12 +2,12 @@
 
 At the configured ``image.size`` and ``image.batch_size``, on generated images and random weights, it
 times four steps the pipeline's way and the book's way in the same run, and prints images/s and their
-ratio: JPEG decode and resize (``tf.data`` against ``load_img`` per file), VGG16 extraction (one
-``predict`` over the dataset against ``conv_base.predict(preprocess_input(batch))`` per batch), a baseline
-training step and a fine-tuning step (``fit`` against ``train_on_batch`` per batch). The book decodes and
-resizes the JPEGs on every pass; the pipeline's training steps decode them once, as its training stages
-do. From the pipeline's rates and the params it estimates the wall time of ``make repro``. It writes
-``bench.json``: machine noise, never a DVC metric.
+ratio: JPEG decode and resize (``tf.data`` against ``load_img`` per file), VGG16 extraction (streamed to
+disk batch by batch, as ``extract_features`` does, against ``conv_base.predict(preprocess_input(batch))``
+per batch), a baseline training step and a fine-tuning step (``fit`` against ``train_on_batch`` per
+batch). The book decodes and resizes the JPEGs on every pass; the pipeline's training steps decode them
+once, as its training stages do. From the pipeline's rates and the params it estimates the wall time of
+``make repro``. It writes ``bench.json``: machine noise, never a DVC metric.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stages import paths
+from stages import paths, scenarios
 from stages.common import PipelineError, atomic_path, run
 from stages.config import FeaturesConfig, HeadConfig, Params, load_params
-from stages.datasets import image_dataset
+from stages.datasets import extract_split, image_dataset
 from stages.models import augmentation, build_baseline, build_extractor, build_finetune, build_head, unfreeze
 from stages.synthetic import draw_animal
 from stages.training import compile_binary, seed_everything, set_precision
@@ -117,7 +117,7 @@ def measure(params: Params, count: int) -> list[Timing]:
             compare(
                 "extract_features",
                 count,
-                lambda: extractor.predict(dataset, verbose=0),
+                lambda: extract_split(extractor, dataset, Path(tmp) / "features.npz"),
                 lambda: [conv_base.predict(preprocess(x), verbose=0) for x, _ in batches()],
             )
         )
@@ -153,33 +153,59 @@ def _training_step(step: str, model: keras.Model, learning_rate: float, params: 
     )
 
 
-def estimate_repro(params: Params, timings: list[Timing]) -> dict[str, float]:
-    """Seconds each stage of ``dvc repro`` would take at these rates and params.
+def epoch_seconds(params: Params, timings: list[Timing]) -> dict[str, float]:
+    """Seconds one epoch of each image-training stage would take at these rates and ``params.sample`` counts:
+    the training images at the model's training rate, then the validation images forward only.
 
-    Training passes use the measured step rates. Forward-only passes (validation each epoch, evaluation)
-    are counted at ``FORWARD_SPEEDUP`` times the training rate of the same model: an estimate, not a timing.
+    Forward-only passes are counted at ``FORWARD_SPEEDUP`` times the model's training rate; ``train_frozen``
+    runs the frozen base forward only on both (its head costs next to nothing), so at the extraction rate.
+    Estimates from measured rates, not timings of an epoch.
     """
     ours = {t.step: t.ours for t in timings}
     counts = {split: 2 * n for split, n in params.sample.counts().items()}
 
-    def epochs(model: str, count: int) -> float:
-        rate = ours[f"{model}_step"]
-        return count * (counts["train"] / rate + counts["validation"] / (FORWARD_SPEEDUP * rate))
+    def epoch(train_rate: float, forward_rate: float) -> float:
+        return counts["train"] / train_rate + counts["validation"] / forward_rate
 
     return {
-        "train_baseline": epochs("baseline", params.baseline.epochs),
-        "extract_features": sum(counts.values()) / ours["extract_features"],
-        "finetune": epochs("finetune", params.finetune.epochs),
-        "evaluate": sum(counts["test"] / (FORWARD_SPEEDUP * ours[f"{m}_step"]) for m in ("baseline", "finetune")),
+        "train_baseline": epoch(ours["baseline_step"], FORWARD_SPEEDUP * ours["baseline_step"]),
+        "train_frozen": epoch(ours["extract_features"], ours["extract_features"]),
+        "finetune": epoch(ours["finetune_step"], FORWARD_SPEEDUP * ours["finetune_step"]),
     }
 
 
-def report(timings: list[Timing], estimate: dict[str, float]) -> str:
+def estimate_repro(params: Params, timings: list[Timing]) -> dict[str, float]:
+    """Seconds each Dogs vs. Cats stage of ``dvc repro`` that runs images through a network would take at these
+    rates and params (``epoch_seconds`` times the epochs; the digits study is not measured here)."""
+    ours = {t.step: t.ours for t in timings}
+    counts = {split: 2 * n for split, n in params.sample.counts().items()}
+    epoch = epoch_seconds(params, timings)
+    forward = {
+        "baseline": FORWARD_SPEEDUP * ours["baseline_step"],
+        "frozen": ours["extract_features"],
+        "finetuned": FORWARD_SPEEDUP * ours["finetune_step"],
+    }
+    return {
+        "train_baseline": params.baseline.epochs * epoch["train_baseline"],
+        "extract_features": sum(counts.values()) / ours["extract_features"],
+        "train_frozen": params.frozen.epochs * epoch["train_frozen"],
+        "finetune": params.finetune.epochs * epoch["finetune"],
+        "evaluate": sum(counts["test"] / rate for rate in forward.values()),
+    }
+
+
+def report(timings: list[Timing], epochs: dict[str, float], estimate: dict[str, float], params: Params) -> str:
     """The table ``make bench`` prints."""
+    counts = {split: 2 * n for split, n in params.sample.counts().items()}
     lines = [f"{'step':<18}{'images':>8}{'ours img/s':>12}{'book img/s':>12}{'ratio':>8}"]
     lines += [f"{t.step:<18}{t.images:>8}{t.ours:>12.2f}{t.book:>12.2f}{t.ratio:>8.2f}" for t in timings]
-    lines.append(f"estimated dvc repro at these params: {sum(estimate.values()) / 3600:.1f} h")
-    lines += [f"  {stage:<18}{seconds / 60:>8.1f} min" for stage, seconds in estimate.items()]
+    lines.append(
+        f"estimated dvc repro at these params ({', '.join(f'{n:,} {s}' for s, n in counts.items())} images): "
+        f"{sum(estimate.values()) / 3600:.1f} h"
+    )
+    for stage, seconds in estimate.items():
+        each = f"  ({epochs[stage] / 60:.1f} min an epoch)" if stage in epochs else ""
+        lines.append(f"  {stage:<18}{seconds / 60:>8.1f} min{each}")
     return "\n".join(lines)
 
 
@@ -187,17 +213,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="generated images per step (default 64)")
     parser.add_argument("--out", type=Path, default=BENCH_FILE, help="where to write the timings")
+    parser.add_argument("--scenario", help="estimate params.yaml with configs/SCENARIO.yaml applied, e.g. full")
     args = parser.parse_args()
     if args.images < 2:
         raise PipelineError(f"--images is {args.images}; use at least 2 (one cat, one dog)")
-    params = load_params()
+    params = load_params(overrides=scenarios.load(args.scenario) if args.scenario else None)
     timings = measure(params, args.images)
-    estimate = estimate_repro(params, timings)
-    print(report(timings, estimate))
+    epochs, estimate = epoch_seconds(params, timings), estimate_repro(params, timings)
+    print(report(timings, epochs, estimate, params))
     result = {
         "image_size": params.image.size,
         "batch_size": params.image.batch_size,
         "steps": {t.step: {**asdict(t), "ratio": round(t.ratio, 3)} for t in timings},
+        "sample_per_class": params.sample.counts(),
+        "epoch_seconds": {stage: round(seconds, 1) for stage, seconds in epochs.items()},
         "estimated_repro_seconds": {stage: round(seconds, 1) for stage, seconds in estimate.items()},
     }
     with atomic_path(args.out) as tmp:

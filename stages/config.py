@@ -12,6 +12,7 @@ import math
 import types
 import typing
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -348,8 +349,12 @@ class Params:
         _seed(self.seed, "seed")
 
 
-def load_params(path: Path = paths.PARAMS) -> Params:
-    """Read and validate the whole of ``params.yaml``; every error names ``path``."""
+def load_params(path: Path = paths.PARAMS, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read and validate the whole of ``params.yaml``; every error names ``path``.
+
+    ``overrides`` maps dotted keys to values, as ``dvc exp run -S`` and ``configs/*.yaml`` give them; they
+    replace the file's values before validation.
+    """
     try:
         raw = YAML(typ="safe", pure=True).load(Path(path).read_text())
     except FileNotFoundError:
@@ -359,6 +364,14 @@ def load_params(path: Path = paths.PARAMS) -> Params:
     except YAMLError as error:
         raise ConfigError(f"{path}: {yaml_problem(error)}") from None
     try:
+        for dotted, value in (overrides or {}).items():
+            *parents, leaf = dotted.split(".")
+            node = raw
+            for key in parents:
+                node = node.get(key) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or leaf not in node:
+                raise ConfigError(f"unknown key {dotted}; remove it or fix its spelling")
+            node[leaf] = value
         return parse(Params, raw)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

@@ -6,6 +6,8 @@ import atexit
 import os
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from tqdm import tqdm
 
 from stages import paths
 from stages.common import PipelineError, atomic_path, remove_stale_temps
@@ -134,10 +137,44 @@ class Features:
     files: np.ndarray
 
 
-def save_features(path: Path, features: Features) -> None:
-    """Write ``features`` as an uncompressed ``.npz``, atomically."""
-    with atomic_path(path) as tmp:
-        np.savez(tmp, features=features.features, labels=features.labels, files=features.files)
+def write_features(
+    path: Path, batches: Iterable[np.ndarray], shape: tuple[int, ...], labels: np.ndarray, files: np.ndarray
+) -> None:
+    """Write one split as the ``.npz`` ``load_features`` reads, atomically, streaming ``batches`` (float32
+    features of ``shape[0]`` images in all, in file order) straight into it: memory holds one batch however
+    large the split. It is the file ``np.savez`` writes: uncompressed members ``features``, ``labels``, ``files``.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("features.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            written = 0
+            for batch in batches:
+                if batch.shape[1:] != shape[1:] or written + len(batch) > shape[0]:
+                    raise PipelineError(f"{path}: a batch of shape {batch.shape} does not fit features of {shape}")
+                member.write(np.ascontiguousarray(batch, dtype=np.float32).data)
+                written += len(batch)
+            if written != shape[0]:
+                raise PipelineError(f"{path}: {written} images' features written, {shape[0]} expected")
+        for name, array in (("labels", labels), ("files", files)):
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+
+
+def extract_split(model: keras.Model, dataset: tf.data.Dataset, path: Path) -> int:
+    """Run ``model`` over an unshuffled ``image_dataset`` batch by batch and stream its outputs, labels and file
+    ids into ``path`` (see ``write_features``); return the number of images."""
+    files = dataset.file_paths
+    shape = (len(files), *model.output_shape[1:])
+    with tqdm(total=len(files), desc=path.stem, unit="img") as bar:
+
+        def batches() -> Iterator[np.ndarray]:
+            for images, _ in dataset:
+                yield model.predict_on_batch(images)
+                bar.update(len(images))
+
+        write_features(path, batches(), shape, labels_of(files), np.array(files))
+    return len(files)
 
 
 def load_features(split: str) -> Features:

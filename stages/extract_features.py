@@ -1,7 +1,9 @@
 """Stage ``extract_features``: run the pretrained base once over every split and keep its features.
 
-The extractor (preprocessing + base) is saved too, so ``finetune`` starts from exactly the weights that
-produced the features: with ``features.weights: none`` a rebuilt random base would be another network.
+Features stream to disk a batch at a time, so a split of any size (all 25,000 images, a large base) needs
+the memory of one batch. The extractor (preprocessing + base) is saved too, so ``finetune`` starts from
+exactly the weights that produced the features: with ``features.weights: none`` a rebuilt random base would
+be another network.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from stages import paths
 from stages.common import run, write_json
 from stages.config import load_params
-from stages.datasets import predict_split, save_features
+from stages.datasets import extract_split, image_dataset
 from stages.models import build_extractor
 from stages.training import save_model, seed_everything
 
@@ -23,11 +25,11 @@ def main() -> None:
     counted, seconds = 0, 0.0
     for split in paths.SPLITS:
         start = time.perf_counter()
-        features = predict_split(extractor, split, params.image.size, params.image.batch_size)
+        dataset = image_dataset(split, params.image.size, params.image.batch_size, shuffle=False, seed=0)
+        images = extract_split(extractor, dataset, paths.features_file(split))
         seconds += time.perf_counter() - start
-        counted += len(features.labels)
-        save_features(paths.features_file(split), features)
-        print(f"extract_features: {split}: {features.features.shape} features")
+        counted += images
+        print(f"extract_features: {split}: {images} images, features of shape {extractor.output_shape[1:]}")
     save_model(extractor, paths.BASE_MODEL)
     write_json(
         paths.FEATURES_METRICS,

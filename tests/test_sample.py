@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import download, sample
+from stages import download, sample, synthetic
 from stages.common import PipelineError
 from tests.conftest import image_bytes, kaggle_members, make_zip, run_stage, write_params
 
@@ -162,3 +163,41 @@ def test_too_few_images_leaves_no_sample_behind(workdir: Path) -> None:
     assert "too few usable cat images: sample.* asks for 32 per class (train 16, validation 8, test 8)" in result.stderr
     assert not (workdir / "data/sample").exists()
     assert list((workdir / "data").glob(".sample*")) == []
+
+
+@pytest.mark.slow
+def test_the_whole_dataset_can_be_sampled(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Kaggle's train.zip at full count (12,500 per class) of small generated images, two per class unusable
+    # (three bad, one dog a copy of a cat): asking for every usable image takes each one exactly once.
+    generated = tmp_path_factory.mktemp("full") / "train.zip"
+    synthetic.write_train_zip(generated, per_class=12_500, size=12, seed=0)
+    (workdir / "data/raw").mkdir(parents=True)
+    with zipfile.ZipFile(generated) as source, zipfile.ZipFile(workdir / "data/raw/train.zip", "w") as target:
+        bad = {"train/cat.7.jpg": b"", "train/cat.9000.jpg": b"text", "train/dog.12499.jpg": image_bytes()[:300]}
+        bad["train/dog.0.jpg"] = source.read("train/cat.1.jpg")
+        for info in source.infolist():
+            target.writestr(info, bad.get(info.filename, source.read(info)))
+    usable = 12_500 - 2
+    write_params(
+        workdir / "params.yaml",
+        {
+            "sample.train_per_class": usable - 2_500,
+            "sample.validation_per_class": 1_250,
+            "sample.test_per_class": 1_250,
+        },
+    )
+    sample.main()
+    manifest = _manifest(workdir)
+    assert len(manifest) == 2 * usable
+    assert manifest["sha256"].is_unique and manifest["source_member"].is_unique
+    assert len(list((workdir / "data/sample").rglob("*.jpg"))) == 2 * usable
+    assert manifest.groupby(["split", "label"]).size().to_dict() == {
+        (split, label): count
+        for split, count in (("test", 1_250), ("train", usable - 2_500), ("validation", 1_250))
+        for label in ("cat", "dog")
+    }
+    metrics = json.loads((workdir / "metrics/data.json").read_text())
+    assert metrics["images"] == 2 * usable
+    assert {reason: n for reason, n in metrics["skipped"].items() if n} == {"empty": 1, "not_image": 1, "truncated": 1}
+    assert metrics["duplicates_dropped"] == 1
+    assert metrics["candidates_read"] == 25_000

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stages.common import PipelineError
 from stages.config import load_params
-from stages.datasets import VARIANCE_FLOOR, feature_stats, image_dataset, load_features
+from stages.datasets import VARIANCE_FLOOR, feature_stats, image_dataset, load_features, write_features
 from stages.models import augmentation, build_baseline, build_head
 from stages.training import compile_binary, fit, seed_everything
 from tests.conftest import inside, run_stage
@@ -167,3 +168,49 @@ def test_features_keep_the_manifest_labels_in_file_order(trained: Path) -> None:
             assert features.features.shape == (count, 1, 1, 512)
             assert [truth[f] for f in features.files] == [("cat", "dog")[label] for label in features.labels]
             assert sorted(features.files) == sorted(manifest.loc[manifest["split"] == split, "path"])
+
+
+def test_streamed_features_are_the_bases_predictions(trained: Path) -> None:
+    with inside(trained):
+        base = keras.models.load_model("models/base.keras")
+        dataset = image_dataset("test", 32, 16, shuffle=False, seed=0)
+        expected = base.predict(dataset, verbose=0)
+        stored = load_features("test")
+    assert list(stored.files) == dataset.file_paths
+    np.testing.assert_allclose(stored.features, expected, rtol=1e-5, atol=1e-6)
+
+
+def _batches(count: int, shape: tuple[int, ...]):
+    for index in range(count):
+        yield np.full(shape, index, dtype=np.float32)
+
+
+def test_features_stream_to_disk_one_batch_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    monkeypatch.chdir(tmp_path)
+    batch = (32, 4, 4, 512)  # 1 MiB per batch, 96 MiB in all
+    count = 96
+    shape = (count * batch[0], *batch[1:])
+    labels, files = np.arange(shape[0]) % 2, np.array([f"train/x/{n}.jpg" for n in range(shape[0])])
+    path = tmp_path / "data/features/train.npz"
+    tracemalloc.start()
+    try:
+        write_features(path, _batches(count, batch), shape, labels, files)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # a few batches at most, never the 96 MiB split
+    with inside(tmp_path):
+        stored = load_features("train")
+    assert stored.features.shape == shape and stored.features.dtype == np.float32
+    assert stored.features[:: batch[0], 0, 0, 0].tolist() == list(range(count))
+    assert stored.labels.tolist() == labels.tolist() and stored.files.tolist() == files.tolist()
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_features_of_the_wrong_count_leave_no_file(tmp_path: Path, count: int) -> None:
+    path = tmp_path / "test.npz"
+    with pytest.raises(PipelineError, match=r"test\.npz: .*(features written, 3 expected|does not fit)"):
+        write_features(path, _batches(count, (1, 2)), (3, 2), np.zeros(3), np.array(["a", "b", "c"]))
+    assert list(tmp_path.iterdir()) == []
