@@ -47,3 +47,18 @@ def test_the_import_walk_sees_indirect_imports() -> None:
     # predict -> models -> config -> paths: a module reached only through others still counts.
     assert {"predict", "models", "config", "paths", "common", "images", "datasets"} <= imported_modules("predict")
     assert "synthetic" not in imported_modules("evaluate")
+
+
+def _declared(entries: list) -> list[tuple[str, dict]]:
+    return [next(iter(e.items())) if isinstance(e, dict) else (e, {}) for e in entries]
+
+
+@pytest.mark.parametrize("stage", sorted(stage_entries()))
+def test_each_stage_can_be_restored_from_the_run_cache(stage: str) -> None:
+    # DVC saves no run-cache entry for a stage with an uncached plain output (dvc/stage/__init__.py, run):
+    # what is committed to Git must be declared as metrics or plots, and everything else is cached.
+    entry = stage_entries()[stage]
+    assert all(options.get("cache", True) for _, options in _declared(entry.get("outs", [])))
+    small = _declared(entry.get("metrics", []) + entry.get("plots", []))
+    assert all(path.startswith("metrics/") and options.get("cache") is False for path, options in small)
+    assert not any(options.get("persist") for _, options in _declared(entry.get("outs", [])) + small)

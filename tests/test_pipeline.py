@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from ruamel.yaml import YAML
 
 from stages import paths
 from tests.conftest import REPO, TINY, write_params
@@ -65,6 +66,13 @@ STAGES = [
     "evaluate",
 ]
 DIGITS = [f"digits_{step}@{data}" for data in ("mnist", "fashion_mnist") for step in ("data", "train", "evaluate")]
+
+
+def _set_param(path: Path, section: str, key: str, value: object) -> None:
+    """Change one value of the params.yaml at ``path``, keeping the rest as it is."""
+    params = YAML().load(path)
+    params[section][key] = value
+    YAML().dump(params, path)
 
 
 def ran(output: str, stages: list[str] = STAGES) -> list[str]:
@@ -247,15 +255,16 @@ def test_make_demo_runs_offline_and_leaves_params_alone(project: Path) -> None:
     assert results["test_images"] == 2 * TINY["sample.test_per_class"]
 
 
-# After the demo, whose digits params are the workspace's: it re-runs no digits stage then.
-def test_a_digits_change_reruns_only_the_digits_training_and_evaluation(project: Path) -> None:
-    before = (project / "models/finetuned.keras").read_bytes()
-    out = sh(["dvc", "exp", "run", "-S", "digits.epochs=2"], project)
-    assert ran(out) == []  # no Dogs vs. Cats stage
-    assert sorted(ran(out, DIGITS)) == sorted(s for s in DIGITS if "digits_data" not in s)
-    assert (project / "models/finetuned.keras").read_bytes() == before
-    summary = json.loads((project / "metrics/digits/mnist/metrics.json").read_text())
-    assert summary["step"] == 1  # two epochs: steps 0 and 1
+def test_a_digits_training_change_touches_no_other_stage(project: Path) -> None:
+    params = project / "params.yaml"
+    original = params.read_text()
+    _set_param(params, "digits", "epochs", 2)
+    try:
+        changed = json.loads(sh(["dvc", "status", "--json"], project))
+    finally:
+        params.write_text(original)
+    # Only the training of each dataset; its evaluation follows it in the DAG (test_dvc_yaml checks the deps).
+    assert sorted(changed) == ["digits_train@fashion_mnist", "digits_train@mnist"]
 
 
 def test_the_demo_scenario_differs_from_tiny_only_in_size() -> None:
@@ -270,3 +279,67 @@ def test_the_demo_scenario_differs_from_tiny_only_in_size() -> None:
         "-S",
         "head.normalize=true",
     ]
+
+
+def _clone(origin: Path, folder: Path) -> Path:
+    sh(["git", "clone", "-q", str(origin), str(folder)], folder.parent)
+    sh(["git", "config", "user.email", "test@example.com"], folder)
+    sh(["git", "config", "user.name", "test"], folder)
+    return folder
+
+
+def _grid_row(rows: list, name: str) -> tuple[float, dict]:
+    """An experiment's ``evaluate.threshold`` and test metrics in ``dvc exp show --json``."""
+    data = _experiment(rows, name)["data"]
+    threshold = data["params"]["params.yaml"]["data"]["evaluate"]["threshold"]
+    return threshold, data["metrics"]["metrics/evaluate.json"]["data"]
+
+
+# Last: it commits the workspace as the previous tests left it (a finished run), and runs experiments in it.
+@pytest.mark.slow
+def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(project: Path, tmp_path: Path) -> None:
+    # Machine A (the project: it ran the tiny pipeline) shares its run through a bare Git repository and a
+    # local-folder DVC remote, standing in for GitHub and S3.
+    origin, storage = tmp_path / "origin.git", tmp_path / "storage"
+    sh(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+    sh(["dvc", "remote", "add", "--default", "storage", str(storage)], project)
+    sh(["git", "add", "-A"], project)
+    sh(["git", "commit", "-q", "-m", "tiny run, shared"], project)
+    sh(["git", "remote", "add", "origin", str(origin)], project)
+    sh(["git", "push", "-q", "origin", "main"], project)
+    sh(["dvc", "push", "--run-cache"], project)
+
+    # Machine B gets the data, features and models without running a stage.
+    b = _clone(origin, tmp_path / "b")
+    sh(["dvc", "pull"], b)
+    assert json.loads(sh(["dvc", "status", "--json"], b)) == {}
+    assert ran(sh(["dvc", "repro"], b), STAGES + DIGITS) == []
+    assert (b / "models/finetuned.keras").read_bytes() == (project / "models/finetuned.keras").read_bytes()
+
+    # A grid split between the two machines: each runs one point and pushes it, with its run-cache.
+    for machine, name, threshold in ((project, "grid-a", 0.4), (b, "grid-b", 0.6)):
+        out = sh(["dvc", "exp", "run", "--name", name, "-S", f"evaluate.threshold={threshold}"], machine)
+        assert ran(out) == ["evaluate"]
+        sh(["dvc", "exp", "push", "--run-cache", "origin", name], machine)
+
+    # Machine C sees both points in one table.
+    c = _clone(origin, tmp_path / "c")
+    sh(["dvc", "exp", "pull", "origin", "grid-a", "grid-b"], c)
+    rows = json.loads(sh(["dvc", "exp", "show", "--json"], c))
+    (threshold_a, metrics_a), (threshold_b, metrics_b) = _grid_row(rows, "grid-a"), _grid_row(rows, "grid-b")
+    assert (threshold_a, threshold_b) == (0.4, 0.6)
+    for metrics in (metrics_a, metrics_b):
+        assert metrics["test_images"] == 2 * TINY["sample.test_per_class"]
+        assert 0.0 <= metrics["finetuned"]["accuracy"] <= 1.0
+
+    # C takes B's point as its workspace: params and metrics from Git, models from the DVC remote.
+    sh(["dvc", "exp", "apply", "grid-b"], c)
+    sh(["dvc", "pull"], c)
+    assert json.loads(sh(["dvc", "status", "--json"], c)) == {}
+    assert json.loads((c / "metrics/evaluate.json").read_text()) == metrics_b
+
+    # Back on A, a point already run (the committed threshold) comes from the run-cache: nothing runs.
+    out = sh(["dvc", "exp", "run", "-S", "evaluate.threshold=0.5"], project)
+    assert ran(out, STAGES + DIGITS) == [] and "Stage 'evaluate' is cached - skipping run" in out
+    committed = sh(["git", "show", "HEAD:metrics/evaluate.json"], project)
+    assert json.loads((project / "metrics/evaluate.json").read_text()) == json.loads(committed)
