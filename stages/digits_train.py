@@ -103,10 +103,11 @@ def main() -> None:
     dataset = dataset_arg(sys.argv[1:])
     params = load_params()
     cfg, train_cfg = params.digits, params.train
+    strategy = distribution(train_cfg, "digits_train")  # before any TensorFlow op, as multi_worker needs
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
     train, validation = load_split(dataset, "train"), load_split(dataset, "validation")
-    with distribution(train_cfg).scope():
+    with strategy.scope():
         model = build_network(cfg, params.seed)
         compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size), train_cfg.jit_compile)
         model.summary()

@@ -22,9 +22,10 @@ STAGE = "finetune"
 def main() -> None:
     params = load_params()
     image, cfg, train_cfg = params.image, params.finetune, params.train
+    strategy = distribution(train_cfg, STAGE)  # before any TensorFlow op, as multi_worker needs
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
-    with distribution(train_cfg).scope():
+    with strategy.scope():
         # Made again under train.precision, with the saved weights: a loaded model keeps its saved precision.
         extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
         head = models.load_saved(paths.HEAD_MODEL)

@@ -15,9 +15,10 @@ STAGE = "train_baseline"
 def main() -> None:
     params = load_params()
     image, cfg, train_cfg = params.image, params.baseline, params.train
+    strategy = distribution(train_cfg, STAGE)  # before any TensorFlow op, as multi_worker needs
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
-    with distribution(train_cfg).scope():
+    with strategy.scope():
         model = build_baseline(image.size, cfg, augmentation(params.augment, params.seed))
         train, validation = training_images(image.size, image.batch_size, params.seed)
         compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)

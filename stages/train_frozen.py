@@ -22,9 +22,10 @@ STAGE = "train_frozen"
 def main() -> None:
     params = load_params()
     image, cfg, train_cfg = params.image, params.frozen, params.train
+    strategy = distribution(train_cfg, STAGE)  # before any TensorFlow op, as multi_worker needs
     seed_everything(params.seed, train_cfg.deterministic)
     set_precision(train_cfg)
-    with distribution(train_cfg).scope():
+    with strategy.scope():
         extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
         extractor.trainable = False
         stats = feature_stats(load_features("train").features) if params.head.normalize else None

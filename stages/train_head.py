@@ -16,9 +16,10 @@ def main() -> None:
     params = load_params()
     cfg = params.head
     train, validation = load_features("train"), load_features("validation")
+    strategy = distribution(params.train, STAGE)  # before any TensorFlow op, as multi_worker needs
     seed_everything(params.seed, params.train.deterministic)
     set_precision(params.train)
-    with distribution(params.train).scope():
+    with strategy.scope():
         model = build_head(train.features.shape[1:], cfg, feature_stats(train.features))
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from stages import paths
-from stages.common import atomic_path
+from stages.common import PipelineError, atomic_path
 from stages.config import TrainConfig
 
 
@@ -33,25 +36,60 @@ def set_precision(cfg: TrainConfig) -> None:
     keras.mixed_precision.set_global_policy(cfg.precision)
 
 
-def distribution(cfg: TrainConfig) -> tf.distribute.Strategy:
+# Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585: "Attempt to convert a
+# value (PerReplica...)"), so only the stages whose fit runs in this module's own loop train across machines.
+MULTI_WORKER_STAGES = ("train_head",)
+
+
+def distribution(cfg: TrainConfig, stage: str) -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy ``train.strategy`` names; build, compile and fit inside its ``scope()``.
 
     ``mirrored`` keeps one replica per local GPU (on a machine without one, per logical CPU device, as the
     tests make two) and splits each batch between them: the batch size in params.yaml is the global one,
     and the gradients of the replicas are summed, so the training is the one-device training, faster.
     ``auto`` is ``mirrored`` on a machine with more than one GPU, else the default single device;
-    ``one_device`` pins everything to the first GPU, or the CPU.
+    ``one_device`` pins everything to the first GPU, or the CPU. ``multi_worker`` is
+    ``MultiWorkerMirroredStrategy`` over the machines ``TF_CONFIG`` names, for ``MULTI_WORKER_STAGES``.
     """
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    if cfg.strategy == "mirrored" or (cfg.strategy == "auto" and len(gpus) > 1):
-        strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
-    elif cfg.strategy == "one_device":
-        strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
+    if cfg.strategy == "multi_worker":
+        if stage not in MULTI_WORKER_STAGES:
+            raise PipelineError(
+                f"train.strategy is multi_worker, which only {', '.join(MULTI_WORKER_STAGES)} supports: Keras' fit "
+                f"fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); run {stage} with mirrored or auto"
+            )
+        try:
+            cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
+        except (ValueError, AttributeError):
+            raise PipelineError('TF_CONFIG is not a JSON object; see README, "One run on several machines"') from None
+        if not cluster:
+            raise PipelineError(
+                "train.strategy is multi_worker but TF_CONFIG names no cluster; set it on every machine "
+                '(README, "One run on several machines")'
+            )
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # before anything starts TensorFlow's runtime
     else:
-        strategy = tf.distribute.get_strategy()
-    print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {type(strategy).__name__}")
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        if cfg.strategy == "mirrored" or (cfg.strategy == "auto" and len(gpus) > 1):
+            strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+        elif cfg.strategy == "one_device":
+            strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
+        else:
+            strategy = tf.distribute.get_strategy()
+    name = "MultiWorkerMirroredStrategy" if cfg.strategy == "multi_worker" else type(strategy).__name__  # not its alias
+    print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {name}")
     return strategy
+
+
+def is_chief() -> bool:
+    """Whether this process writes the stage's outputs: always, but under ``multi_worker`` only the chief
+    (the task ``chief``, else worker 0) does; the other workers train in step and write nothing."""
+    resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
 
 
 def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
@@ -85,20 +123,25 @@ def fit(
     epoch with ModelCheckpoint); ``patience`` stops early, None never does. ``notes`` go into the summary
     (``metrics/<stage>/metrics.json``) as they are, to say how the model was trained.
     """
+    if not is_chief():  # another worker of multi_worker: the same training, no outputs
+        return _fit_across_workers(model, x, y, validation, epochs, patience, batch_size, live=None)
     live = Live(str(paths.live_dir(stage)), dvcyaml=False, save_dvc_exp=False, report=None)
-    keep_best = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=patience or epochs, restore_best_weights=True
-    )
-    history = model.fit(
-        x,
-        y,
-        validation_data=validation,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=y is not None,  # a tf.data dataset shuffles itself
-        callbacks=[keep_best, DVCLiveCallback(live=live)],
-        verbose=1,
-    ).history
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        history = _fit_across_workers(model, x, y, validation, epochs, patience, batch_size, live)
+    else:
+        keep_best = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience or epochs, restore_best_weights=True
+        )
+        history = model.fit(
+            x,
+            y,
+            validation_data=validation,
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=y is not None,  # a tf.data dataset shuffles itself
+            callbacks=[keep_best, DVCLiveCallback(live=live)],
+            verbose=1,
+        ).history
     best = int(np.argmin(history["val_loss"]))
     live.summary["best"] = {
         "epoch": best + 1,
@@ -112,7 +155,92 @@ def fit(
     return history
 
 
+def _fit_across_workers(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    patience: int | None,
+    batch_size: int,
+    live: Live | None,
+) -> dict[str, list[float]]:
+    """``fit`` on arrays under ``MultiWorkerMirroredStrategy``, in TensorFlow's custom-loop form, as Keras' fit
+    cannot (keras-team/keras#20585): each epoch shuffles the training set with the global seed (the same
+    order on every worker), splits each global batch of ``batch_size`` between the replicas, sums their
+    gradients, and logs what ``fit`` logs; the best epoch's weights are restored, ``patience`` stops early.
+    Every worker scores the whole validation set with the same weights, so all agree on when to stop.
+    """
+    strategy = tf.distribute.get_strategy()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train = (
+        tf.data.Dataset.from_tensor_slices((x, np.asarray(y, dtype=np.float32).reshape(-1, 1)))
+        .shuffle(len(x), reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .with_options(options)
+    )
+    batches = strategy.experimental_distribute_dataset(train)
+    loss = keras.losses.BinaryCrossentropy(reduction=None)
+    model.optimizer.build(model.trainable_variables)  # its slots, mirrored, before the first step
+
+    @tf.function
+    def train_step(features: tf.Tensor, labels: tf.Tensor) -> list[tf.Tensor]:
+        def replica_step(features: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            with tf.GradientTape() as tape:
+                dog = tf.cast(model(features, training=True), tf.float32)
+                losses = loss(labels, dog)
+                mean = tf.nn.compute_average_loss(losses)  # over the global batch: the replicas' gradients sum
+            model.optimizer.apply_gradients(
+                zip(tape.gradient(mean, model.trainable_variables), model.trainable_variables, strict=True)
+            )
+            right = tf.reduce_sum(tf.cast((dog >= 0.5) == (labels >= 0.5), tf.float32))
+            return tf.reduce_sum(losses), right, tf.cast(tf.shape(labels)[0], tf.float32)
+
+        totals = strategy.run(replica_step, args=(features, labels))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None) for total in totals]
+
+    def scores(features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        dog = np.concatenate(
+            [model(features[i : i + batch_size], training=False).numpy() for i in range(0, len(features), batch_size)]
+        ).astype(np.float32)
+        labels = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+        return float(np.mean(loss(labels, dog))), float(np.mean((dog >= 0.5) == (labels >= 0.5)))
+
+    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    best, best_weights, waited = np.inf, model.get_weights(), 0
+    for epoch in range(epochs):
+        summed, right, seen = 0.0, 0.0, 0.0
+        for features, labels in batches:
+            step = [float(value) for value in train_step(features, labels)]
+            summed, right, seen = summed + step[0], right + step[1], seen + step[2]
+        val_loss, val_accuracy = scores(*validation)
+        logs = {"loss": summed / seen, "accuracy": right / seen, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{name} {value:.4f}" for name, value in logs.items()))
+        for name, value in logs.items():
+            history[name].append(value)
+            if live is not None:
+                live.log_metric(f"eval/{name[4:]}" if name.startswith("val_") else f"train/{name}", value)
+        if live is not None:
+            live.next_step()
+        if val_loss < best:
+            best, best_weights, waited = val_loss, model.get_weights(), 0
+        else:
+            waited += 1
+            if patience is not None and waited >= patience:
+                break
+    if live is not None:
+        live.end()  # as DVCLiveCallback ends training
+    model.set_weights(best_weights)
+    return history
+
+
 def save_model(model: keras.Model, path: Path) -> None:
-    """Save a ``.keras`` file atomically, so an interrupted stage leaves no model that looks finished."""
+    """Save a ``.keras`` file atomically, so an interrupted stage leaves no model that looks finished (only the
+    chief keeps its file under ``multi_worker``)."""
+    if not is_chief():  # saving may run collective ops, so every worker saves: the others into scratch
+        with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
+            model.save(Path(scratch) / path.name)
+        return
     with atomic_path(path) as tmp:
         model.save(tmp)

@@ -56,7 +56,7 @@ def test_learning_rates_written_by_dvc_exp_run_are_floats(tmp_path: Path, text: 
         ({"baseline.learning_rate": float("nan")}, "baseline.learning_rate is nan; use a finite number"),
         ({"augment.zoom": "-inf"}, "augment.zoom is -inf; use a finite number"),
         ({"finetune.learning_rate": 10**400}, "finetune.learning_rate is 1000"),
-        ({"train.strategy": "multi_worker"}, "train.strategy is 'multi_worker'; use one of auto, one_device, mirrored"),
+        ({"train.strategy": "tpu"}, "train.strategy is 'tpu'; use one of auto, one_device, mirrored, multi_worker"),
         ({"evaluate.bootstrap": -1}, "evaluate.bootstrap is -1; use 0 (no interval) or more"),
         ({"digits.data.source": "tfds"}, "digits.data.source is 'tfds'; use one of keras, files, offline"),
         ({"digits.data.files": "~/mnist"}, "digits.data.files is '~/mnist'; use a path (no ~)"),

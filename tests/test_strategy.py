@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
-from tests.conftest import LEARNABLE, REPO, call_stage, write_params
+from stages.datasets import load_features
+from tests.conftest import LEARNABLE, REPO, call_stage, inside, write_params
 
 # Two logical CPU devices, made before TensorFlow starts; then one stage, as `python -m` runs it (one stage
 # a process, as DVC runs them: two MirroredStrategy instances in one process share collective keys).
@@ -64,3 +68,67 @@ def test_mirrored_over_two_devices_gives_the_one_device_loss_curve(trained: Path
         one, two = losses(tmp_path / "one_device", stage), losses(tmp_path / "mirrored", stage)
         assert len(one) == len(two) == 2
         np.testing.assert_allclose(two, one, rtol=1e-4)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_trains_the_head_on_two_workers_and_only_the_chief_writes(trained: Path, tmp_path: Path) -> None:
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        root = tmp_path / f"worker{index}"  # each worker its own copy of the data, as on its own machine
+        shutil.copytree(trained / "data/features", root / "data/features")
+        write_params(root / "params.yaml", {**LEARNABLE, "train.strategy": "multi_worker"})
+        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": json.dumps(task)}
+        command = [sys.executable, "-m", "stages.train_head"]
+        workers.append(subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        results = [worker.communicate(timeout=240) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, (out, err) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, err.decode()[-2000:]
+        assert "train.strategy multi_worker: 2 replica(s), MultiWorkerMirroredStrategy" in out.decode()
+    chief, other = tmp_path / "worker0", tmp_path / "worker1"
+    assert not (other / "models").exists() and not (other / "metrics").exists()
+    summary = json.loads((chief / "metrics/train_head/metrics.json").read_text())
+    assert summary["step"] == LEARNABLE["head.epochs"] - 1
+    assert len(losses(chief, "train_head")) == LEARNABLE["head.epochs"]
+    # It learned: the chief's model scores the validation features as the one-process head does (>= 0.85).
+    with inside(chief):
+        validation = load_features("validation")
+    model = keras.models.load_model(chief / "models/head.keras")
+    dog = model.predict(validation.features, verbose=0).reshape(-1)
+    assert np.mean((dog >= 0.5) == validation.labels) >= 0.85
+
+
+@pytest.mark.parametrize(
+    ("stage", "tf_config", "error"),
+    [
+        ("train_baseline", '{"cluster": {"worker": ["127.0.0.1:1"]}}', "which only train_head supports"),
+        ("train_head", "", "TF_CONFIG names no cluster; set it on every machine"),
+    ],
+)
+def test_multi_worker_refuses_what_it_cannot_run_in_one_line(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, tf_config: str, error: str
+) -> None:
+    for folder in ("data/sample", "data/features"):
+        shutil.copytree(trained / folder, tmp_path / folder)
+    write_params(tmp_path / "params.yaml", {**LEARNABLE, "train.strategy": "multi_worker"})
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    result = call_stage(stage, tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: train.strategy is multi_worker") and error in line
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
