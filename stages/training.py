@@ -121,7 +121,8 @@ def fit(
 
     The weights of the epoch with the lowest validation loss are restored at the end (the book keeps that
     epoch with ModelCheckpoint); ``patience`` stops early, None never does. ``notes`` go into the summary
-    (``metrics/<stage>/metrics.json``) as they are, to say how the model was trained.
+    (``metrics/<stage>/metrics.json``) as they are, to say how the model was trained. Under ``multi_worker``
+    the same training runs in ``_fit_across_workers``, and only the chief logs.
     """
     if not is_chief():  # another worker of multi_worker: the same training, no outputs
         return _fit_across_workers(model, x, y, validation, epochs, patience, batch_size, live=None)
