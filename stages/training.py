@@ -60,7 +60,10 @@ def distribution(cfg: TrainConfig, stage: str) -> tf.distribute.Strategy:
         try:
             cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
         except (ValueError, AttributeError):
-            raise PipelineError('TF_CONFIG is not a JSON object; see README, "One run on several machines"') from None
+            raise PipelineError(
+                'train.strategy is multi_worker but TF_CONFIG is not a JSON object; see README, "One run on several '
+                'machines"'
+            ) from None
         if not cluster:
             raise PipelineError(
                 "train.strategy is multi_worker but TF_CONFIG names no cluster; set it on every machine "

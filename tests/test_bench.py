@@ -81,3 +81,11 @@ def test_too_few_images_is_one_line(workdir: Path) -> None:
     result = call_stage("bench", workdir, args=("--images", "1"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "error: --images is 1; use at least 2 (one cat, one dog)"
+
+
+def test_an_unknown_scenario_is_one_line_naming_the_known_ones(workdir: Path) -> None:
+    result = call_stage("bench", workdir, args=("--scenario", "huge"))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: no scenario 'huge' in ") and line.endswith("use one of demo, full, learnable, tiny")
+    assert not (workdir / "bench.json").exists()
