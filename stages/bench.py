@@ -153,55 +153,61 @@ def _training_step(step: str, model: keras.Model, learning_rate: float, params: 
     )
 
 
-def epoch_seconds(params: Params, timings: list[Timing]) -> dict[str, float]:
-    """Seconds one epoch of each image-training stage would take at these rates and ``params.sample`` counts:
-    the training images at the model's training rate, then the validation images forward only.
+# The image-training stages and the model each trains, as evaluate names it.
+TRAINED = {"train_baseline": "baseline", "train_frozen": "frozen", "finetune": "finetuned"}
 
-    Forward-only passes are counted at ``FORWARD_SPEEDUP`` times the model's training rate; ``train_frozen``
-    runs the frozen base forward only on both (its head costs next to nothing), so at the extraction rate.
-    Estimates from measured rates, not timings of an epoch.
+
+def _images(params: Params) -> dict[str, int]:
+    """Images in each split (both classes) at these params."""
+    return {split: 2 * n for split, n in params.sample.counts().items()}
+
+
+def _rates(timings: list[Timing]) -> dict[str, tuple[float, float]]:
+    """Images per second of each trained model, (training, forward only), the pipeline's way.
+
+    Forward-only passes are counted at ``FORWARD_SPEEDUP`` times the model's training rate; the frozen model
+    runs its frozen base forward only either way (its head costs next to nothing), so at the extraction rate.
+    Estimates from measured rates, not timings.
     """
     ours = {t.step: t.ours for t in timings}
-    counts = {split: 2 * n for split, n in params.sample.counts().items()}
-
-    def epoch(train_rate: float, forward_rate: float) -> float:
-        return counts["train"] / train_rate + counts["validation"] / forward_rate
-
     return {
-        "train_baseline": epoch(ours["baseline_step"], FORWARD_SPEEDUP * ours["baseline_step"]),
-        "train_frozen": epoch(ours["extract_features"], ours["extract_features"]),
-        "finetune": epoch(ours["finetune_step"], FORWARD_SPEEDUP * ours["finetune_step"]),
+        "baseline": (ours["baseline_step"], FORWARD_SPEEDUP * ours["baseline_step"]),
+        "frozen": (ours["extract_features"], ours["extract_features"]),
+        "finetuned": (ours["finetune_step"], FORWARD_SPEEDUP * ours["finetune_step"]),
+    }
+
+
+def epoch_seconds(params: Params, timings: list[Timing]) -> dict[str, float]:
+    """Seconds one epoch of each image-training stage would take at these rates and ``params.sample`` counts:
+    the training images at the model's training rate, then the validation images forward only (``_rates``)."""
+    images, rates = _images(params), _rates(timings)
+    return {
+        stage: images["train"] / rates[model][0] + images["validation"] / rates[model][1]
+        for stage, model in TRAINED.items()
     }
 
 
 def estimate_repro(params: Params, timings: list[Timing]) -> dict[str, float]:
     """Seconds each Dogs vs. Cats stage of ``dvc repro`` that runs images through a network would take at these
     rates and params (``epoch_seconds`` times the epochs; the digits study is not measured here)."""
-    ours = {t.step: t.ours for t in timings}
-    counts = {split: 2 * n for split, n in params.sample.counts().items()}
-    epoch = epoch_seconds(params, timings)
-    forward = {
-        "baseline": FORWARD_SPEEDUP * ours["baseline_step"],
-        "frozen": ours["extract_features"],
-        "finetuned": FORWARD_SPEEDUP * ours["finetune_step"],
-    }
+    images, epoch = _images(params), epoch_seconds(params, timings)
+    extraction = next(t.ours for t in timings if t.step == "extract_features")
     return {
         "train_baseline": params.baseline.epochs * epoch["train_baseline"],
-        "extract_features": sum(counts.values()) / ours["extract_features"],
+        "extract_features": sum(images.values()) / extraction,
         "train_frozen": params.frozen.epochs * epoch["train_frozen"],
         "finetune": params.finetune.epochs * epoch["finetune"],
-        "evaluate": sum(counts["test"] / rate for rate in forward.values()),
+        "evaluate": sum(images["test"] / forward for _, forward in _rates(timings).values()),
     }
 
 
 def report(timings: list[Timing], epochs: dict[str, float], estimate: dict[str, float], params: Params) -> str:
     """The table ``make bench`` prints."""
-    counts = {split: 2 * n for split, n in params.sample.counts().items()}
     lines = [f"{'step':<18}{'images':>8}{'ours img/s':>12}{'book img/s':>12}{'ratio':>8}"]
     lines += [f"{t.step:<18}{t.images:>8}{t.ours:>12.2f}{t.book:>12.2f}{t.ratio:>8.2f}" for t in timings]
     lines.append(
-        f"estimated dvc repro at these params ({', '.join(f'{n:,} {s}' for s, n in counts.items())} images): "
-        f"{sum(estimate.values()) / 3600:.1f} h"
+        f"estimated dvc repro at these params ({', '.join(f'{n:,} {s}' for s, n in _images(params).items())} "
+        f"images): {sum(estimate.values()) / 3600:.1f} h"
     )
     for stage, seconds in estimate.items():
         each = f"  ({epochs[stage] / 60:.1f} min an epoch)" if stage in epochs else ""

@@ -27,10 +27,10 @@ TINY = scenarios.load("tiny")
 LEARNABLE = scenarios.load("learnable")
 
 
-def write_params(path: Path, overrides: dict) -> None:
-    """Write the repository's params.yaml to ``path`` with dotted-key ``overrides`` applied."""
+def write_params(path: Path, overrides: dict, base: Path = REPO / "params.yaml") -> None:
+    """Write ``base`` (the repository's params.yaml) to ``path`` with dotted-key ``overrides`` applied."""
     yaml = YAML()
-    params = yaml.load((REPO / "params.yaml").read_text())
+    params = yaml.load(base.read_text())
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = params

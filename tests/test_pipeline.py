@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from ruamel.yaml import YAML
 
 from stages import paths
 from tests.conftest import REPO, TINY, write_params
@@ -66,13 +65,6 @@ STAGES = [
     "evaluate",
 ]
 DIGITS = [f"digits_{step}@{data}" for data in ("mnist", "fashion_mnist") for step in ("data", "train", "evaluate")]
-
-
-def _set_param(path: Path, section: str, key: str, value: object) -> None:
-    """Change one value of the params.yaml at ``path``, keeping the rest as it is."""
-    params = YAML().load(path)
-    params[section][key] = value
-    YAML().dump(params, path)
 
 
 def ran(output: str, stages: list[str] = STAGES) -> list[str]:
@@ -258,7 +250,7 @@ def test_make_demo_runs_offline_and_leaves_params_alone(project: Path) -> None:
 def test_a_digits_training_change_touches_no_other_stage(project: Path) -> None:
     params = project / "params.yaml"
     original = params.read_text()
-    _set_param(params, "digits", "epochs", 2)
+    write_params(params, {"digits.epochs": 2}, base=params)  # the workspace's params, one value changed
     try:
         changed = json.loads(sh(["dvc", "status", "--json"], project))
     finally:
