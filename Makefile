@@ -44,9 +44,9 @@ format: setup
 
 BASE ?= main
 report: setup
-	python -m stages.report --base $(BASE) --out report.md
+	python -m stages.report --base $(BASE) --out report.md --force
 	dvc plots diff $(BASE) --out dvc_plots
 
 # Speed of each step on this machine; BENCH_ARGS="--scenario full" estimates the 25,000-image run.
 bench: setup
-	python -m stages.bench $(BENCH_ARGS)
+	python -m stages.bench --force $(BENCH_ARGS)

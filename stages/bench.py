@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from stages import paths, scenarios
-from stages.common import PipelineError, atomic_path, run
+from stages.common import PipelineError, atomic_path, output_file, run
 from stages.config import FeaturesConfig, HeadConfig, Params, load_params
 from stages.datasets import extract_split, image_dataset
 from stages.models import augmentation, build_baseline, build_extractor, build_finetune, build_head, unfreeze
@@ -218,11 +218,13 @@ def report(timings: list[Timing], epochs: dict[str, float], estimate: dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="generated images per step (default 64)")
-    parser.add_argument("--out", type=Path, default=BENCH_FILE, help="where to write the timings")
+    parser.add_argument("--out", type=Path, default=BENCH_FILE, help=f"the timings' file, or a folder for {BENCH_FILE}")
+    parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     parser.add_argument("--scenario", help="estimate params.yaml with configs/SCENARIO.yaml applied, e.g. full")
     args = parser.parse_args()
     if args.images < 2:
         raise PipelineError(f"--images is {args.images}; use at least 2 (one cat, one dog)")
+    out = output_file(args.out, BENCH_FILE.name, force=args.force, option="--out")
     params = load_params(overrides=scenarios.load(args.scenario) if args.scenario else None)
     timings = measure(params, args.images)
     epochs, estimate = epoch_seconds(params, timings), estimate_repro(params, timings)
@@ -235,7 +237,7 @@ def main() -> None:
         "epoch_seconds": {stage: round(seconds, 1) for stage, seconds in epochs.items()},
         "estimated_repro_seconds": {stage: round(seconds, 1) for stage, seconds in estimate.items()},
     }
-    with atomic_path(args.out) as tmp:
+    with atomic_path(out, replace=args.force) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
 
 

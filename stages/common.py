@@ -47,58 +47,141 @@ def run(main: Callable[[], None]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``target``; on success it replaces ``target``, on failure it vanishes.
+def atomic_path(target: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target``; on success it becomes ``target``, on failure it vanishes.
 
     Works for files and folders alike, so an interrupted stage never leaves an output that looks finished.
+    Whatever is at ``target`` already is replaced only with ``replace``: a stage's own declared output, or a
+    file the user said to replace (``--force``); without it an existing ``target`` is a PipelineError and
+    nothing is touched. A replaced output is first moved into this run's temp folder, so the one folder ever
+    deleted is the one this run made.
     """
     target = Path(target)
+    if not replace:
+        refuse_existing(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    tmp = temp_dir(target.parent, target.name)
     staged = tmp / target.name
     try:
         yield staged
         if not staged.exists():
             raise RuntimeError(f"nothing was written to {staged}")
-        remove(target)
+        if not replace:
+            refuse_existing(target)  # it may have appeared while this run worked
+        if os.path.lexists(target) and (staged.is_dir() or (target.is_dir() and not target.is_symlink())):
+            os.rename(target, tmp / ".replaced")  # nothing renames over a folder: set the old one aside first
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale_temps(target: Path) -> None:
-    """Delete the temp siblings of ``target`` left by a run that was killed outright (SIGKILL, power loss).
+def refuse_existing(target: Path) -> None:
+    if os.path.lexists(target):
+        kind = "a folder" if target.is_dir() else "a file"
+        raise PipelineError(f"{target}: {kind} is there already; this run replaces nothing it did not write")
 
-    A temp folder is named ``.<target>.<pid>.<random>.tmp``; one whose process is gone is stale.
+
+# A temp folder is named .<target>.<pid>-<start>.<8 random characters>.tmp: the pid and the start time of the
+# process that made it (clock ticks since boot, 0 where the system does not say), so a later run can tell a
+# temp folder of this project's from a user's file, and a dead process's from one that reused its pid.
+_TEMP_NAME = r"\.{name}\.(\d+)-(\d+)\.[a-z0-9_]{{8}}\.tmp"
+
+
+def temp_dir(parent: Path, name: str) -> Path:
+    """A new private folder in ``parent`` for work on ``name``, that ``remove_stale_temps`` removes once this
+    process is gone."""
+    pid = os.getpid()
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{pid}-{_start_time(pid)}.", suffix=".tmp", dir=parent))
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Delete the temp folders of ``target`` left by a run that was killed outright (SIGKILL, power loss).
+
+    Only folders named by ``temp_dir``'s scheme go, and only when their process is gone: no process has that
+    pid, or the one that has it started at another time (a reused pid).
     """
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?\w+\.tmp")
+    pattern = re.compile(_TEMP_NAME.format(name=re.escape(target.name)))
+    if not target.parent.is_dir():
+        return
     for tmp in target.parent.iterdir():
         match = pattern.fullmatch(tmp.name)
-        if match and not (match.group(1) and _alive(int(match.group(1)))):
+        if match and tmp.is_dir() and not tmp.is_symlink() and _stale(int(match[1]), int(match[2])):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def _stale(pid: int, started: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
         return True
-    return True
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return bool(started) and _start_time(pid) not in (0, started)
 
 
-def remove(path: Path) -> None:
-    """Delete a file or a folder if it exists."""
+def _start_time(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``); 0 if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    # The name in parentheses may hold spaces; the 22nd field, start time, is the 20th after it.
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+SYSTEM_FOLDERS = tuple(Path(p) for p in ("/proc", "/sys", "/dev"))
+
+
+def output_file(path: Path, default_name: str, *, force: bool, option: str) -> Path:
+    """Where a tool writes the file the user named with ``option``: ``path``, or ``path/default_name`` when
+    ``path`` is a folder. Checked before any work: a file there is replaced only with ``force``, and never a
+    folder, a FIFO or a device; the folder must be one a file can be written in."""
     path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    if path.is_dir():
+        path = path / default_name
+    replaceable(path, force=force, option=option)
+    writable_folder(path.parent, option)
+    return path
+
+
+def replaceable(path: Path, *, force: bool, option: str) -> None:
+    """Raise a PipelineError unless a tool may write the file ``path``: nothing is there, or a regular file
+    that ``force`` says to replace; a folder, a FIFO or a device never is."""
+    if not os.path.lexists(path):
+        return
+    if path.is_dir():
+        raise PipelineError(f"{option} {path}: a folder of that name is in the way; name another place")
+    if not path.is_file():
+        raise PipelineError(f"{option} {path}: not a regular file; name another place")
+    if not force:
+        raise PipelineError(f"{option} {path}: the file exists; pass --force to replace it, or name another place")
+
+
+def output_dir(path: Path, *, option: str) -> Path:
+    """A folder the user named with ``option`` to write files into (made if missing), checked before any work."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise PipelineError(f"{option} {path}: a file, not a folder; name a folder to write into")
+    writable_folder(path, option)
+    return path
+
+
+def writable_folder(folder: Path, option: str) -> None:
+    """Raise a PipelineError unless files can be made in ``folder`` (or, if it is missing, in its nearest
+    existing parent), outside the system's pseudo-file systems."""
+    resolved = Path(os.path.abspath(folder)).resolve()
+    for system in SYSTEM_FOLDERS:
+        if resolved == system or system in resolved.parents:
+            raise PipelineError(f"{option} {folder}: inside {system}, which is the system's; name a folder of yours")
+    existing = next(p for p in (resolved, *resolved.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise PipelineError(f"{option} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PipelineError(f"{option} {folder}: {existing} is not writable; name a folder of yours")
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically, with a trailing newline."""
-    with atomic_path(path) as tmp:
+    """Write a stage's declared output ``data`` as indented JSON, atomically, with a trailing newline."""
+    with atomic_path(path, replace=True) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

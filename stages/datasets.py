@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from stages import paths
-from stages.common import PipelineError, atomic_path, remove_stale_temps
+from stages.common import PipelineError, atomic_path, remove_stale_temps, temp_dir
 
 
 def image_dataset(
@@ -73,6 +72,9 @@ def training_images(image_size: int, batch_size: int, seed: int) -> tuple[tf.dat
     )
 
 
+DISK_MARGIN = 1.05  # the decoded-image cache on disk: its pixels plus TensorFlow's index files
+
+
 def _cache_file(split: str, nbytes: int) -> str:
     """Where ``image_dataset`` keeps decoded pixels: ``""`` (memory) when they take at most a quarter of the
     free memory, else a scratch folder under ``data/cache/`` that goes when the process exits (one left by a
@@ -81,7 +83,13 @@ def _cache_file(split: str, nbytes: int) -> str:
         return ""
     paths.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(paths.CACHE_DIR / split)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{split}.{os.getpid()}.", suffix=".tmp", dir=paths.CACHE_DIR))
+    free = shutil.disk_usage(paths.CACHE_DIR).free
+    if free < nbytes * DISK_MARGIN:
+        raise PipelineError(
+            f"{split}: no space for its {nbytes / 2**30:.1f} GiB of decoded images, neither in memory nor in "
+            f"{paths.CACHE_DIR} ({free / 2**30:.1f} GiB free); free disk space there, or lower image.size"
+        )
+    scratch = temp_dir(paths.CACHE_DIR, split)
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     print(f"{split}: {nbytes / 2**30:.1f} GiB of decoded images do not fit in memory; caching them in {scratch}")
     return str(scratch / "pixels")
@@ -145,7 +153,10 @@ def write_features(
     large the split. It is the file ``np.savez`` writes: uncompressed members ``features``, ``labels``, ``files``.
     """
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with (
+        atomic_path(path, replace=True) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
         with archive.open("features.npy", "w", force_zip64=True) as member:
             np.lib.format.write_array_header_1_0(member, header)
             written = 0

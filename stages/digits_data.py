@@ -222,7 +222,7 @@ def split_validation(train: Split, count: int, seed: int) -> tuple[Split, Split]
 
 def save(folder: Path, splits: dict[str, Split]) -> None:
     """``<folder>/<split>.npz`` with ``x`` and ``y``, all at once: an interrupted run leaves no folder."""
-    with atomic_path(folder) as tmp:
+    with atomic_path(folder, replace=True) as tmp:
         tmp.mkdir()
         for name, split in splits.items():
             np.savez(tmp / f"{name}.npz", x=split.x, y=split.y)

@@ -98,7 +98,7 @@ def main() -> None:
     results = score(labels, probabilities, names)
     table = predictions_table(labels, probabilities, names)
     folder = paths.digits_evaluate_dir(dataset)
-    with atomic_path(folder) as tmp:
+    with atomic_path(folder, replace=True) as tmp:
         tmp.mkdir()
         table.to_csv(tmp / "predictions.csv", index=False, lineterminator="\n")
         gallery(test, table, params.digits.gallery_size, dataset).save(tmp / "gallery.png", optimize=True)

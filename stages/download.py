@@ -213,7 +213,7 @@ def download(cfg: DataConfig, target: Path) -> None:
 
 def main() -> None:
     params = load_params()
-    with atomic_path(paths.RAW_DIR) as tmp:
+    with atomic_path(paths.RAW_DIR, replace=True) as tmp:
         tmp.mkdir()
         download(params.data, tmp / paths.RAW_ARCHIVE.name)
     archive = paths.RAW_ARCHIVE

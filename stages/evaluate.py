@@ -166,12 +166,12 @@ def explainer(model: keras.Model, sample_dir: Path, threshold: float) -> Explain
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=True) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def _write_png(image: Image.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=True) as tmp:
         image.save(tmp, format="PNG", optimize=True)
 
 

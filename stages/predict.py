@@ -10,7 +10,8 @@ one error line on stderr, the others are still classified, and the exit status i
 vgg16,resnet50,xception`` runs several and prints their guesses side by side. The class names work
 offline: when Keras cannot download its class index, the shipped ``stages/imagenet_classes.tsv`` names them.
 
-``--explain OUT_DIR`` also writes each photo with its Grad-CAM heatmap over it (where the model looked).
+``--explain OUT_DIR`` also writes each photo with its Grad-CAM heatmap over it (where the model looked), as
+``<name>.gradcam.png``; an overlay already there is replaced only with ``--force``.
 
 A digits model (``models/digits/<dataset>.keras``) takes any image too: it is made grayscale, inverted if
 its background is light (the datasets are light on black) and resized to 28x28; each line says which.
@@ -34,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from stages import gradcam, paths
-from stages.common import PipelineError, atomic_path, run
+from stages.common import PipelineError, atomic_path, output_dir, replaceable, run
 from stages.config import FeaturesConfig, load_params
 from stages.datasets import resized_pixels
 from stages.digits_data import CLASSES, SIDE
@@ -125,25 +126,17 @@ def load_batches(files: list[Path], size: int, batch_size: int, errors: list[str
         yield batch_files, np.stack(batch_pixels)
 
 
-def classify(
-    model: keras.Model,
-    files: list[Path],
-    threshold: float,
-    batch_size: int,
-    errors: list[str],
-    explain_dir: Path | None = None,
-):
-    """One row per readable image: path, label, P(label), P(dog); with ``explain_dir``, a Grad-CAM overlay
-    per image is written there (``<name>.png``, ``<name>-2.png`` for a second photo of the same name)."""
+def classify(model: keras.Model, files: list[Path], threshold: float, batch_size: int, errors: list[str],
+             overlays: dict[Path, Path] | None = None):  # fmt: skip
+    """One row per readable image: path, label, P(label), P(dog); with ``overlays`` (see ``overlay_paths``),
+    each image's Grad-CAM overlay is written where it says."""
     rows = []
-    taken: set[str] = set()
     for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
         dogs = model.predict(pixels, verbose=0).reshape(-1)
-        if explain_dir is not None:
+        if overlays is not None:
             maps, _ = gradcam.heatmaps(model, pixels, threshold)
             for file, image, heatmap in zip(batch_files, pixels, maps, strict=True):
-                name = _free_name(file.stem, taken)
-                with atomic_path(explain_dir / f"{name}.png") as tmp:
+                with atomic_path(overlays[file], replace=True) as tmp:  # overlay_paths checked what may go
                     gradcam.overlay(image, heatmap).save(tmp, format="PNG")
         for file, dog, labelled in zip(batch_files, dogs, predicted_labels(dogs, threshold), strict=True):
             label = paths.CLASS_NAMES[labelled]
@@ -156,6 +149,23 @@ def classify(
                 }
             )
     return rows
+
+
+OVERLAY_SUFFIX = ".gradcam.png"
+
+
+def overlay_paths(files: list[Path], out_dir: Path, force: bool) -> dict[Path, Path]:
+    """Where ``--explain`` writes each photo's overlay: ``<stem>.gradcam.png`` in ``out_dir``, and
+    ``<stem>-2.gradcam.png``... for more photos of one name. Checked before any work, so the photos' own folder
+    is a fine ``out_dir``: a file of that name is replaced only with ``force``, a folder never."""
+    output_dir(out_dir, option="--explain")
+    targets: dict[Path, Path] = {}
+    taken: set[str] = set()
+    for file in files:
+        target = out_dir / f"{_free_name(file.stem, taken)}{OVERLAY_SUFFIX}"
+        replaceable(target, force=force, option="--explain")
+        targets[file] = target
+    return targets
 
 
 def _free_name(stem: str, taken: set[str]) -> str:
@@ -297,8 +307,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text")
     parser.add_argument("--imagenet", action="store_true", help="top-5 ImageNet classes from the pretrained network")
     parser.add_argument(
-        "--explain", type=Path, metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per photo into OUT_DIR"
+        "--explain",
+        type=Path,
+        metavar="OUT_DIR",
+        help="write a Grad-CAM overlay <name>.gradcam.png per photo into OUT_DIR",
     )
+    parser.add_argument("--force", action="store_true", help="with --explain: replace overlays written before")
     parser.add_argument(
         "--base",
         help="with --imagenet: comma-separated bases side by side, e.g. vgg16,resnet50 (default features.base)",
@@ -329,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.redirect_stdout(sys.stderr):
         if args.imagenet and args.explain:
             raise PipelineError("--explain works with a cat/dog model, not with --imagenet")
+        if args.base is not None and not args.imagenet:
+            raise PipelineError("--base chooses the networks of --imagenet; add --imagenet, or leave --base out")
+        overlays = overlay_paths(files, args.explain, args.force) if args.explain else None
         if args.imagenet:
             rows = classify_imagenet(imagenet_bases(args.base, params.features), params.features.weights, files,
                                      batch_size, errors)  # fmt: skip
@@ -346,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{paths.FINETUNED_MODEL} or {paths.BASELINE_MODEL}"
                 )
             else:
-                rows = classify(model, files, params.evaluate.threshold, batch_size, errors, args.explain)
+                rows = classify(model, files, params.evaluate.threshold, batch_size, errors, overlays)
                 if args.explain:
                     print(f"predict: Grad-CAM overlays of {len(rows)} photos in {args.explain}", file=sys.stderr)
     write(rows, args.format, results)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from stages import paths, stats
-from stages.common import atomic_path, run
+from stages.common import atomic_path, output_file, run
 
+REPORT_NAME = "report.md"
 COLUMNS = {
     "accuracy": "accuracy",
     "precision": "precision",
@@ -167,12 +168,16 @@ def render(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="main", help="git revision to compare against (default: main)")
-    parser.add_argument("--out", type=Path, default=Path("report.md"), help="where to write the page")
+    parser.add_argument(
+        "--out", type=Path, default=Path(REPORT_NAME), help=f"the page's file, or a folder for {REPORT_NAME}"
+    )
+    parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     args = parser.parse_args()
+    out = output_file(args.out, REPORT_NAME, force=args.force, option="--out")
     page = render(args.base)
-    with atomic_path(args.out) as tmp:
+    with atomic_path(out, replace=args.force) as tmp:
         tmp.write_text(page)
-    print(f"report: wrote {args.out}")
+    print(f"report: wrote {out}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def summary(manifest: pd.DataFrame, tally: Tally) -> dict:
 def main() -> None:
     params = load_params()
     source = paths.RAW_ARCHIVE
-    with open_zip(source) as archive, atomic_path(paths.SAMPLE_DIR) as out_dir:
+    with open_zip(source) as archive, atomic_path(paths.SAMPLE_DIR, replace=True) as out_dir:
         out_dir.mkdir()
         manifest, tally = draw(archive, params.sample, params.seed, out_dir)
         manifest.to_csv(out_dir / paths.MANIFEST.name, index=False, lineterminator="\n")

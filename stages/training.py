@@ -246,5 +246,5 @@ def save_model(model: keras.Model, path: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
             model.save(Path(scratch) / path.name)
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=True) as tmp:
         model.save(tmp)

@@ -74,11 +74,46 @@ def test_predict_explain_writes_one_overlay_per_photo(trained: Path, tmp_path: P
     with inside(trained):
         predict.main([str(photos), "--explain", str(tmp_path / "cams")])
     written = sorted(p.name for p in (tmp_path / "cams").iterdir())
-    assert written == ["rex-2.png", "rex.png"]  # two photos named alike: neither overwrites the other
-    with Image.open(tmp_path / "cams/rex.png") as overlay:
+    assert written == ["rex-2.gradcam.png", "rex.gradcam.png"]  # two photos named alike: neither overwrites the other
+    with Image.open(tmp_path / "cams/rex.gradcam.png") as overlay:
         assert overlay.size == (32, 32)  # the model's input size
     assert "Grad-CAM overlays of 2 photos" in capsys.readouterr().err
     with inside(trained), pytest.raises(PipelineError, match="not a cat/dog image model"):
         predict.main([str(photos), "--model", str(paths.HEAD_MODEL), "--explain", str(tmp_path / "x")])
     with inside(trained), pytest.raises(PipelineError, match="not with --imagenet"):
         predict.main([str(photos), "--imagenet", "--explain", str(tmp_path / "x")])
+
+
+def test_predict_explain_into_the_photos_own_folder_keeps_every_file_of_the_user(trained: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (50, 40), (200, 120, 40)).save(photos / "rex.png")
+    Image.new("RGB", (30, 60), (20, 120, 240)).save(photos / "holiday.png")
+    (photos / "notes.txt").write_text("mine")
+    mine = {p.name: p.read_bytes() for p in photos.iterdir()}
+    with inside(trained):
+        predict.main([str(photos), "--explain", str(photos)])
+    assert {p.name: p.read_bytes() for p in photos.iterdir() if p.name in mine} == mine
+    assert sorted(p.name for p in photos.glob("*.gradcam.png")) == ["holiday.gradcam.png", "rex.gradcam.png"]
+    overlays = {p.name: p.read_bytes() for p in photos.glob("*.gradcam.png")}
+
+    # Again: the overlays are files it did not write this time, so they stay unless --force says otherwise.
+    with inside(trained), pytest.raises(PipelineError, match=r"rex.gradcam.png: the file exists; pass --force"):
+        predict.main([str(photos / "rex.png"), "--explain", str(photos)])
+    (photos / "rex.gradcam.png").write_bytes(b"not an overlay")
+    with inside(trained):
+        predict.main([str(photos / "rex.png"), "--explain", str(photos), "--force"])
+    assert (photos / "rex.gradcam.png").read_bytes() == overlays["rex.gradcam.png"]
+
+    # A folder in the way is never removed, and it is found before the model loads (this one does not exist).
+    (photos / "holiday.gradcam.png").unlink()
+    (photos / "holiday.gradcam.png").mkdir()
+    (photos / "holiday.gradcam.png/keep.txt").write_text("mine")
+    for force in ([], ["--force"]):
+        with inside(trained), pytest.raises(PipelineError, match=r"holiday\.gradcam\.png: a folder of that name"):
+            predict.main([str(photos), "--explain", str(photos), "--model", "missing.keras", *force])
+    assert (photos / "holiday.gradcam.png/keep.txt").read_text() == "mine"
+    with inside(trained), pytest.raises(PipelineError, match=r"--explain .*notes\.txt: a file, not a folder"):
+        predict.main([str(photos), "--explain", str(photos / "notes.txt")])
+    with inside(trained), pytest.raises(PipelineError, match="inside /proc"):
+        predict.main([str(photos), "--explain", "/proc/self"])

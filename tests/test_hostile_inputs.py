@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import download, images, sample
+from stages import common, download, images, sample
 from stages.common import PipelineError
 from tests.conftest import REPO, image_bytes, kaggle_members, make_zip, run_stage, write_params
 
@@ -280,15 +280,19 @@ def test_a_signal_removes_the_partial_output(tmp_path: Path, signum: int, status
 def test_temp_folders_of_killed_runs_are_removed_when_the_stage_next_runs(workdir: Path) -> None:
     download.main()
     data = workdir / "data"
-    dead = data / ".sample.999999999.k1ll3d.tmp"  # no such process: SIGKILLed long ago
-    legacy = data / ".sample.ab12cd34.tmp"  # the name an older version gave, without a pid
-    running = data / f".sample.{os.getpid()}.busy.tmp"  # a live process's: left alone
-    other = data / ".sample.json.999999999.x.tmp"  # another target's
-    for folder in (dead, legacy, running, other):
+    me = f"{os.getpid()}-{common._start_time(os.getpid())}"
+    dead = data / ".sample.999999999-12.k1ll3d00.tmp"  # no such process: SIGKILLed long ago
+    reused = data / f".sample.{os.getpid()}-1.r3us3d00.tmp"  # this pid, but a process that started at tick 1
+    running = data / f".sample.{me}.busy0000.tmp"  # a live process's: left alone
+    other = data / ".sample.json.999999999-12.x0000000.tmp"  # another target's
+    users = [data / ".sample.mine.tmp", data / ".sample.999999999.ab12cd34.tmp", data / ".sample.1-2.notours.tmp"]
+    for folder in (dead, reused, running, other, *users):
         folder.mkdir()
         (folder / "cat.1.jpg").write_bytes(b"partial")
+    (data / ".sample.999999998-3.l1nk0000.tmp").symlink_to(running)  # a link named like ours: not followed
     time.sleep(0.01)
     sample.main()
-    assert not dead.exists() and not legacy.exists()
-    assert running.exists() and other.exists()
+    assert not dead.exists() and not reused.exists()
+    assert running.exists() and other.exists() and all(folder.exists() for folder in users)
+    assert (running / "cat.1.jpg").exists() and (data / ".sample.999999998-3.l1nk0000.tmp").is_symlink()
     assert (data / "sample/manifest.csv").is_file()

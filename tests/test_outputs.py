@@ -1,0 +1,105 @@
+"""Outputs never replace what the run did not write: atomic_path, and every tool's --out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from stages import bench, report
+from stages.common import PipelineError, atomic_path, output_file
+from tests.conftest import call_stage
+
+
+def _user_folder(path: Path) -> dict[str, bytes]:
+    (path / "inner").mkdir(parents=True)
+    (path / "thesis.tex").write_text("years of work")
+    (path / "inner/data.csv").write_text("1,2,3")
+    return _contents(path)
+
+
+def _contents(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_atomic_path_without_replace_touches_nothing_that_is_there(tmp_path: Path) -> None:
+    folder, file = tmp_path / "out", tmp_path / "page.md"
+    mine = _user_folder(folder)
+    file.write_text("mine")
+    for target in (folder, file):
+        with (
+            pytest.raises(PipelineError, match="is there already; this run replaces nothing"),
+            atomic_path(target) as tmp,
+        ):
+            tmp.write_text("new")
+    assert _contents(folder) == mine and file.read_text() == "mine"
+    late = tmp_path / "late.md"
+    with pytest.raises(PipelineError, match=r"late\.md: a file is there already"), atomic_path(late) as tmp:
+        tmp.write_text("new")
+        late.write_text("written meanwhile by someone else")
+    assert late.read_text() == "written meanwhile by someone else"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.md", "out", "page.md"]  # no temp left
+
+
+def test_atomic_path_replaces_a_stage_output_whole_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sample"
+    _user_folder(target)
+    with atomic_path(target, replace=True) as tmp:
+        tmp.mkdir()
+        (tmp / "manifest.csv").write_text("new")
+    assert _contents(target) == {"manifest.csv": b"new"}
+    with atomic_path(target, replace=True) as tmp:  # a folder replaced by a file, as a changed stage may do
+        tmp.write_text("a file now")
+    assert target.read_text() == "a file now"
+    assert [p.name for p in tmp_path.iterdir()] == ["sample"]
+
+
+def test_output_file_goes_inside_a_folder_and_replaces_a_file_only_when_forced(tmp_path: Path) -> None:
+    assert output_file(tmp_path, "report.md", force=False, option="--out") == tmp_path / "report.md"
+    (tmp_path / "report.md").write_text("mine")
+    with pytest.raises(PipelineError, match=r"^--out .*report.md: the file exists; pass --force to replace it"):
+        output_file(tmp_path, "report.md", force=False, option="--out")
+    assert output_file(tmp_path / "report.md", "x", force=True, option="--out") == tmp_path / "report.md"
+    (tmp_path / "sub/report.md").mkdir(parents=True)
+    with pytest.raises(PipelineError, match="a folder of that name is in the way"):
+        output_file(tmp_path / "sub", "report.md", force=True, option="--out")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(PipelineError, match="fifo: not a regular file"):
+        output_file(tmp_path / "fifo", "report.md", force=True, option="--out")
+    with pytest.raises(PipelineError, match=r"--out /proc/self: inside /proc"):
+        output_file(Path("/proc/self/x"), "report.md", force=True, option="--out")
+    with pytest.raises(PipelineError, match="/dev/null: not a regular file"):
+        output_file(Path("/dev/null"), "report.md", force=True, option="--out")
+    with pytest.raises(PipelineError, match=r"report.md is a file, not a folder"):
+        output_file(tmp_path / "report.md/deeper/page.md", "x", force=True, option="--out")
+
+
+@pytest.mark.parametrize("tool", ["report", "bench"])
+def test_a_tools_out_folder_holding_the_users_files_gets_one_file_more(
+    tool: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = []
+    monkeypatch.setattr(report, "render", lambda base: work.append(base) or "# page\n")
+    monkeypatch.setattr(bench, "measure", lambda params, images: work.append(images) or [])
+    monkeypatch.setattr(bench, "epoch_seconds", lambda params, timings: {})
+    monkeypatch.setattr(bench, "estimate_repro", lambda params, timings: {})
+    name = {"report": "report.md", "bench": "bench.json"}[tool]
+    home = workdir / "home"
+    mine = _user_folder(home)
+    result = call_stage(tool, workdir, args=("--out", str(home)))
+    assert result.returncode == 0, result.stderr
+    assert {k: v for k, v in _contents(home).items() if k != name} == mine
+    written = (home / name).read_bytes()
+    assert len(work) == 1
+
+    # The same again: the file is there now, so it takes --force; nothing runs before that is checked.
+    again = call_stage(tool, workdir, args=("--out", str(home)))
+    assert again.returncode == 1 and len(work) == 1
+    assert again.stderr.strip().splitlines() == [f"error: --out {home / name}: the file exists; pass --force to "
+                                                 "replace it, or name another place"]  # fmt: skip
+    assert (home / name).read_bytes() == written
+    (home / name).write_text("the user's own")
+    assert call_stage(tool, workdir, args=("--out", str(home / name), "--force")).returncode == 0
+    assert (home / name).read_bytes() == written
+    assert {k: v for k, v in _contents(home).items() if k != name} == mine
