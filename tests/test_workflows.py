@@ -79,3 +79,50 @@ def test_the_report_workflow_installs_every_package_the_report_imports() -> None
     (step,) = [s for s in _steps(REPO / ".github/workflows/pr-report.yml") if "grep -E" in s.get("run", "")]
     installed = set(re.search(r"\^\((.*)\)==", step["run"]).group(1).replace("\\.", ".").split("|"))
     assert third_party and third_party <= installed
+
+
+FAKE_GH = """#!/bin/sh
+echo "$*" >> "$GH_CALLS"
+if [ "$1" = api ]; then echo "$FAKE_PR_HEAD"; fi
+"""
+
+
+@pytest.mark.parametrize(
+    ("claimed", "actual_head", "commented"),
+    [
+        ("7", "open abc123 fork/dogs", True),  # the pull request the report ran on
+        ("3", "open f00d42 owner/dogs", False),  # another pull request's number: a maintainer's
+        ("7", "open abc123 owner/dogs", False),  # the same commit, but not from the fork that ran the report
+        ("7", "closed abc123 fork/dogs", False),
+        ("7; rm -rf ~", "", False),
+    ],
+)
+def test_the_report_is_posted_only_on_the_pull_request_it_ran_on(
+    tmp_path: Path, claimed: str, actual_head: str, commented: bool
+) -> None:
+    (step,) = [s for s in _steps(REPO / ".github/workflows/pr-comment.yml") if "gh pr comment" in s.get("run", "")]
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/gh").write_text(FAKE_GH)
+    (tmp_path / "bin/gh").chmod(0o755)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report/pr-number").write_text(claimed + "\n")
+    (tmp_path / "report/report.md").write_text("# page\n")
+    calls = tmp_path / "calls"
+    env = {
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "GH_CALLS": str(calls),
+        "FAKE_PR_HEAD": actual_head,
+        "GH_REPO": "owner/dogs",
+        "HEAD_SHA": "abc123",  # what the workflow_run event says, not the artifact
+        "HEAD_REPO": "fork/dogs",
+    }
+    result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    posted = (
+        [line for line in calls.read_text().splitlines() if line.startswith("pr comment")] if calls.exists() else []
+    )
+    if commented:
+        assert result.returncode == 0, result.stderr
+        assert posted == ["pr comment 7 --edit-last --body-file report/report.md"]
+    else:
+        assert result.returncode != 0 and posted == []
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
