@@ -276,6 +276,10 @@ class TrainConfig:
     jit_compile: bool
     deterministic: bool
     strategy: Strategy
+    cluster_timeout: float
+
+    def __post_init__(self) -> None:
+        _positive(self.cluster_timeout, "train.cluster_timeout")
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,25 @@ from stages.common import run
 from stages.config import load_params
 from stages.datasets import feature_stats, load_features
 from stages.models import build_head
-from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
+from stages.training import (
+    compile_binary,
+    distribution,
+    fit,
+    is_worker_process,
+    run_as_worker,
+    save_model,
+    seed_everything,
+    set_precision,
+)
 
 STAGE = "train_head"
 
 
 def main() -> None:
     params = load_params()
+    if params.train.strategy == "multi_worker" and not is_worker_process():
+        run_as_worker(STAGE, (paths.HEAD_MODEL, paths.live_dir(STAGE)), params.train.cluster_timeout)
+        return
     cfg = params.head
     train, validation = load_features("train"), load_features("validation")
     strategy = distribution(params.train, STAGE)  # before any TensorFlow op, as multi_worker needs

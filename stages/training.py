@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from stages import paths
-from stages.common import PipelineError, atomic_path
+from stages.common import PipelineError, atomic_path, remove_stale_temps
 from stages.config import TrainConfig
 
 
@@ -57,19 +61,9 @@ def distribution(cfg: TrainConfig, stage: str) -> tf.distribute.Strategy:
                 f"train.strategy is multi_worker, which only {', '.join(MULTI_WORKER_STAGES)} supports: Keras' fit "
                 f"fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); run {stage} with mirrored or auto"
             )
-        try:
-            cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
-        except (ValueError, AttributeError):
-            raise PipelineError(
-                'train.strategy is multi_worker but TF_CONFIG is not a JSON object; see README, "One run on several '
-                'machines"'
-            ) from None
-        if not cluster:
-            raise PipelineError(
-                "train.strategy is multi_worker but TF_CONFIG names no cluster; set it on every machine "
-                '(README, "One run on several machines")'
-            )
+        check_tf_config()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()  # before anything starts TensorFlow's runtime
+        _say_ready()
     else:
         gpus = tf.config.list_logical_devices("GPU")
         devices = gpus or tf.config.list_logical_devices("CPU")
@@ -82,6 +76,98 @@ def distribution(cfg: TrainConfig, stage: str) -> tf.distribute.Strategy:
     name = "MultiWorkerMirroredStrategy" if cfg.strategy == "multi_worker" else type(strategy).__name__  # not its alias
     print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {name}")
     return strategy
+
+
+_TF_CONFIG_HELP = 'set it on every machine (README, "One run on several machines")'
+
+
+def check_tf_config() -> dict:
+    """``TF_CONFIG`` as ``multi_worker`` needs it (a cluster of ``host:port`` lists, this machine's task in it), or
+    a PipelineError naming what is wrong."""
+
+    def wrong(problem: str) -> PipelineError:
+        return PipelineError(f"train.strategy is multi_worker but TF_CONFIG {problem}; {_TF_CONFIG_HELP}")
+
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        raise wrong("is not a JSON object") from None
+    if not isinstance(config, dict):
+        raise wrong("is not a JSON object")
+    cluster = config.get("cluster")
+    if not cluster:
+        raise wrong("names no cluster")
+    addresses = cluster.values() if isinstance(cluster, dict) else [None]
+    if not all(
+        isinstance(a, list) and a and all(isinstance(x, str) and ADDRESS.fullmatch(x) for x in a) for a in addresses
+    ):
+        raise wrong(
+            'has a "cluster" that is not a task type to host:port list map, e.g. {"worker": ["h1:2222", "h2:2222"]}'
+        )
+    task = config.get("task")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise wrong(
+            f'names no "task" of this machine: use {{"type": one of {", ".join(map(repr, cluster))}, "index": N}}'
+        )
+    index, count = task.get("index", 0), len(cluster[task["type"]])
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+        raise wrong(
+            f"has task index {index!r}, but its cluster has {count} {task['type']} task(s): use 0 to {count - 1}"
+        )
+    return config
+
+
+ADDRESS = re.compile(r"[^\s:/]+:\d{1,5}|\[[0-9a-fA-F:.]+\]:\d{1,5}")
+# Set for the child process that ``run_as_worker`` starts: the pipe it says "ready" on once the cluster formed.
+_READY_FD = "DOGS_VS_CATS_WORKER_READY_FD"
+
+
+def is_worker_process() -> bool:
+    """Whether this process is the child ``run_as_worker`` started (which trains), not its parent (which waits)."""
+    return _READY_FD in os.environ
+
+
+def run_as_worker(stage: str, outputs: tuple[Path, ...], timeout: float) -> None:
+    """Run this ``multi_worker`` stage as a child process and wait for it, so that the wait has a bound and a
+    signal stops it. Inside TensorFlow neither holds: waiting for the cluster, it keeps the GIL (no Python
+    thread or signal handler runs), and it catches SIGTERM itself. Here the child must say the cluster formed
+    within ``timeout`` seconds; SIGINT or SIGTERM kill it at once and remove its temp ``outputs``; its exit
+    status becomes this process's."""
+    check_tf_config()
+    cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+    print(
+        f"{stage}: waiting up to {timeout:g} s for the {sum(map(len, cluster.values()))} tasks of TF_CONFIG's cluster"
+    )
+    sys.stdout.flush()
+    read, write = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-m", f"stages.{stage}"], env={**os.environ, _READY_FD: str(write)}, pass_fds=(write,)
+    )
+    os.close(write)
+    try:
+        if not select.select([read], [], [], timeout)[0]:
+            raise PipelineError(
+                f"train.strategy is multi_worker, but the cluster of TF_CONFIG did not form within "
+                f"train.cluster_timeout ({timeout:g} s): start {stage} on every machine it names, or check their "
+                "addresses"
+            )
+        code = child.wait()  # said ready, or ended before (its own error line is printed)
+    finally:
+        os.close(read)
+        if child.poll() is None:
+            child.kill()  # SIGKILL: TensorFlow would swallow a SIGTERM
+            child.wait()
+            for output in outputs:
+                remove_stale_temps(output)
+    if code:
+        raise SystemExit(code)
+
+
+def _say_ready() -> None:
+    fd = os.environ.pop(_READY_FD, None)
+    if fd is not None:
+        os.write(int(fd), b"ready")
+        os.close(int(fd))
 
 
 def is_chief() -> bool:
@@ -129,14 +215,40 @@ def fit(
     """
     if not is_chief():  # another worker of multi_worker: the same training, no outputs
         return _fit_across_workers(model, x, y, validation, epochs, patience, batch_size, live=None)
-    live = Live(str(paths.live_dir(stage)), dvcyaml=False, save_dvc_exp=False, report=None)
+    # DVCLive writes into a temp folder that replaces the last run's only when training ends well: an
+    # interrupted or failed run leaves the previous metrics, not half of new ones.
+    with atomic_path(paths.live_dir(stage), replace=True) as live_dir:
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        history = _fit_logged(model, x, y, validation, epochs, patience, batch_size, live)
+        best = int(np.argmin(history["val_loss"]))
+        live.summary["best"] = {
+            "epoch": best + 1,
+            "loss": history["loss"][best],
+            "accuracy": history["accuracy"][best],
+            "val_loss": history["val_loss"][best],
+            "val_accuracy": history["val_accuracy"][best],
+        }
+        live.summary.update(notes or {})
+        live.make_summary()
+    return history
+
+
+def _fit_logged(model, x, y, validation, epochs: int, patience: int | None, batch_size: int | None, live: Live):
+    """``fit``'s training on the chief, logged to ``live``: Keras' fit, or the loop across workers."""
     if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        history = _fit_across_workers(model, x, y, validation, epochs, patience, batch_size, live)
+        try:
+            return _fit_across_workers(model, x, y, validation, epochs, patience, batch_size, live)
+        except tf.errors.OpError as error:  # a peer died or stopped answering: the collective ops fail
+            reason = (error.message or type(error).__name__).strip().splitlines()[0][:200]
+            raise PipelineError(
+                f"multi_worker training stopped: a worker of TF_CONFIG's cluster failed ({reason}); "
+                "start every worker again"
+            ) from None
     else:
         keep_best = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=patience or epochs, restore_best_weights=True
         )
-        history = model.fit(
+        return model.fit(
             x,
             y,
             validation_data=validation,
@@ -146,17 +258,6 @@ def fit(
             callbacks=[keep_best, DVCLiveCallback(live=live)],
             verbose=1,
         ).history
-    best = int(np.argmin(history["val_loss"]))
-    live.summary["best"] = {
-        "epoch": best + 1,
-        "loss": history["loss"][best],
-        "accuracy": history["accuracy"][best],
-        "val_loss": history["val_loss"][best],
-        "val_accuracy": history["val_accuracy"][best],
-    }
-    live.summary.update(notes or {})
-    live.make_summary()
-    return history
 
 
 def _fit_across_workers(

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import keras
@@ -113,6 +117,9 @@ def test_multi_worker_trains_the_head_on_two_workers_and_only_the_chief_writes(t
     assert np.mean((dog >= 0.5) == validation.labels) >= 0.85
 
 
+ONE = '{"worker": ["127.0.0.1:1"]}'
+
+
 @pytest.mark.parametrize(
     ("stage", "tf_config", "error"),
     [
@@ -120,6 +127,12 @@ def test_multi_worker_trains_the_head_on_two_workers_and_only_the_chief_writes(t
         ("train_head", "", "TF_CONFIG names no cluster; set it on every machine"),
         ("train_head", "{not json", "TF_CONFIG is not a JSON object"),
         ("train_head", '["127.0.0.1:1"]', "TF_CONFIG is not a JSON object"),
+        ("train_head", '{"cluster": "127.0.0.1:1"}', 'has a "cluster" that is not a task type to host:port'),
+        ("train_head", '{"cluster": {"worker": ["no port"]}}', 'has a "cluster" that is not a task type to host:port'),
+        ("train_head", '{"cluster": {"worker": ["127.0.0.1:1"]}}', 'names no "task" of this machine'),
+        ("train_head", f'{{"cluster": {ONE}, "task": {{"type": "chief"}}}}', 'names no "task" of this machine'),
+        ("train_head", f'{{"cluster": {ONE}, "task": {{"type": "worker", "index": 1}}}}', "has task index 1, but its"),
+        ("train_head", f'{{"cluster": {ONE}, "task": {{"type": "worker", "index": "0"}}}}', "has task index '0', but"),
     ],
 )
 def test_multi_worker_refuses_what_it_cannot_run_in_one_line(
@@ -134,3 +147,97 @@ def test_multi_worker_refuses_what_it_cannot_run_in_one_line(
     (line,) = result.stderr.strip().splitlines()[-1:]
     assert line.startswith("error: ") and "multi_worker" in line and error in line
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
+def _worker(root: Path, cluster: dict, index: int) -> subprocess.Popen:
+    """``python -m stages.train_head`` as worker ``index`` of ``cluster``, its output unbuffered and piped."""
+    task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": json.dumps(task), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "stages.train_head"]
+    return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _read_until(process: subprocess.Popen, text: str, seconds: float) -> None:
+    """Read ``process``'s stdout until a line holds ``text``; fail after ``seconds``."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            if text in lines.get(timeout=left):
+                return
+        except queue.Empty:
+            break
+    raise AssertionError(f"no {text!r} within {seconds} s")
+
+
+def _one_worker_of_two(trained: Path, root: Path, overrides: dict) -> tuple[dict, list[int]]:
+    shutil.copytree(trained / "data/features", root / "data/features")
+    write_params(root / "params.yaml", {**LEARNABLE, "train.strategy": "multi_worker", **overrides})
+    ports = _free_ports(2)
+    return {"worker": [f"127.0.0.1:{port}" for port in ports]}, ports
+
+
+@pytest.mark.slow
+def test_a_chief_whose_peer_never_starts_gives_up_at_the_timeout_in_one_line(trained: Path, tmp_path: Path) -> None:
+    cluster, _ = _one_worker_of_two(trained, tmp_path, {"train.cluster_timeout": 3})
+    started = time.monotonic()
+    chief = _worker(tmp_path, cluster, 0)
+    out, err = chief.communicate(timeout=60)
+    assert chief.returncode == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "error: train.strategy is multi_worker, but the cluster of TF_CONFIG did not form within "
+        "train.cluster_timeout (3 s): start train_head on every machine it names, or check their addresses"
+    )
+    assert "train_head: waiting up to 3 s for the 2 tasks of TF_CONFIG's cluster" in out
+    assert time.monotonic() - started < 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_chief_waiting_for_its_cluster_within_seconds(trained: Path, tmp_path: Path) -> None:
+    cluster, ports = _one_worker_of_two(trained, tmp_path, {})
+    chief = _worker(tmp_path, cluster, 0)
+    try:
+        _read_until(chief, "waiting up to 300 s", 60)
+        deadline = time.monotonic() + 60
+        while socket.socket().connect_ex(("127.0.0.1", ports[0])) != 0:  # its server is up: TensorFlow waits
+            assert time.monotonic() < deadline, "the chief's server never started"
+            time.sleep(0.2)
+        (child,) = map(int, Path(f"/proc/{chief.pid}/task/{chief.pid}/children").read_text().split())
+        stopped = time.monotonic()
+        chief.send_signal(signal.SIGTERM)
+        _, err = chief.communicate(timeout=10)
+    finally:
+        chief.kill()
+    assert time.monotonic() - stopped < 5
+    assert chief.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated"
+    assert not Path(f"/proc/{child}").exists()  # the process inside TensorFlow is gone too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
+
+
+@pytest.mark.slow
+def test_when_a_peer_dies_mid_run_the_chief_stops_in_one_line_and_keeps_the_last_metrics(
+    trained: Path, tmp_path: Path
+) -> None:
+    chief_root, other_root = tmp_path / "chief", tmp_path / "other"
+    cluster, _ = _one_worker_of_two(trained, chief_root, {"head.epochs": 100000, "head.patience": None})
+    _one_worker_of_two(trained, other_root, {"head.epochs": 100000, "head.patience": None})
+    last_run = chief_root / "metrics/train_head"
+    last_run.mkdir(parents=True)
+    (last_run / "metrics.json").write_text('{"step": 4}\n')
+    chief, other = _worker(chief_root, cluster, 0), _worker(other_root, cluster, 1)
+    try:
+        _read_until(chief, "epoch 3/100000", 120)
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(timeout=10) == 143
+        _, err = chief.communicate(timeout=60)
+    finally:
+        chief.kill()
+        other.kill()
+    assert chief.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("error: multi_worker training stopped: a worker of TF_CONFIG's")
+    assert [p.name for p in last_run.parent.iterdir()] == ["train_head"]  # no temp folder left beside it
+    assert [p.name for p in last_run.iterdir()] == ["metrics.json"]
+    assert (last_run / "metrics.json").read_text() == '{"step": 4}\n'
+    assert not (chief_root / "models/head.keras").exists()
