@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 import urllib.parse
@@ -367,6 +368,15 @@ def load_params(path: Path = paths.PARAMS, overrides: Mapping[str, Any] | None =
         raise ConfigError(f"{path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
     except YAMLError as error:
         raise ConfigError(f"{path}: {yaml_problem(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be params; write its values out") from None
+    except ValueError as error:  # ruamel's int() of a number past Python's 4,300 digits, and the like
+        raise ConfigError(f"{path}: cannot read a value ({shown(str(error))}); no param needs that, fix it") from None
+    if _count_values(raw) > MAX_YAML_VALUES:
+        raise ConfigError(
+            f"{path}: holds more than {MAX_YAML_VALUES:,} values once its YAML aliases (*name) are expanded; "
+            "write the values out instead of aliasing aliases"
+        )
     try:
         for dotted, value in (overrides or {}).items():
             *parents, leaf = dotted.split(".")
@@ -410,6 +420,45 @@ def parse(cls: type, raw: Any, prefix: str = "") -> Any:
     return cls(**values)
 
 
+LARGEST_INT = 2**63  # no count, size or seed comes near; a longer one would only be slow to print
+SHOWN_CHARACTERS = 60  # of a value in an error line
+MAX_YAML_VALUES = 100_000  # params.yaml holds about 150; YAML aliases can make a small file hold billions
+
+
+class _Shown(reprlib.Repr):
+    """``repr`` cut short: a value in an error line stays short whatever the user wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist = 2, 4, 4
+        self.maxstring = self.maxother = SHOWN_CHARACTERS
+
+    def repr_int(self, value: int, level: int) -> str:
+        digits = round(value.bit_length() * math.log10(2))
+        if digits > 1000:  # str() of a 5,000-digit int raises ValueError, and its digits say nothing useful
+            return f"a number of about {digits:,} digits"
+        return repr(value)
+
+
+def shown(value: Any) -> str:
+    """``value`` as an error line shows it: at most a few dozen characters, however large it is."""
+    text = _Shown().repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 3] + "..."
+
+
+def _count_values(raw: Any, budget: int = MAX_YAML_VALUES) -> int:
+    """How many values ``raw`` holds, counting each alias where it is used; stops past ``budget``."""
+    stack, seen = [raw], 0
+    while stack and seen <= budget:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            stack += [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            stack += node
+    return seen
+
+
 def _coerce(kind: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind):
@@ -419,7 +468,7 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
         _check(
             value in choices,
             key,
-            f"is {value!r}; use one of {', '.join(map(str, choices))}",
+            f"is {shown(value)}; use one of {', '.join(map(str, choices))}",
         )
         return value
     if origin in (types.UnionType, typing.Union):
@@ -430,7 +479,7 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
         return _coerce(inner, value, key)
     if origin is tuple:
         (item, _) = typing.get_args(kind)
-        _check(isinstance(value, list), key, f"is {value!r}; use a list, e.g. [32, 64]")
+        _check(isinstance(value, list), key, f"is {shown(value)}; use a list, e.g. [32, 64]")
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if kind is float:
         # ruamel reads 1e-05 as a float already; a quoted number is still a user's obvious intent.
@@ -440,25 +489,26 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
         _check(
             isinstance(value, int | float) and not isinstance(value, bool),
             key,
-            f"is {value!r}; use a number",
+            f"is {shown(value)}; use a number",
         )
         try:
             number = float(value)
         except OverflowError:  # an integer beyond float range
             number = math.inf
-        _check(math.isfinite(number), key, f"is {value}; use a finite number")
+        _check(math.isfinite(number), key, f"is {shown(value)}; use a finite number")
         return number
     if kind is bool:
-        _check(isinstance(value, bool), key, f"is {value!r}; use true or false")
+        _check(isinstance(value, bool), key, f"is {shown(value)}; use true or false")
         return value
     if kind is int:
         _check(
             isinstance(value, int) and not isinstance(value, bool),
             key,
-            f"is {value!r}; use a whole number",
+            f"is {shown(value)}; use a whole number",
         )
+        _check(abs(value) < LARGEST_INT, key, f"is {shown(value)}; use a whole number below 2**63")
         return value
     if kind is str:
-        _check(isinstance(value, str), key, f"is {value!r}; use a string")
+        _check(isinstance(value, str), key, f"is {shown(value)}; use a string")
         return value
     raise TypeError(f"unsupported field type {kind!r} for {key}")

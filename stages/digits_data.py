@@ -3,8 +3,9 @@
 ``digits.data.source`` says where the images come from:
 
 - ``keras``: ``keras.datasets.mnist`` / ``fashion_mnist``, downloaded once into Keras' cache;
-- ``files``: a local copy under ``<digits.data.files>/<dataset>/``, the four original ``*-ubyte.gz`` files
-  or a Keras ``.npz``, read strictly (a truncated or wrong-shaped file is an error, never fewer images);
+- ``files``: a local copy under ``<digits.data.files>/<dataset>/``, the four original IDX files (gzipped or
+  not, named ``train-images-idx3-ubyte.gz`` or like ``train-images.idx3-ubyte``) or a Keras ``.npz``, read
+  strictly (a truncated, oversized or wrong-shaped file is an error, never fewer images);
 - ``offline``: no network. MNIST becomes scikit-learn's 1,797 real 8x8 handwritten digits, upscaled to
   28x28 as MNIST centres its digits (a 20x20 box in the middle); Fashion-MNIST becomes generated
   silhouettes of its ten classes. Both are stand-ins for tests and demos, not the benchmarks.
@@ -16,6 +17,8 @@ test split is written apart and only ``digits_evaluate`` reads it.
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import struct
 import sys
 import zipfile
@@ -33,11 +36,13 @@ from stages.config import DigitsDataConfig, load_params
 SIDE = 28  # pixels; both datasets' images are 28x28 grayscale
 CLASSES = 10
 MAX_IMAGES = 1_000_000  # per file; the real ones hold 60,000 and 10,000
+GZIP_MAGIC = b"\x1f\x8b"
 IDX_FILES = {  # the original names, the same for both datasets
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # Keras' mnist.npz
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 SKLEARN_TEST_SHARE = 0.2  # scikit-learn's digits have no official test split: a fixed one is made
 OFFLINE_SEED = 0  # the offline sets' own seed, so a `seed` sweep re-splits validation, not the data
 
@@ -53,12 +58,28 @@ class Split:
         assert self.x.shape == (len(self.y), SIDE, SIDE) and self.x.dtype == np.uint8 and self.y.dtype == np.uint8
 
 
-def read_idx(path: Path, dims: int) -> np.ndarray:
-    """An IDX file (``*-ubyte.gz``) of unsigned bytes with ``dims`` dimensions, checked against its header."""
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; put the original {path.name} there, or use digits.data.source: keras")
+def regular_file(path: Path, fix: str) -> Path:
+    """``path`` if it is a regular file; a FIFO would hang the read, a device or folder is no data."""
     try:
-        with gzip.open(path, "rb") as stream:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; {fix}") from None
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot read it ({error.strerror}); {fix}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise PipelineError(f"{path}: {kind}, not a file; {fix}")
+    return path
+
+
+def read_idx(path: Path, dims: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``dims`` dimensions, gzipped or not (told by its first bytes),
+    checked against its header."""
+    regular_file(path, f"put the original {path.name} there, or use digits.data.source: keras")
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == GZIP_MAGIC
+        with (gzip.open if gzipped else open)(path, "rb") as stream:
             header = stream.read(4 + 4 * dims)
             if len(header) < 4 + 4 * dims or header[:2] != b"\0\0":
                 raise PipelineError(f"{path}: not an IDX file (bad header); use the original {path.name}")
@@ -77,20 +98,71 @@ def read_idx(path: Path, dims: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
+def find_idx(folder: Path) -> dict[str, Path]:
+    """Each of the four IDX files in ``folder``, under any of the names mirrors give them; every missing one
+    is named in one error."""
+    found, missing = {}, []
+    for name in (name for pair in IDX_FILES.values() for name in pair):
+        stem = name.removesuffix(".gz")
+        dotted = stem.replace("-idx", ".idx")  # train-images.idx3-ubyte, as many mirrors name them
+        candidates = [folder / f"{base}{gz}" for base in (stem, dotted) for gz in (".gz", "")]
+        present = [path for path in candidates if os.path.lexists(path)]
+        if present:
+            found[name] = present[0]
+        else:
+            missing.append(name)
+    if missing:
+        raise PipelineError(
+            f"{folder}: has no {', '.join(missing)} (gzipped or not, also named like train-images.idx3-ubyte); put "
+            "the original files there, or use digits.data.source: keras"
+        )
+    return found
+
+
 def read_npz(path: Path) -> tuple[Split, Split]:
-    """Keras' ``mnist.npz`` layout: ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
+    """Keras' ``mnist.npz`` layout: ``x_train``, ``y_train``, ``x_test``, ``y_test``, each member's header
+    checked (type, shape, at most MAX_IMAGES images) before its data is read, and the data read no further."""
+    regular_file(path, "put Keras' mnist.npz there, or use digits.data.source: keras")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [key for key in NPZ_KEYS if key not in data.files]
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            missing = [key for key in NPZ_KEYS if f"{key}.npy" not in members]
             if missing:
                 raise PipelineError(f"{path}: has no array {missing[0]}; use Keras' layout ({', '.join(NPZ_KEYS)})")
-            arrays = {key: data[key] for key in NPZ_KEYS}
-    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:
-        raise PipelineError(f"{path}: not a readable .npz ({error}); use Keras' mnist.npz") from None
+            arrays = {key: _npy_member(archive, members[f"{key}.npy"], path) for key in NPZ_KEYS}
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, RuntimeError, NotImplementedError) as error:
+        # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile cannot read.
+        raise PipelineError(
+            f"{path}: not a readable .npz ({' '.join(str(error).split())[:160]}); use Keras' mnist.npz"
+        ) from None
     return (
         checked(arrays["x_train"], arrays["y_train"], f"{path} (train)"),
         checked(arrays["x_test"], arrays["y_test"], f"{path} (test)"),
     )
+
+
+def _npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    """One ``.npy`` member of an ``.npz``: uint8 or integer, images N x 28 x 28 or labels N, N <= MAX_IMAGES."""
+    where = f"{path} ({info.filename})"
+    with archive.open(info) as stream:
+        try:
+            read_header = NPY_HEADERS.get(np.lib.format.read_magic(stream))
+            if read_header is None:
+                raise ValueError("an .npy version this does not read")
+            shape, fortran, dtype = read_header(stream)  # a header of at most 10,000 bytes
+        except ValueError:
+            raise PipelineError(f"{where}: not a NumPy array (.npy); use Keras' mnist.npz") from None
+        images = len(shape) == 3 and shape[1:] == (SIDE, SIDE) and dtype == np.uint8
+        labels = len(shape) == 1 and dtype.kind in "iu" and not dtype.hasobject
+        if fortran or not (images or labels) or shape[0] > MAX_IMAGES:
+            raise PipelineError(
+                f"{where}: holds {dtype} {shape}; expected up to {MAX_IMAGES:,} uint8 {SIDE}x{SIDE} images or labels"
+            )
+        size = int(np.prod(shape)) * dtype.itemsize
+        data = stream.read(size + 1)  # never more than the header says, plus one byte to tell a longer member
+    if len(data) != size:
+        raise PipelineError(f"{where}: holds {len(data)} bytes of data, its header says {size}; download it again")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def checked(x: np.ndarray, y: np.ndarray, source: str) -> Split:
@@ -113,9 +185,10 @@ def from_files(folder: Path) -> tuple[Split, Split]:
         raise PipelineError(f"{folder}: holds {len(archives)} .npz files; keep one")
     if archives:
         return read_npz(archives[0])
+    files = find_idx(folder)
     splits = []
     for images, labels in IDX_FILES.values():
-        splits.append(checked(read_idx(folder / images, 3), read_idx(folder / labels, 1), str(folder / images)))
+        splits.append(checked(read_idx(files[images], 3), read_idx(files[labels], 1), str(files[images])))
     return splits[0], splits[1]
 
 

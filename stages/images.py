@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
@@ -104,11 +105,32 @@ def output_name(label: str, number: str) -> str:
 
 
 def upright_rgb(image: Image.Image) -> Image.Image:
-    """``image`` turned as its EXIF orientation says, transparency on white, as 3-channel RGB."""
-    upright = ImageOps.exif_transpose(image)
+    """``image`` turned as its EXIF orientation says, transparency on white, as 3-channel RGB.
+
+    ``info["source_mode"]`` keeps the mode it was decoded in (``L``, ``I;16``...), to say what was converted.
+    """
+    upright = eight_bit(ImageOps.exif_transpose(image))
     if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
         upright = Image.alpha_composite(Image.new("RGBA", upright.size, "white"), upright.convert("RGBA"))
-    return upright.convert("RGB")
+    rgb = upright.convert("RGB")
+    rgb.info["source_mode"] = image.mode
+    return rgb
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float grayscale as 8-bit ``L``, scaled by the range the mode holds: Pillow's own
+    conversion clips them at 255, which turns a 16-bit image near white and a float one black.
+
+    ``I;16*`` and ``I`` (how Pillow opens 16-bit PNGs and TIFFs) hold 0 to 65,535; ``F`` holds 0 to 1. Values
+    outside that range have no one meaning: such an image is a BadImage (``unsupported_range``).
+    """
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    pixels = np.asarray(image, dtype=np.float64)
+    top = 1.0 if image.mode == "F" else 65535.0
+    if pixels.size and not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= top):
+        raise BadImage("unsupported_range")
+    return Image.fromarray(np.round(pixels * (255 / top)).astype(np.uint8), "L")
 
 
 def read_image(data: bytes) -> Image.Image:

@@ -6,6 +6,7 @@ and training, evaluation and prediction cannot drift apart.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,6 +297,15 @@ def predicted_labels(dog_probabilities: np.ndarray, threshold: float) -> np.ndar
 
 def load_saved(path: Path) -> keras.Model:
     """A model saved by a stage; importing this module registered its custom layers, and safe mode stays on."""
-    if not path.is_file():
+    path = Path(path)
+    if not path.exists():
         raise PipelineError(f"{path}: not found; run dvc repro")
-    return keras.models.load_model(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: not a regular file; name a .keras file a stage saved")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise PipelineError(f"{path}: not a .keras model file (a zip); name one a stage saved, e.g. models/*.keras")
+    try:
+        return keras.models.load_model(path)
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:  # a truncated or edited file
+        reason = " ".join(str(error).split())[:160]
+        raise PipelineError(f"{path}: cannot load the model ({reason}); save it again with dvc repro") from None

@@ -185,7 +185,11 @@ def is_digits_model(model: keras.Model) -> bool:
 
 def digits_pixels(image: Image.Image) -> tuple[np.ndarray, str]:
     """An image as the digits models take it (28x28, white on black, 0-255), and what was done to it."""
-    done = [] if image.mode == "L" else [f"{image.mode} to grayscale"]
+    source = image.info.get("source_mode", image.mode)  # before read_image made it RGB
+    if source.startswith("I") or source == "F":
+        done = [f"{'float' if source == 'F' else '16-bit'} ({source}) scaled to 8-bit grayscale"]
+    else:
+        done = [] if source in ("L", "1") else [f"{source} to grayscale"]
     gray = np.asarray(image.convert("L"), dtype=np.float32)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 127:  # dark ink on light paper: MNIST and Fashion-MNIST are light on black

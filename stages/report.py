@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from stages import paths, stats
-from stages.common import atomic_path, output_file, run
+from stages.common import PipelineError, atomic_path, output_file, run
 
 REPORT_NAME = "report.md"
 COLUMNS = {
@@ -40,7 +40,7 @@ def model_names(base: str) -> dict[str, str]:
     }
 
 
-def models_table(results: dict, base: str) -> str:
+def models_table(results: dict, base: str, source: Path = paths.EVALUATE_METRICS) -> str:
     """The three models side by side, as a Markdown table: metrics, the accuracy's 95 % interval, and cost."""
     lines = [
         "| model | " + " | ".join(COLUMNS.values()) + " | accuracy 95 % CI | params | GMACs/image |",
@@ -48,11 +48,15 @@ def models_table(results: dict, base: str) -> str:
     ]
     for key, name in model_names(base).items():
         section = results.get(key, {})
-        cells = [_number(section.get(metric)) for metric in COLUMNS]
+        if not isinstance(section, dict):
+            raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
+        cells = [_number(section.get(metric), f"{source}: {key}.{metric}") for metric in COLUMNS]
         interval = section.get("accuracy_ci95")
-        cells.append(f"{interval['low']:.4f} to {interval['high']:.4f}" if interval else "-")
-        cells.append(f"{section['params']:,}" if "params" in section else "-")
-        cells.append(f"{section['gmacs']:.3f}" if "gmacs" in section else "-")
+        if interval is not None and not (isinstance(interval, dict) and {"low", "high"} <= interval.keys()):
+            raise PipelineError(f"{source}: {key}.accuracy_ci95 has no low and high; run dvc repro evaluate")
+        cells.append(f"{_number(interval['low'], source)} to {_number(interval['high'], source)}" if interval else "-")
+        cells.append(f"{_number(section['params'], source, '{:,}')}" if "params" in section else "-")
+        cells.append(f"{_number(section['gmacs'], source, '{:.3f}')}" if "gmacs" in section else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -68,11 +72,11 @@ def significance_table(base: str) -> str:
         path = paths.predictions_file(model)
         if not path.is_file():
             continue
-        shown = subprocess.run(["git", "show", f"{base}:{path.as_posix()}"], capture_output=True, text=True)
+        shown = subprocess.run(["git", "show", f"{base}:{path.as_posix()}"], capture_output=True)
         if shown.returncode != 0:
             lines.append(f"| {model} | - | - | - | - | - | no predictions at `{base}` |")
             continue
-        here, there = pd.read_csv(path), pd.read_csv(io.StringIO(shown.stdout))
+        here, there = _predictions(path.read_bytes(), str(path)), _predictions(shown.stdout, f"{base}:{path}")
         paired = here.merge(there, on="file", suffixes=("", "_base"))
         if not len(paired) == len(here) == len(there):
             lines.append(f"| {model} | - | - | - | - | - | different test images: not comparable |")
@@ -98,14 +102,59 @@ def digits_table(metrics_dir: Path = paths.METRICS_DIR) -> str:
     for dataset in paths.DIGITS_DATASETS:
         path = metrics_dir / "digits" / f"{dataset}.json"
         if path.is_file():
-            results = json.loads(path.read_text())
-            cells = [_number(results.get(metric)) for metric in DIGITS_COLUMNS]
+            results = _read_json(path)
+            cells = [_number(results.get(metric), f"{path}: {metric}") for metric in DIGITS_COLUMNS]
             lines.append(f"| {dataset} | {results.get('test_images', '?')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else "No digits metrics yet: run `dvc repro`."
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+PREDICTION_COLUMNS = ("file", "label", "predicted")
+
+
+def _predictions(data: bytes, where: str) -> pd.DataFrame:
+    """A predictions CSV that ``evaluate`` wrote, or one line saying why ``where`` is not one."""
+    try:
+        table = pd.read_csv(io.StringIO(data.decode("utf-8")))
+    except UnicodeDecodeError:
+        raise PipelineError(f"{where}: not UTF-8 text; it is not a predictions file evaluate wrote") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise PipelineError(f"{where}: not a readable CSV ({' '.join(str(error).split())[:120]})") from None
+    missing = [column for column in PREDICTION_COLUMNS if column not in table.columns]
+    if missing:
+        raise PipelineError(f"{where}: has no column {missing[0]}; run dvc repro evaluate there")
+    return table
+
+
+def _number(value: object, where: str = "", form: str = "{:.4f}") -> str:
+    """A metric as the tables show it; ``-`` for none, and one line naming ``where`` for a value that is no number."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PipelineError(f"{where}: is {value!r:.60}, not a number; run dvc repro evaluate")
+    return form.format(value)
+
+
+def _read_json(path: Path) -> dict:
+    """A metrics file as a dict, or one line naming it."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise PipelineError(
+            f"{path}: not readable JSON ({' '.join(str(error).split())[:120]}); run dvc repro"
+        ) from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: not a JSON object of metrics; run dvc repro")
+    return data
+
+
+def check_revision(base: str) -> None:
+    """One line unless ``base`` names a commit of this git repository."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], capture_output=True)
+    except OSError:
+        raise PipelineError("git is not installed; the report compares against a git revision") from None
+    if found.returncode != 0:
+        raise PipelineError(f"--base {base}: no such git revision here; name a branch, tag or commit (git fetch it)")
 
 
 def dvc_markdown(args: list[str]) -> str:
@@ -127,12 +176,14 @@ def render(
     """The whole page."""
     parts = ["# Dogs vs. Cats: model comparison", ""]
     if evaluate_json.is_file():
-        results = json.loads(evaluate_json.read_text())
-        pretrained = json.loads(features_json.read_text())["base"] if features_json.is_file() else "pretrained"
+        results = _read_json(evaluate_json)
+        pretrained = (
+            str(_read_json(features_json).get("base", "pretrained")) if features_json.is_file() else "pretrained"
+        )
         parts += [
             f"On the held-out test split ({results.get('test_images', '?')} images):",
             "",
-            models_table(results, pretrained),
+            models_table(results, pretrained, evaluate_json),
         ]
     else:
         parts.append(f"No `{evaluate_json}` yet: run `dvc repro`.")
@@ -174,6 +225,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     args = parser.parse_args()
     out = output_file(args.out, REPORT_NAME, force=args.force, option="--out")
+    check_revision(args.base)
     page = render(args.base)
     with atomic_path(out, replace=args.force) as tmp:
         tmp.write_text(page)

@@ -13,22 +13,31 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from stages.common import PipelineError, run
+from stages.config import yaml_problem
 
 # Beside stages/, wherever the command runs from: the tests run stages in temporary folders.
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-def load(name: str) -> dict[str, Any]:
+def load(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
     """The overrides of scenario ``name``, those of the scenario it extends first."""
+    if name in _chain:
+        raise PipelineError(f"scenario {name!r} extends itself ({' -> '.join((*_chain, name))}); break the loop")
     path = CONFIGS_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if not isinstance(name, str) or not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
         raise PipelineError(f"no scenario {name!r} in {CONFIGS_DIR}; use one of {known}")
-    overrides = dict(YAML(typ="safe").load(path.read_text()))
+    try:
+        overrides = YAML(typ="safe").load(path.read_text())
+    except YAMLError as error:
+        raise PipelineError(f"{path}: {yaml_problem(error)}") from None
+    if not isinstance(overrides, dict):
+        raise PipelineError(f"{path}: must map dotted params.yaml keys to values")
     parent = overrides.pop("extends", None)
-    return {**(load(parent) if parent else {}), **overrides}
+    return {**(load(parent, (*_chain, name)) if parent else {}), **overrides}
 
 
 def set_flags(overrides: dict[str, Any]) -> list[str]:

@@ -78,7 +78,7 @@ def corrupt(folder: Path, name: str, data: bytes) -> Path:
         (lambda raw: gzip.compress(raw)[:-30], "cannot decompress it"),  # a truncated download
         (lambda raw: gzip.compress(raw[:-100]), "its header says"),  # fewer images than the header declares
         (lambda raw: gzip.compress(raw + b"extra"), "its header says"),
-        (lambda raw: raw, "cannot decompress it"),  # not gzip at all
+        (lambda raw: b"\x1f\x8b" + raw, "cannot decompress it"),  # gzip's magic, then no gzip
         (lambda raw: gzip.compress(b"<html>not found</html>"), "not an IDX file"),
         (lambda raw: gzip.compress(raw[:3] + b"\x02" + raw[4:]), "holds 2-D data"),
     ],
