@@ -8,10 +8,11 @@ written to a temporary path and renamed at the end, so a failed download leaves 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
-import tempfile
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,17 +38,20 @@ CREDENTIALS_HELP = (
 
 def kaggle_credentials(env: dict[str, str] | os._Environ[str] = os.environ, home: Path | None = None) -> str | None:
     """Where Kaggle credentials would come from, or None; checked before ``kaggle`` is imported,
-    because importing it without credentials prints a login banner and carries on."""
+    because importing it without credentials prints a login banner and carries on. It looks where the
+    client looks: ``KAGGLE_CONFIG_DIR``, else ``~/.kaggle``, else (on Linux, when that does not exist)
+    ``$XDG_CONFIG_HOME/kaggle`` or ``~/.config/kaggle``."""
     home = home or Path.home()
-    config_dir = Path(env.get("KAGGLE_CONFIG_DIR") or home / ".kaggle")
     if env.get("KAGGLE_API_TOKEN"):
         return "KAGGLE_API_TOKEN"
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
         return "KAGGLE_USERNAME/KAGGLE_KEY"
-    for name in ("access_token", "access_token.txt", "kaggle.json", "credentials.json"):
-        if (config_dir / name).is_file():
-            return str(config_dir / name)
-    return None
+    config_dir = Path(env["KAGGLE_CONFIG_DIR"]) if env.get("KAGGLE_CONFIG_DIR") else home / ".kaggle"
+    if not env.get("KAGGLE_CONFIG_DIR") and sys.platform.startswith("linux") and not config_dir.exists():
+        config_dir = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+    candidates = [config_dir / name for name in ("access_token", "access_token.txt", "kaggle.json")]
+    candidates.append(home / ".kaggle/credentials.json")  # `kaggle auth login` caches its token there
+    return next((str(path) for path in candidates if path.is_file()), None)
 
 
 def kaggle_client() -> Any:
@@ -60,39 +64,67 @@ def kaggle_client() -> Any:
 
 
 def fetch_kaggle(competition: str, target: Path) -> None:
-    """Download the competition's ``train.zip`` (543 MB for dogs-vs-cats) to ``target``."""
+    """Download the competition's ``train.zip`` (543 MB for dogs-vs-cats) to ``target``.
+
+    The client downloads into ``data/cache/kaggle/``, which a failed run leaves as it is: the client resumes
+    that partial file when the stage runs again, as it says it will.
+    """
     import requests
 
     if kaggle_credentials() is None:
         raise PipelineError(f"no Kaggle credentials found: {CREDENTIALS_HELP}")
     rules = f"https://www.kaggle.com/competitions/{competition}/rules"
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        try:
-            kaggle_client().competition_download_file(competition, KAGGLE_FILE, path=tmp, quiet=False)
-        except SystemExit:
-            raise PipelineError(f"Kaggle did not accept the credentials: {CREDENTIALS_HELP}") from None
-        except requests.HTTPError as error:
-            status = error.response.status_code if error.response is not None else None
-            if status == 403:
-                raise PipelineError(
-                    f"Kaggle refused {competition} (HTTP 403): accept the competition rules at {rules}, then rerun"
-                ) from None
-            if status == 401:
-                raise PipelineError(f"Kaggle rejected the credentials (HTTP 401): {CREDENTIALS_HELP}") from None
-            if status == 404:
-                raise PipelineError(
-                    f"Kaggle has no {KAGGLE_FILE} in competition {competition!r} (HTTP 404): check data.competition"
-                ) from None
-            raise PipelineError(f"Kaggle download failed (HTTP {status}): {error}") from None
-        except (requests.RequestException, OSError) as error:
+    folder = paths.KAGGLE_DOWNLOAD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        kaggle_client().competition_download_file(competition, KAGGLE_FILE, path=str(folder), quiet=False)
+    except SystemExit:
+        raise PipelineError(f"Kaggle did not accept the credentials: {CREDENTIALS_HELP}") from None
+    except requests.HTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status == 403:
             raise PipelineError(
-                f"cannot reach Kaggle ({type(error).__name__}); check the network, "
-                "or set data.source: archive with a train.zip downloaded elsewhere"
+                f"Kaggle refused {competition} (HTTP 403): accept the competition rules at {rules}, then rerun"
             ) from None
-        zips = sorted(Path(tmp).glob("*.zip"))  # the client may leave a .kaggle-partial marker beside it
-        if len(zips) != 1:
-            raise PipelineError(f"Kaggle's download of {KAGGLE_FILE} gave {len(zips)} zip files; rerun")
-        import_archive(zips[0], target, move=True)
+        if status == 401:
+            raise PipelineError(f"Kaggle rejected the credentials (HTTP 401): {CREDENTIALS_HELP}") from None
+        if status == 404:
+            raise PipelineError(
+                f"Kaggle has no {KAGGLE_FILE} in competition {competition!r} (HTTP 404): check data.competition"
+            ) from None
+        where = urllib.parse.urlsplit(error.response.url if error.response is not None else "").netloc or "Kaggle"
+        raise PipelineError(  # the URL's query is a signature: never print it
+            f"Kaggle download failed (HTTP {status} from {where}); rerun later: it resumes from {folder}/"
+        ) from None
+    except (requests.RequestException, OSError, ValueError) as error:  # ValueError: the client's size check
+        raise PipelineError(
+            f"cannot reach Kaggle ({type(error).__name__}); check the network and rerun: the download resumes "
+            f"from {folder}/; or set data.source: archive with a {KAGGLE_FILE} downloaded elsewhere"
+        ) from None
+    downloaded = [p for p in folder.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER)]
+    if len(downloaded) != 1:
+        raise PipelineError(f"Kaggle's download of {KAGGLE_FILE} left {len(downloaded)} files in {folder}/; rerun")
+    (file,) = downloaded
+    if not zipfile.is_zipfile(file):
+        size, head = file.stat().st_size, file.read_bytes()[:20]
+        _forget(file)  # not a partial zip the client could resume: the next run starts over
+        raise PipelineError(
+            f"Kaggle's download of {KAGGLE_FILE} is not a zip ({size:,} bytes starting {head!r}): a web page "
+            f"or a body cut short; rerun, or download it at {rules} and set data.source: archive"
+        )
+    import_archive(file, target, move=True)
+    _forget(file)
+
+
+RESUME_MARKER = ".kaggle-partial"  # the client's record of what a partial file belongs to, beside it
+
+
+def _forget(file: Path) -> None:
+    """Remove a download and the client's resume marker, and their folder once it is empty."""
+    for path in (file, file.with_name(file.name + RESUME_MARKER)):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        file.parent.rmdir()
 
 
 def import_archive(source: Path, target: Path, move: bool = False) -> None:

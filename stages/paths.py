@@ -12,6 +12,7 @@ SAMPLE_DIR = Path("data/sample")
 MANIFEST = SAMPLE_DIR / "manifest.csv"
 FEATURES_DIR = Path("data/features")
 CACHE_DIR = Path("data/cache")  # decoded images that do not fit in memory, while a training stage runs
+KAGGLE_DOWNLOAD_DIR = CACHE_DIR / "kaggle"  # the Kaggle client's download, kept after a failure so a rerun resumes
 
 MODELS_DIR = Path("models")
 BASE_MODEL = MODELS_DIR / "base.keras"
