@@ -6,17 +6,20 @@ import io
 import os
 import subprocess
 import zipfile
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from stages import digits_data, images, predict, report, scenarios
+from stages import digits_data, images, paths, predict, report, scenarios
 from stages.common import PipelineError
 from stages.config import ConfigError, load_params
 from tests.conftest import REPO, call_stage, inside
 from tests.test_digits import idx_bytes, small_split
+
+shutil_usage = namedtuple("usage", "total used free", defaults=[10**6])
 
 # ---- digits.data.source: files ----
 
@@ -298,3 +301,15 @@ def test_report_against_a_revision_that_does_not_exist_is_one_line(tmp_path: Pat
         "error: --base no-such-branch: no such git revision here; name a branch, tag or commit (git fetch it)"
     )
     assert not (tmp_path / "report.md").exists()
+
+
+def test_no_room_for_the_decoded_images_is_one_line_before_any_training(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stages import datasets
+
+    monkeypatch.setattr(datasets, "free_memory", lambda: 0)
+    monkeypatch.setattr(datasets.shutil, "disk_usage", lambda path: shutil_usage(total=10**9, used=10**9 - 10**6))
+    with pytest.raises(PipelineError, match=r"train: no space for its 0\.9 GiB of decoded images, neither in memory"):
+        datasets._cache_file("train", 10**9)
+    assert list((workdir / paths.CACHE_DIR).iterdir()) == []  # no scratch folder was made
