@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import datasets, paths
+from stages import common, datasets, paths
 from stages.bench import write_images
 
 SIZE, BATCH = 24, 4
@@ -73,14 +73,15 @@ def test_images_that_do_not_fit_in_memory_are_cached_under_data_cache(
 ) -> None:
     monkeypatch.setattr(datasets, "free_memory", lambda: 0)
     (sample / paths.CACHE_DIR).mkdir(parents=True)
-    dead = sample / paths.CACHE_DIR / ".train.999999999.abc.tmp"  # left by a killed run: no such pid
-    alive = sample / paths.CACHE_DIR / f".train.{os.getppid()}.abc.tmp"  # another stage, still running
+    parent = f"{os.getppid()}-{common._start_time(os.getppid())}"
+    dead = sample / paths.CACHE_DIR / ".train.999999999-5.abc00000.tmp"  # left by a killed run: no such pid
+    alive = sample / paths.CACHE_DIR / f".train.{parent}.abc00000.tmp"  # another stage, still running
     dead.mkdir()
     alive.mkdir()
     expected = epoch(dataset(sample, shuffle=False, decode_once=False))
     once = dataset(sample, shuffle=False, decode_once=True)
     assert epoch(once)[0].tobytes() == expected[0].tobytes()
-    scratch = [p for p in (sample / paths.CACHE_DIR).iterdir() if p.name.startswith(f".train.{os.getpid()}.")]
+    scratch = [p for p in (sample / paths.CACHE_DIR).iterdir() if p.name.startswith(f".train.{os.getpid()}-")]
     assert len(scratch) == 1 and any(scratch[0].iterdir())  # the cache files of this process
     assert not dead.exists() and alive.exists()
     assert epoch(once)[0].tobytes() == expected[0].tobytes()  # read back from disk
