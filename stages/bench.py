@@ -1,19 +1,24 @@
 """``python -m stages.bench`` (``make bench``): how fast each step runs on this machine, against the book's way.
 
 At the configured ``image.size`` and ``image.batch_size``, on generated images and random weights, it
-times four steps the pipeline's way and the book's way in the same run, and prints images/s and their
-ratio: JPEG decode and resize (``tf.data`` against ``load_img`` per file), VGG16 extraction (streamed to
-disk batch by batch, as ``extract_features`` does, against ``conv_base.predict(preprocess_input(batch))``
-per batch), a baseline training step and a fine-tuning step (``fit`` against ``train_on_batch`` per
-batch). The book decodes and resizes the JPEGs on every pass; the pipeline's training steps decode them
-once, as its training stages do. From the pipeline's rates and the params it estimates the wall time of
-``make repro``. It writes ``bench.json``: machine noise, never a DVC metric.
+times four steps the pipeline's way and the book's way in alternating pairs (ours, book, ours, book...
+after a warm-up), and prints the median images/s of each, the median ratio of the pairs and its range,
+and says "not distinguishable" when the range holds 1; the load average at the start and the end says
+whether the machine was quiet. The steps: JPEG decode and resize (``tf.data`` against ``load_img`` per
+file), VGG16 extraction (streamed to disk batch by batch, as ``extract_features`` does, against
+``conv_base.predict(preprocess_input(batch))`` per batch), a baseline training step and a fine-tuning
+step (``fit`` against ``train_on_batch`` per batch). The book decodes and resizes the JPEGs on every
+pass; the pipeline's training steps decode them once, as its training stages do. From the pipeline's
+rates and the params it estimates the wall time of ``make repro``. It writes ``bench.json``: machine
+noise, never a DVC metric.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,23 +37,53 @@ from stages.synthetic import draw_animal
 from stages.training import compile_binary, seed_everything, set_precision
 
 BENCH_FILE = Path("bench.json")
-REPEATS = 2  # timed runs of each way per step
+PAIRS = 5  # timed (ours, book) pairs per step after the warm-up: enough for a median and a range that mean something
+QUICK_PAIRS = 2  # --quick: the short form, for a first look
 BILINEAR = "bilinear"  # as image_dataset_from_directory resizes: the same work both ways
 FORWARD_SPEEDUP = 3.0  # a forward pass costs about a third of a training step (the backward pass is ~2x)
 
 
 @dataclass(frozen=True)
 class Timing:
-    """One step measured both ways: images per second, and ours over the book's."""
+    """One step measured both ways in alternating pairs: median images per second of each way, and the
+    ratio ours / book of each pair, summed up as its median and its range over the pairs."""
 
     step: str
     images: int
     ours: float
     book: float
+    ratio: float
+    low: float
+    high: float
+    pairs: int
 
     @property
-    def ratio(self) -> float:
-        return self.ours / self.book
+    def distinguishable(self) -> bool:
+        """Whether every pair says the same: all faster than the book's way, or all slower."""
+        return not self.low <= 1.0 <= self.high
+
+    @property
+    def verdict(self) -> str:
+        if not self.distinguishable:
+            return "not distinguishable"
+        return "faster" if self.ratio > 1 else "slower"
+
+
+def summarize(step: str, images: int, ours_seconds: list[float], book_seconds: list[float]) -> Timing:
+    """A Timing from the seconds of each timed pair (``ours_seconds[i]`` ran next to ``book_seconds[i]``)."""
+    if not ours_seconds or len(ours_seconds) != len(book_seconds):
+        raise ValueError("one book timing per timing of ours, at least one pair")
+    ratios = [book / ours for ours, book in zip(ours_seconds, book_seconds, strict=True)]
+    return Timing(
+        step,
+        images,
+        ours=images / statistics.median(ours_seconds),
+        book=images / statistics.median(book_seconds),
+        ratio=statistics.median(ratios),
+        low=min(ratios),
+        high=max(ratios),
+        pairs=len(ratios),
+    )
 
 
 def write_images(folder: Path, count: int, size: int, seed: int) -> list[Path]:
@@ -63,17 +98,25 @@ def write_images(folder: Path, count: int, size: int, seed: int) -> list[Path]:
     return files
 
 
-def compare(step: str, images: int, ours: Callable[[], object], book: Callable[[], object]) -> Timing:
-    """Images per second of both ways: each run once to warm up (tracing, caches), then ``REPEATS`` timed runs
-    taken in turns, so neither way profits from going second; the best run of each counts, as ``timeit`` does."""
+def compare(
+    step: str,
+    images: int,
+    ours: Callable[[], object],
+    book: Callable[[], object],
+    pairs: int = PAIRS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Both ways of a step, each run once to warm up (tracing, caches), then ``pairs`` times in turns, ours then
+    the book's (ABAB...), so a slow spell of the machine hits both alike and each pair's ratio compares like
+    with like; see ``summarize``."""
     ours(), book()
-    best = {ours: 0.0, book: 0.0}
-    for _ in range(REPEATS):
+    seconds: dict[Callable[[], object], list[float]] = {ours: [], book: []}
+    for _ in range(pairs):
         for work in (ours, book):
-            start = time.perf_counter()
+            start = clock()
             work()
-            best[work] = max(best[work], images / (time.perf_counter() - start))
-    return Timing(step, images, best[ours], best[book])
+            seconds[work].append(clock() - start)
+    return summarize(step, images, seconds[ours], seconds[book])
 
 
 def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -89,8 +132,8 @@ def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tupl
         yield pixels, np.array([paths.CLASS_NAMES.index(f.parent.name) for f in chunk], dtype="float32")
 
 
-def measure(params: Params, count: int) -> list[Timing]:
-    """Time every step both ways on ``count`` generated images at the configured size."""
+def measure(params: Params, count: int, pairs: int = PAIRS) -> list[Timing]:
+    """Time every step both ways, ``pairs`` times, on ``count`` generated images at the configured size."""
     size, batch_size = params.image.size, params.image.batch_size
     seed_everything(params.seed, params.train.deterministic)
     set_precision(params.train)
@@ -107,6 +150,7 @@ def measure(params: Params, count: int) -> list[Timing]:
                 count,
                 lambda: [None for _ in dataset],
                 lambda: list(batches()),
+                pairs,
             )
         ]
 
@@ -119,20 +163,21 @@ def measure(params: Params, count: int) -> list[Timing]:
                 count,
                 lambda: extract_split(extractor, dataset, Path(tmp) / "features.npz"),
                 lambda: [conv_base.predict(preprocess(x), verbose=0) for x, _ in batches()],
+                pairs,
             )
         )
 
         baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
         epochs = image_dataset("train", size, batch_size, shuffle=False, seed=0, root=Path(tmp), decode_once=True)
         timings.append(
-            _training_step("baseline_step", baseline, params.baseline.learning_rate, params, epochs, batches)
+            _training_step("baseline_step", baseline, params.baseline.learning_rate, params, epochs, batches, pairs)
         )
 
         head = build_head(extractor.output_shape[1:], _plain_head(params.head))
         finetuned = build_finetune(extractor, head, augmentation(params.augment, params.seed))
         unfreeze(extractor, params.finetune.unfreeze)
         timings.append(
-            _training_step("finetune_step", finetuned, params.finetune.learning_rate, params, epochs, batches)
+            _training_step("finetune_step", finetuned, params.finetune.learning_rate, params, epochs, batches, pairs)
         )
     return timings
 
@@ -142,7 +187,9 @@ def _plain_head(cfg: HeadConfig) -> HeadConfig:
     return HeadConfig(**{**asdict(cfg), "normalize": False})
 
 
-def _training_step(step: str, model: keras.Model, learning_rate: float, params: Params, dataset, batches) -> Timing:
+def _training_step(
+    step: str, model: keras.Model, learning_rate: float, params: Params, dataset, batches, pairs: int
+) -> Timing:
     """One epoch of ``fit`` on the dataset against ``train_on_batch`` per batch, on the same compiled model."""
     compile_binary(model, learning_rate, params.train.jit_compile)
     return compare(
@@ -150,6 +197,7 @@ def _training_step(step: str, model: keras.Model, learning_rate: float, params: 
         len(dataset.file_paths),
         lambda: model.fit(dataset, epochs=1, verbose=0),
         lambda: [model.train_on_batch(x, y) for x, y in batches()],
+        pairs,
     )
 
 
@@ -201,10 +249,22 @@ def estimate_repro(params: Params, timings: list[Timing]) -> dict[str, float]:
     }
 
 
+def load_line(when: str, load: float, cores: int) -> str:
+    """The load average at ``when``, with a warning when it is above the cores: then the figures are not a quiet
+    machine's."""
+    line = f"load average at the {when}: {load:.2f} ({cores} cores)"
+    return line + ("; warning: the machine is busy, so these figures are not a quiet machine's" if load > cores else "")
+
+
 def report(timings: list[Timing], epochs: dict[str, float], estimate: dict[str, float], params: Params) -> str:
-    """The table ``make bench`` prints."""
-    lines = [f"{'step':<18}{'images':>8}{'ours img/s':>12}{'book img/s':>12}{'ratio':>8}"]
-    lines += [f"{t.step:<18}{t.images:>8}{t.ours:>12.2f}{t.book:>12.2f}{t.ratio:>8.2f}" for t in timings]
+    """The table ``make bench`` prints: median rates, the median ratio of the pairs, its range, what it says."""
+    header = f"{'step':<18}{'images':>7}{'ours img/s':>12}{'book img/s':>12}{'ratio':>7}  {'range':<13} verdict"
+    lines = [header]
+    for t in timings:
+        span = f"{t.low:.2f}-{t.high:.2f}"
+        lines.append(f"{t.step:<18}{t.images:>7}{t.ours:>12.2f}{t.book:>12.2f}{t.ratio:>7.2f}  {span:<13} {t.verdict}")
+    pairs = timings[0].pairs if timings else 0
+    lines.append(f"(median of {pairs} alternating pairs after a warm-up; range: the lowest and highest pair)")
     lines.append(
         f"estimated dvc repro at these params ({', '.join(f'{n:,} {s}' for s, n in _images(params).items())} "
         f"images): {sum(estimate.values()) / 3600:.1f} h"
@@ -218,21 +278,32 @@ def report(timings: list[Timing], epochs: dict[str, float], estimate: dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="generated images per step (default 64)")
+    parser.add_argument("--pairs", type=int, default=PAIRS, help=f"timed pairs per step (default {PAIRS})")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_PAIRS} pairs: a first look, not a verdict")
     parser.add_argument("--out", type=Path, default=BENCH_FILE, help=f"the timings' file, or a folder for {BENCH_FILE}")
     parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     parser.add_argument("--scenario", help="estimate params.yaml with configs/SCENARIO.yaml applied, e.g. full")
     args = parser.parse_args()
     if args.images < 2:
         raise PipelineError(f"--images is {args.images}; use at least 2 (one cat, one dog)")
+    pairs = QUICK_PAIRS if args.quick else args.pairs
+    if pairs < 1:
+        raise PipelineError(f"--pairs is {pairs}; use at least 1 (5 or more for a range that means something)")
     out = output_file(args.out, BENCH_FILE.name, force=args.force, option="--out")
     params = load_params(overrides=scenarios.load(args.scenario) if args.scenario else None)
-    timings = measure(params, args.images)
+    cores, start_load = os.cpu_count() or 1, os.getloadavg()[0]
+    print(load_line("start", start_load, cores))
+    timings = measure(params, args.images, pairs)
+    end_load = os.getloadavg()[0]
     epochs, estimate = epoch_seconds(params, timings), estimate_repro(params, timings)
     print(report(timings, epochs, estimate, params))
+    print(load_line("end", end_load, cores))
     result = {
         "image_size": params.image.size,
         "batch_size": params.image.batch_size,
-        "steps": {t.step: {**asdict(t), "ratio": round(t.ratio, 3)} for t in timings},
+        "pairs": pairs,
+        "load_average": {"start": round(start_load, 2), "end": round(end_load, 2), "cores": cores},
+        "steps": {t.step: {**asdict(t), "verdict": t.verdict} for t in timings},
         "sample_per_class": params.sample.counts(),
         "epoch_seconds": {stage: round(seconds, 1) for stage, seconds in epochs.items()},
         "estimated_repro_seconds": {stage: round(seconds, 1) for stage, seconds in estimate.items()},

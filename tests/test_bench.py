@@ -15,15 +15,18 @@ STEPS = ["decode_resize", "extract_features", "baseline_step", "finetune_step"]
 
 
 def test_bench_times_each_step_both_ways_and_writes_bench_json(workdir: Path) -> None:
-    result = call_stage("bench", workdir, args=("--images", "8", "--out", "out/bench.json"))
+    result = call_stage("bench", workdir, args=("--images", "8", "--quick", "--out", "out/bench.json"))
     assert result.returncode == 0, result.stderr[-2000:]
     timings = json.loads((workdir / "out/bench.json").read_text())
-    assert (timings["image_size"], timings["batch_size"]) == (32, 16)
+    assert (timings["image_size"], timings["batch_size"], timings["pairs"]) == (32, 16, 2)
     assert list(timings["steps"]) == STEPS
     for step in timings["steps"].values():
-        assert step["images"] == 8
+        assert step["images"] == 8 and step["pairs"] == 2
         assert step["ours"] > 0 and step["book"] > 0
-        assert step["ratio"] == pytest.approx(step["ours"] / step["book"], abs=1e-3)
+        assert step["low"] <= step["ratio"] <= step["high"]
+        assert step["verdict"] == ("not distinguishable" if step["low"] <= 1 <= step["high"] else
+                                   "faster" if step["ratio"] > 1 else "slower")  # fmt: skip
+    assert set(timings["load_average"]) == {"start", "end", "cores"}
     assert timings["sample_per_class"] == {"train": 16, "validation": 8, "test": 8}
     assert list(timings["epoch_seconds"]) == ["train_baseline", "train_frozen", "finetune"]
     assert list(timings["estimated_repro_seconds"]) == [
@@ -33,16 +36,69 @@ def test_bench_times_each_step_both_ways_and_writes_bench_json(workdir: Path) ->
         "finetune",
         "evaluate",
     ]
-    table = result.stdout.splitlines()
-    assert table[0].split() == ["step", "images", "ours", "img/s", "book", "img/s", "ratio"]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("load average at the start: ") and lines[-1].startswith("load average at the end: ")
+    table = lines[1:-1]
+    assert table[0].split() == ["step", "images", "ours", "img/s", "book", "img/s", "ratio", "range", "verdict"]
     assert [line.split()[0] for line in table[1:5]] == STEPS
-    assert table[5].startswith("estimated dvc repro at these params (32 train, 16 validation, 16 test images): ")
-    assert table[6].split()[0] == "train_baseline" and table[6].endswith("min an epoch)")
+    assert table[5] == "(median of 2 alternating pairs after a warm-up; range: the lowest and highest pair)"
+    assert table[6].startswith("estimated dvc repro at these params (32 train, 16 validation, 16 test images): ")
+    assert table[7].split()[0] == "train_baseline" and table[7].endswith("min an epoch)")
+
+
+class FakeClock:
+    """A clock that only the timed work moves: each call of a way advances it by that way's next duration."""
+
+    def __init__(self) -> None:
+        self.now, self.calls = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def way(self, name: str, seconds: list[float]):
+        durations = iter(seconds)
+
+        def work() -> None:
+            self.calls.append(name)
+            self.now += next(durations)
+
+        return work
+
+
+def test_a_known_2x_gives_2_within_its_range_and_is_told_apart() -> None:
+    clock = FakeClock()
+    noise = [1.0, 1.1, 0.9, 1.05, 0.95]
+    ours = clock.way("ours", [99.0, *noise])  # the warm-up's time does not count
+    book = clock.way("book", [99.0, *[2 * n for n in noise[::-1]]])
+    timing = bench.compare("step", 10, ours, book, pairs=5, clock=clock)
+    assert clock.calls == ["ours", "book"] * 6  # warm-up, then ABAB...
+    assert timing.ratio == pytest.approx(2.0, rel=0.2) and timing.low <= 2.0 <= timing.high
+    assert timing.low > 1 and timing.distinguishable and timing.verdict == "faster"
+    assert timing.ours == pytest.approx(10 / 1.0) and timing.book == pytest.approx(10 / 2.0)
+
+
+def test_identical_ways_give_a_range_around_1_that_is_not_distinguishable() -> None:
+    seconds = [1.0, 1.2, 0.8, 1.1, 0.9]
+    timing = bench.summarize("step", 10, seconds, [1.1, 0.9, 1.0, 1.0, 1.05])
+    assert timing.low < 1 < timing.high
+    assert not timing.distinguishable and timing.verdict == "not distinguishable"
+    slower = bench.summarize("step", 10, [2.0, 2.2, 1.9], [1.0, 1.0, 1.0])
+    assert slower.high < 1 and slower.verdict == "slower"
+
+
+def test_a_busy_machine_is_warned_of() -> None:
+    assert bench.load_line("start", 1.5, 2) == "load average at the start: 1.50 (2 cores)"
+    assert bench.load_line("end", 3.2, 2).endswith(
+        "warning: the machine is busy, so these figures are not a quiet machine's"
+    )
 
 
 def test_the_estimate_is_the_params_work_at_the_measured_rates(workdir: Path) -> None:
     params = load_params()  # tiny: 16 / 8 / 8 per class; baseline 2 epochs, frozen 1, finetune 1
-    timings = [bench.Timing(step, 8, ours, 1.0) for step, ours in zip(STEPS, [100.0, 4.0, 16.0, 2.0], strict=True)]
+    timings = [
+        bench.summarize(step, 8, [8 / ours] * 5, [8.0] * 5)
+        for step, ours in zip(STEPS, [100.0, 4.0, 16.0, 2.0], strict=True)
+    ]
     # 32 training and 16 validation images; a forward pass at 3x the training rate, the frozen base's at
     # the extraction rate.
     assert bench.epoch_seconds(params, timings) == pytest.approx(
@@ -61,7 +117,7 @@ def test_the_full_scenario_estimates_every_image_of_the_archive() -> None:
     assert params.sample.counts() == {"train": 10_000, "validation": 1_200, "test": 1_200}
     assert sum(params.sample.counts().values()) <= 12_500  # Kaggle's images per class
     assert params.image == load_params(REPO / "params.yaml").image  # the book's size and batch
-    timings = [bench.Timing(step, 8, 10.0, 1.0) for step in STEPS]
+    timings = [bench.summarize(step, 8, [0.8] * 5, [8.0] * 5) for step in STEPS]
     assert bench.epoch_seconds(params, timings)["train_baseline"] == pytest.approx(20_000 / 10 + 2_400 / 30)
 
 

@@ -82,7 +82,7 @@ def test_a_tools_out_folder_holding_the_users_files_gets_one_file_more(
     work = []
     monkeypatch.setattr(report, "render", lambda base: work.append(base) or "# page\n")
     monkeypatch.setattr(report, "check_revision", lambda base: None)
-    monkeypatch.setattr(bench, "measure", lambda params, images: work.append(images) or [])
+    monkeypatch.setattr(bench, "measure", lambda params, images, pairs: work.append(images) or [])
     monkeypatch.setattr(bench, "epoch_seconds", lambda params, timings: {})
     monkeypatch.setattr(bench, "estimate_repro", lambda params, timings: {})
     name = {"report": "report.md", "bench": "bench.json"}[tool]
