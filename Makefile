@@ -8,9 +8,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 .PHONY: setup repro test test-fast demo report lint format bench
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+# The stamp's name is the checksum of requirements.txt: set-up reruns when its content changes, never for
+# its mtime alone (a fresh clone renews every mtime). pip is pinned too, so set-up changes nothing else.
+PIP := pip==26.3
+$(STAMP):
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet $(PIP)
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -181,6 +181,13 @@ def writable_folder(folder: Path, option: str) -> None:
         raise PipelineError(f"{option} {folder}: {existing} is not writable; name a folder of yours")
 
 
+def keras_verbosity() -> int:
+    """Keras' ``verbose`` for this process: the live progress bar (1) on a terminal, one line per epoch (2)
+    when stdout is a pipe or a file, as under ``dvc repro``, a queue or CI. Keras itself decides by platform,
+    not by terminal, and its bar in a log is one endless line of carriage returns and backspaces."""
+    return 1 if sys.stdout.isatty() else 2
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write a stage's declared output ``data`` as indented JSON, atomically, with a trailing newline."""
     with atomic_path(path, replace=True) as tmp:

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from stages import paths
-from stages.common import PipelineError, atomic_path, remove_stale_temps, temp_dir
+from stages.common import PipelineError, atomic_path, keras_verbosity, remove_stale_temps, temp_dir
 
 
 def image_dataset(
@@ -120,7 +120,7 @@ def resized_pixels(image: Image.Image, size: int) -> np.ndarray:
 def predict_split(model: keras.Model, split: str, image_size: int, batch_size: int) -> Features:
     """``model``'s outputs for every image of one split, in file order, with labels and file ids."""
     dataset = image_dataset(split, image_size, batch_size, shuffle=False, seed=0)
-    outputs = model.predict(dataset, verbose=1)
+    outputs = model.predict(dataset, verbose=keras_verbosity())
     return Features(outputs, labels_of(dataset.file_paths), np.array(dataset.file_paths))
 
 

@@ -19,7 +19,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from stages import paths
-from stages.common import PipelineError, atomic_path, remove_stale_temps
+from stages.common import PipelineError, atomic_path, keras_verbosity, remove_stale_temps
 from stages.config import TrainConfig
 
 
@@ -256,7 +256,7 @@ def _fit_logged(model, x, y, validation, epochs: int, patience: int | None, batc
             batch_size=batch_size,
             shuffle=y is not None,  # a tf.data dataset shuffles itself
             callbacks=[keep_best, DVCLiveCallback(live=live)],
-            verbose=1,
+            verbose=keras_verbosity(),
         ).history
 
 

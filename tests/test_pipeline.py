@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,34 @@ def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) 
     assert set(results) == {"test_images", "baseline", "head", "frozen", "finetuned", "mcnemar"}
     for model in ("baseline", "head", "frozen", "finetuned"):
         assert (project / f"metrics/evaluate/gallery/{model}.png").is_file()
+
+
+def _keys(data: object) -> list[str]:
+    if isinstance(data, dict):
+        return [k for key, value in data.items() for k in (str(key), *_keys(value))]
+    return [k for item in data for k in _keys(item)] if isinstance(data, list) else []
+
+
+def test_declared_metrics_are_results_never_timings(project: Path) -> None:
+    declared = [p for p in (project / "metrics").rglob("*.json") if "plots" not in p.parts]
+    assert len(declared) >= 8
+    for path in declared:
+        timed = [key for key in _keys(json.loads(path.read_text())) if re.search("second|time|duration", key)]
+        assert not timed, f"{path.relative_to(project)}: {timed}"
+    assert re.search(
+        r"^extract_features: \d+ images in [\d.]+ s, [\d.]+ images/s$", (project / "repro.log").read_text(), re.M
+    )
+
+
+def test_a_piped_repro_logs_one_line_per_epoch_not_a_progress_bar(project: Path) -> None:
+    log = (project / "repro.log").read_text()
+    assert "\x08" not in log  # Keras' interactive bar redraws with backspaces
+    epochs = [line for line in log.splitlines() if "val_loss" in line]
+    assert epochs and all("\r" not in line and len(line) < 300 for line in epochs)
+    # One line an epoch of every training stage that ran, as many as DVCLive logged.
+    trained = ("train_baseline", "train_head", "train_frozen", "finetune", "digits/mnist", "digits/fashion_mnist")
+    curves = [project / f"metrics/{stage}/plots/metrics/train/loss.tsv" for stage in trained]
+    assert len(epochs) == sum(len(curve.read_text().splitlines()) - 1 for curve in curves)
 
 
 def test_repro_runs_the_digits_study_for_each_dataset_of_the_matrix(project: Path) -> None:
