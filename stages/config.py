@@ -232,11 +232,18 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class FrozenConfig:
+    """The frozen-base model: its own head (built as ``head:``'s, so a head sweep does not retrain it), its schedule."""
+
+    normalize: bool
+    units: int
+    dropout: float
     learning_rate: float
     epochs: int
     patience: int | None
 
     def __post_init__(self) -> None:
+        _at_least(self.units, "frozen.units")
+        _fraction(self.dropout, "frozen.dropout")
         _schedule("frozen", self.learning_rate, self.epochs, self.patience)
 
 

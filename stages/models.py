@@ -16,7 +16,15 @@ import numpy as np
 
 from stages import paths
 from stages.common import PipelineError
-from stages.config import AugmentConfig, Base, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig
+from stages.config import (
+    AugmentConfig,
+    Base,
+    BaselineConfig,
+    ConfigError,
+    FeaturesConfig,
+    FrozenConfig,
+    HeadConfig,
+)
 
 PACKAGE = "dogs_vs_cats"
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # caffe-style VGG16/ResNet50 preprocessing
@@ -198,9 +206,10 @@ def base_of(extractor: keras.Model) -> keras.Model:
 
 
 def build_head(
-    feature_shape: tuple[int, ...], cfg: HeadConfig, stats: tuple[np.ndarray, np.ndarray] | None = None
+    feature_shape: tuple[int, ...], cfg: HeadConfig | FrozenConfig, stats: tuple[np.ndarray, np.ndarray] | None = None
 ) -> keras.Model:
-    """The dense classifier trained on extracted features: Flatten, Dense, Dropout, a sigmoid unit.
+    """The dense classifier trained on extracted features: Flatten, Dense, Dropout, a sigmoid unit (``head:``'s
+    layers, or the frozen-base model's own, ``frozen:``).
 
     With ``cfg.normalize``, ``stats`` (per-feature mean and variance of the training features) standardize
     the features first. The book needs no such layer: ImageNet features are well scaled. A random base's

@@ -3,9 +3,9 @@ on augmented images.
 
 Chollet trains four models: from scratch, a head on cached features (fast, but no augmentation), this one,
 and fine-tuning. Here every image goes through the whole frozen base each epoch, so augmentation works,
-at the cost of the base's forward pass per image per epoch; on photos it scored about 97.5-97.8 % in
-published runs. The head is built as ``train_head`` builds its own (``head.units``, ``head.dropout``,
-``head.normalize`` with the training features' statistics) but starts from scratch.
+at the cost of the base's forward pass per image per epoch. Its head is built as ``train_head`` builds its
+own, from ``frozen.units``, ``frozen.dropout`` and ``frozen.normalize`` (with the training features'
+statistics), and starts from scratch.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def main() -> None:
     with strategy.scope():
         extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
         extractor.trainable = False
-        stats = feature_stats(load_features("train").features) if params.head.normalize else None
-        head = models.build_head(extractor.output_shape[1:], params.head, stats)
+        stats = feature_stats(load_features("train").features) if cfg.normalize else None
+        head = models.build_head(extractor.output_shape[1:], cfg, stats)
         model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed), name="frozen")
         compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
         model.summary(show_trainable=True)

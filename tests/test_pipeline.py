@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from ruamel.yaml import YAML
 
 from stages import paths
 from tests.conftest import REPO, TINY, write_params
@@ -209,6 +210,31 @@ def test_plots_show_renders_every_declared_plot(project: Path) -> None:
         assert title in html
     assert "Ankle boot" in html  # the confusion matrix names Fashion-MNIST's classes
     assert "metrics/digits/evaluate/fashion_mnist/gallery.png" in html
+
+
+# What each documented sweep key re-runs first: DVC then re-runs what depends on that stage's outputs (the
+# README's "`-S head.units=128` re-runs train_head, finetune and evaluate", never train_frozen).
+CHANGED_BY = {
+    **{f"head.{key}": "train_head" for key in ("normalize", "units", "dropout", "learning_rate", "batch_size",
+                                               "epochs", "patience")},
+    **{f"frozen.{key}": "train_frozen" for key in ("normalize", "units", "dropout", "learning_rate", "epochs")},
+    "finetune.learning_rate": "finetune",
+    "evaluate.threshold": "evaluate",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", CHANGED_BY)
+def test_a_sweep_key_changes_only_the_stage_that_reads_it(project: Path, key: str) -> None:
+    original = (project / "params.yaml").read_text()
+    section, name = key.split(".")
+    value = YAML(typ="safe").load(original)[section][name]
+    changed = not value if isinstance(value, bool) else 3 if value is None else value * 2
+    try:
+        write_params(project / "params.yaml", {key: changed}, base=project / "params.yaml")
+        status = json.loads(sh(["dvc", "status", "--json"], project))
+    finally:
+        (project / "params.yaml").write_text(original)
+    assert set(status) == {CHANGED_BY[key]}, status
 
 
 def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> None:
