@@ -14,6 +14,43 @@ from stages import finetune, train_baseline, train_frozen, train_head
 from tests.conftest import LEARNABLE, REPO, inside, write_params
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_only_float16_gets_loss_scaling(precision: str) -> None:
+    """float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none."""
+    from stages.config import HeadConfig
+    from stages.models import build_head
+    from stages.training import compile_binary
+
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = build_head((4,), HeadConfig(False, 8, 0.0, 1e-3, 4, 1, None))
+        compile_binary(model, 1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+
+
+def test_jit_compile_stays_on_where_xla_can_and_falls_back_where_it_cannot() -> None:
+    from stages.config import AugmentConfig, HeadConfig
+    from stages.models import augmentation, build_head
+    from stages.training import compile_binary
+
+    x, y = np.random.default_rng(0).random((8, 4), dtype="float32"), np.array([0, 1] * 4, dtype="float32")
+    head = build_head((4,), HeadConfig(False, 8, 0.0, 1e-3, 4, 1, None))
+    compile_binary(head, 1e-3, jit_compile=True)
+    head.fit(x, y, epochs=1, verbose=0)
+    assert head.jit_compile  # dense layers: XLA compiles the step
+    inputs = keras.Input((8, 8, 3))
+    augmented = keras.Model(
+        inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(
+            augmentation(AugmentConfig("horizontal", 0.1, 0.1), seed=0)(inputs)))
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
+        compile_binary(augmented, 1e-3, jit_compile=True)
+    augmented.fit(np.zeros((4, 8, 8, 3), "float32"), y[:4], epochs=1, verbose=0)
+    assert not augmented.jit_compile  # the random augmentation layers: Keras trains without XLA, and says so
+
+
 @pytest.mark.parametrize(
     ("precision", "jit_compile", "compute"),
     [("mixed_float16", False, "float16"), ("mixed_bfloat16", True, "bfloat16")],  # float32: every other test

@@ -92,7 +92,12 @@ def test_every_epoch_is_logged_for_dvc_plots(trained: Path, stage: str, epochs: 
             assert len(rows) == 1 + epochs
     summary = json.loads((live / "metrics.json").read_text())
     assert summary["step"] == epochs - 1
-    assert 1 <= summary["best"]["epoch"] <= epochs
+    # The kept epoch is the one of lowest logged validation loss, counted from 1 (DVCLive's step from 0).
+    val_loss = [
+        float(row.split("\t")[1]) for row in (live / "plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
+    ]
+    assert summary["best"]["epoch"] == int(np.argmin(val_loss)) + 1
+    assert summary["best"]["val_loss"] == pytest.approx(min(val_loss))
     assert not (live / "dvc.yaml").exists()  # dvc.yaml is ours; DVCLive must not rewrite it
 
 
