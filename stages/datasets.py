@@ -111,9 +111,17 @@ def labels_of(files: list[str]) -> np.ndarray:
     return np.array([paths.CLASS_NAMES.index(Path(f).parts[1]) for f in files], dtype=np.int8)
 
 
-def resized_pixels(image: Image.Image, size: int) -> np.ndarray:
-    """Raw RGB pixels resized as ``image_dataset_from_directory`` does it (bilinear, no crop), as float32."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+def resized_pixels(image: Image.Image, size: int, data: bytes | None = None) -> np.ndarray:
+    """Raw RGB pixels as ``image_dataset`` feeds them: resized as ``image_dataset_from_directory`` does it
+    (bilinear, no crop), as float32.
+
+    Given the file's ``data``, a plain upright JPEG (``images.is_plain_jpeg``) is decoded by TensorFlow as
+    training decodes it: Pillow's decoder rounds its inverse DCT differently, up to 5 grey levels apart.
+    """
+    if data is not None and image.info.get("plain_jpeg"):
+        array = tf.io.decode_jpeg(data, channels=3)
+    else:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32)
     return tf.image.resize(array, (size, size), method="bilinear").numpy()
 
 

@@ -24,6 +24,7 @@ from stages.anatomy import layer_costs, totals
 from stages.common import PipelineError, atomic_path, run, write_json
 from stages.config import load_params
 from stages.datasets import image_dataset, labels_of, load_features, resized_pixels
+from stages.images import read_image
 from stages.models import load_saved, predicted_labels, takes_images
 
 THUMBNAIL = 128  # gallery tile side, pixels
@@ -157,8 +158,8 @@ def explainer(model: keras.Model, sample_dir: Path, threshold: float) -> Explain
         size = model.input_shape[1]
         pixels = []
         for file in files:
-            with Image.open(sample_dir / file) as image:
-                pixels.append(resized_pixels(image, size))
+            data = (sample_dir / file).read_bytes()
+            pixels.append(resized_pixels(read_image(data), size, data))  # as training decodes it
         maps, _ = gradcam.heatmaps(model, np.stack(pixels), threshold)
         return {file: gradcam.overlay(p, m) for file, p, m in zip(files, pixels, maps, strict=True)}
 

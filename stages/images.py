@@ -114,7 +114,13 @@ def upright_rgb(image: Image.Image) -> Image.Image:
         upright = Image.alpha_composite(Image.new("RGBA", upright.size, "white"), upright.convert("RGBA"))
     rgb = upright.convert("RGB")
     rgb.info["source_mode"] = image.mode
+    rgb.info["plain_jpeg"] = is_plain_jpeg(image)
     return rgb
+
+
+def is_plain_jpeg(image: Image.Image) -> bool:
+    """An upright RGB JPEG: ``sample`` keeps such a file byte for byte, and training decodes it as it is."""
+    return image.format == "JPEG" and image.mode == "RGB" and image.getexif().get(EXIF_ORIENTATION, 1) == 1
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
@@ -146,7 +152,7 @@ def to_rgb_jpeg(data: bytes) -> Photo:
     alpha, an EXIF rotation) is converted and re-encoded, so every sampled file decodes to RGB anywhere.
     """
     with _decoded(data) as image:
-        if image.format == "JPEG" and image.mode == "RGB" and image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        if is_plain_jpeg(image):
             return Photo(data, image.width, image.height)
         rgb = upright_rgb(image)
         out = io.BytesIO()

@@ -102,11 +102,13 @@ def _images_under(folder: Path, errors: list[str]) -> list[Path]:
     return found
 
 
-def readable_images(files: list[Path], errors: list[str]) -> Iterator[tuple[Path, Image.Image]]:
-    """Each file decoded (upright, any mode), skipping those that cannot be: each adds a line to ``errors``."""
+def readable_images(files: list[Path], errors: list[str]) -> Iterator[tuple[Path, Image.Image, bytes]]:
+    """Each file decoded (upright, any mode), with its bytes, skipping those that cannot be: each adds a line
+    to ``errors``."""
     for file in files:
         try:
-            yield file, read_image(read_file(file))  # regular files only, at most MAX_FILE_BYTES
+            data = read_file(file)  # regular files only, at most MAX_FILE_BYTES
+            yield file, read_image(data), data
         except BadImage as bad:
             errors.append(f"{file}: cannot read image ({bad.reason.replace('_', ' ')})")
         except OSError as error:
@@ -116,9 +118,9 @@ def readable_images(files: list[Path], errors: list[str]) -> Iterator[tuple[Path
 def load_batches(files: list[Path], size: int, batch_size: int, errors: list[str]) -> Iterator[tuple]:
     """Batches of (readable files, their pixels); an unreadable file adds a line to ``errors``."""
     batch_files, batch_pixels = [], []
-    for file, image in readable_images(files, errors):
+    for file, image, data in readable_images(files, errors):
         batch_files.append(file)
-        batch_pixels.append(resized_pixels(image, size))
+        batch_pixels.append(resized_pixels(image, size, data))
         if len(batch_files) == batch_size:
             yield batch_files, np.stack(batch_pixels)
             batch_files, batch_pixels = [], []
@@ -207,7 +209,7 @@ def classify_digits(model: keras.Model, model_path: Path, files: list[Path], err
     The class names follow the model's file name (``fashion_mnist.keras``: Fashion-MNIST's), else digits.
     """
     names = paths.DIGITS_CLASS_NAMES.get(model_path.stem, paths.DIGITS_CLASS_NAMES["mnist"])
-    read = [(file, *digits_pixels(image)) for file, image in readable_images(files, errors)]
+    read = [(file, *digits_pixels(image)) for file, image, _ in readable_images(files, errors)]
     if not read:
         return []
     # 28x28 images are small: one predict call for all of them, not one per image.

@@ -38,6 +38,25 @@ def test_the_heatmap_lies_on_the_region_that_decides_the_class() -> None:
     assert heatmap[region].sum() / heatmap.sum() > 0.9
 
 
+def test_a_channel_the_score_ignores_gets_no_heat() -> None:
+    """Two detectors fire, red and blue; only red reaches P(dog). Grad-CAM weighs channels by their gradient,
+    so the blue square stays cold; a map of the plain channel mean would light it as brightly."""
+    inputs = keras.Input((32, 32, 3))
+    detectors = keras.layers.Conv2D(2, 1, use_bias=False, activation="relu", name="detectors")(inputs)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(detectors))
+    model = keras.Model(inputs, outputs)
+    red, blue = [1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]
+    model.get_layer("detectors").set_weights([np.array([red, blue]).T.reshape(1, 1, 3, 2)])
+    model.layers[-1].set_weights([np.array([[0.05], [0.0]]), np.array([-0.5])])  # blue's weight: zero
+    image = np.full((32, 32, 3), 100.0, dtype=np.float32)
+    image[4:14, 4:14] = [255.0, 0.0, 0.0]
+    image[18:28, 18:28] = [0.0, 0.0, 255.0]
+    maps, dogs = gradcam.heatmaps(model, image[np.newaxis])
+    assert dogs[0] > 0.5
+    assert maps[0][3:15, 3:15].sum() / maps[0].sum() > 0.95
+    assert maps[0][18:28, 18:28].max() < 0.01
+
+
 def test_every_image_model_of_the_pipeline_is_explained_at_its_input_size(trained: Path) -> None:
     for path, layer in ((paths.BASELINE_MODEL, keras.layers.Conv2D), (paths.FINETUNED_MODEL, keras.Model)):
         model = keras.models.load_model(trained / path)
