@@ -30,25 +30,38 @@ def test_only_float16_gets_loss_scaling(precision: str) -> None:
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
 
 
-def test_jit_compile_stays_on_where_xla_can_and_falls_back_where_it_cannot() -> None:
+def test_jit_compile_stays_on_only_where_xla_can_and_determinism_is_off() -> None:
+    """Keras keeps jit_compile where every layer supports XLA and TensorFlow's op determinism is off; else it
+    trains without XLA and warns ("Model doesn't support jit_compile=True"). So with train.deterministic:
+    true, the default, train.jit_compile: true changes nothing."""
+    from tensorflow.python.framework import config as tf_config  # Keras' own tests toggle it this way
+
     from stages.config import AugmentConfig, HeadConfig
     from stages.models import augmentation, build_head
     from stages.training import compile_binary
 
-    x, y = np.random.default_rng(0).random((8, 4), dtype="float32"), np.array([0, 1] * 4, dtype="float32")
-    head = build_head((4,), HeadConfig(False, 8, 0.0, 1e-3, 4, 1, None))
-    compile_binary(head, 1e-3, jit_compile=True)
-    head.fit(x, y, epochs=1, verbose=0)
-    assert head.jit_compile  # dense layers: XLA compiles the step
-    inputs = keras.Input((8, 8, 3))
-    augmented = keras.Model(
-        inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(
-            augmentation(AugmentConfig("horizontal", 0.1, 0.1), seed=0)(inputs)))
-    )  # fmt: skip
-    with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
-        compile_binary(augmented, 1e-3, jit_compile=True)
-    augmented.fit(np.zeros((4, 8, 8, 3), "float32"), y[:4], epochs=1, verbose=0)
-    assert not augmented.jit_compile  # the random augmentation layers: Keras trains without XLA, and says so
+    def head() -> keras.Model:
+        return build_head((4,), HeadConfig(False, 8, 0.0, 1e-3, 4, 1, None))
+
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    try:
+        tf_config.disable_op_determinism()
+        dense = head()
+        compile_binary(dense, 1e-3, jit_compile=True)
+        assert dense.jit_compile  # dense layers: XLA compiles the step
+        inputs = keras.Input((8, 8, 3))
+        augmented_inputs = augmentation(AugmentConfig("horizontal", 0.1, 0.1), 0)(inputs)
+        augmented = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(augmented_inputs)))
+        with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
+            compile_binary(augmented, 1e-3, jit_compile=True)
+        assert not augmented.jit_compile  # random augmentation layers: no XLA
+        tf_config.enable_op_determinism()
+        deterministic = head()
+        with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
+            compile_binary(deterministic, 1e-3, jit_compile=True)
+        assert not deterministic.jit_compile  # op determinism: no XLA either
+    finally:
+        (tf_config.enable_op_determinism if was_deterministic else tf_config.disable_op_determinism)()
 
 
 @pytest.mark.parametrize(
