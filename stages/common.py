@@ -181,6 +181,11 @@ def writable_folder(folder: Path, option: str) -> None:
         raise PipelineError(f"{option} {folder}: {existing} is not writable; name a folder of yours")
 
 
+def one_line(error: object, limit: int = 160) -> str:
+    """An exception's message (or any text) as it goes into an error line: whitespace collapsed, cut at ``limit``."""
+    return " ".join(str(error).split())[:limit]
+
+
 def keras_verbosity() -> int:
     """Keras' ``verbose`` for this process: the live progress bar (1) on a terminal, one line per epoch (2)
     when stdout is a pipe or a file, as under ``dvc repro``, a queue or CI. Keras itself decides by platform,

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from stages import paths
-from stages.common import PipelineError, atomic_path, run
+from stages.common import PipelineError, atomic_path, one_line, run
 from stages.config import DigitsDataConfig, load_params
 
 SIDE = 28  # pixels; both datasets' images are 28x28 grayscale
@@ -132,9 +132,7 @@ def read_npz(path: Path) -> tuple[Split, Split]:
             arrays = {key: _npy_member(archive, members[f"{key}.npy"], path) for key in NPZ_KEYS}
     except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, RuntimeError, NotImplementedError) as error:
         # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile cannot read.
-        raise PipelineError(
-            f"{path}: not a readable .npz ({' '.join(str(error).split())[:160]}); use Keras' mnist.npz"
-        ) from None
+        raise PipelineError(f"{path}: not a readable .npz ({one_line(error)}); use Keras' mnist.npz") from None
     return (
         checked(arrays["x_train"], arrays["y_train"], f"{path} (train)"),
         checked(arrays["x_test"], arrays["y_test"], f"{path} (test)"),
@@ -200,7 +198,7 @@ def from_keras(dataset: str) -> tuple[Split, Split]:
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data()
     except Exception as error:  # urllib, socket and Keras' own errors: all mean "could not fetch it"
-        reason = " ".join(str(error).split())[:200]
+        reason = one_line(error, 200)
         raise PipelineError(
             f"digits.data.source keras: cannot download {dataset} ({reason}); with no network, set "
             f"digits.data.source: files (a local copy under {paths.DIGITS_ARCHIVE_DIR}/{dataset}/) or offline"

@@ -123,6 +123,11 @@ def is_plain_jpeg(image: Image.Image) -> bool:
     return image.format == "JPEG" and image.mode == "RGB" and image.getexif().get(EXIF_ORIENTATION, 1) == 1
 
 
+def is_high_depth(mode: str) -> bool:
+    """A Pillow mode of more than 8 bits a pixel: 16- or 32-bit integers (``I;16*``, ``I``) or floats (``F``)."""
+    return mode.startswith("I") or mode == "F"
+
+
 def eight_bit(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit and float grayscale as 8-bit ``L``, scaled by the range the mode holds: Pillow's own
     conversion clips them at 255, which turns a 16-bit image near white and a float one black.
@@ -130,7 +135,7 @@ def eight_bit(image: Image.Image) -> Image.Image:
     ``I;16*`` and ``I`` (how Pillow opens 16-bit PNGs and TIFFs) hold 0 to 65,535; ``F`` holds 0 to 1. Values
     outside that range have no one meaning: such an image is a BadImage (``unsupported_range``).
     """
-    if not (image.mode.startswith("I") or image.mode == "F"):
+    if not is_high_depth(image.mode):
         return image
     pixels = np.asarray(image, dtype=np.float64)
     top = 1.0 if image.mode == "F" else 65535.0

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from stages import paths
-from stages.common import PipelineError
+from stages.common import PipelineError, one_line
 from stages.config import (
     AugmentConfig,
     Base,
@@ -316,5 +316,5 @@ def load_saved(path: Path) -> keras.Model:
     try:
         return keras.models.load_model(path)
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:  # a truncated or edited file
-        reason = " ".join(str(error).split())[:160]
+        reason = one_line(error)
         raise PipelineError(f"{path}: cannot load the model ({reason}); save it again with dvc repro") from None

@@ -39,7 +39,7 @@ from stages.common import PipelineError, atomic_path, output_dir, replaceable, r
 from stages.config import FeaturesConfig, load_params
 from stages.datasets import resized_pixels
 from stages.digits_data import CLASSES, SIDE
-from stages.images import BadImage, read_file, read_image
+from stages.images import BadImage, is_high_depth, read_file, read_image
 from stages.models import BASES, build_imagenet_classifier, load_saved, predicted_labels, takes_images
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -128,8 +128,14 @@ def load_batches(files: list[Path], size: int, batch_size: int, errors: list[str
         yield batch_files, np.stack(batch_pixels)
 
 
-def classify(model: keras.Model, files: list[Path], threshold: float, batch_size: int, errors: list[str],
-             overlays: dict[Path, Path] | None = None):  # fmt: skip
+def classify(
+    model: keras.Model,
+    files: list[Path],
+    threshold: float,
+    batch_size: int,
+    errors: list[str],
+    overlays: dict[Path, Path] | None = None,
+):
     """One row per readable image: path, label, P(label), P(dog); with ``overlays`` (see ``overlay_paths``),
     each image's Grad-CAM overlay is written where it says."""
     rows = []
@@ -188,7 +194,7 @@ def is_digits_model(model: keras.Model) -> bool:
 def digits_pixels(image: Image.Image) -> tuple[np.ndarray, str]:
     """An image as the digits models take it (28x28, white on black, 0-255), and what was done to it."""
     source = image.info.get("source_mode", image.mode)  # before read_image made it RGB
-    if source.startswith("I") or source == "F":
+    if is_high_depth(source):
         done = [f"{'float' if source == 'F' else '16-bit'} ({source}) scaled to 8-bit grayscale"]
     else:
         done = [] if source in ("L", "1") else [f"{source} to grayscale"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from stages import paths, stats
-from stages.common import PipelineError, atomic_path, output_file, run
+from stages.common import PipelineError, atomic_path, one_line, output_file, run
 
 REPORT_NAME = "report.md"
 COLUMNS = {
@@ -118,7 +118,7 @@ def _predictions(data: bytes, where: str) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise PipelineError(f"{where}: not UTF-8 text; it is not a predictions file evaluate wrote") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise PipelineError(f"{where}: not a readable CSV ({' '.join(str(error).split())[:120]})") from None
+        raise PipelineError(f"{where}: not a readable CSV ({one_line(error, 120)})") from None
     missing = [column for column in PREDICTION_COLUMNS if column not in table.columns]
     if missing:
         raise PipelineError(f"{where}: has no column {missing[0]}; run dvc repro evaluate there")
@@ -139,9 +139,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
-        raise PipelineError(
-            f"{path}: not readable JSON ({' '.join(str(error).split())[:120]}); run dvc repro"
-        ) from None
+        raise PipelineError(f"{path}: not readable JSON ({one_line(error, 120)}); run dvc repro") from None
     if not isinstance(data, dict):
         raise PipelineError(f"{path}: not a JSON object of metrics; run dvc repro")
     return data

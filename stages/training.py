@@ -133,8 +133,7 @@ def run_as_worker(stage: str, outputs: tuple[Path, ...], timeout: float) -> None
     thread or signal handler runs), and it catches SIGTERM itself. Here the child must say the cluster formed
     within ``timeout`` seconds; SIGINT or SIGTERM kill it at once and remove its temp ``outputs``; its exit
     status becomes this process's."""
-    check_tf_config()
-    cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+    cluster = check_tf_config()["cluster"]
     print(
         f"{stage}: waiting up to {timeout:g} s for the {sum(map(len, cluster.values()))} tasks of TF_CONFIG's cluster"
     )
