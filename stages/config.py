@@ -422,7 +422,7 @@ def parse(cls: type, raw: Any, prefix: str = "") -> Any:
     for name in fields:
         key = f"{prefix}.{name}" if prefix else name
         if name not in raw:
-            raise ConfigError(f"missing key {key}; add it (the README lists every key)")
+            raise ConfigError(f"missing key {key}; add it (docs/params.md lists every key)")
         values[name] = _coerce(hints[name], raw[name], key)
     return cls(**values)
 

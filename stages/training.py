@@ -78,7 +78,7 @@ def distribution(cfg: TrainConfig, stage: str) -> tf.distribute.Strategy:
     return strategy
 
 
-_TF_CONFIG_HELP = 'set it on every machine (README, "One run on several machines")'
+_TF_CONFIG_HELP = 'set it on every machine (docs/experiments-and-scaling.md, "One run on several machines")'
 
 
 def check_tf_config() -> dict:
