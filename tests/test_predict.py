@@ -19,7 +19,7 @@ from PIL import Image
 
 from stages import predict
 from stages.datasets import image_dataset
-from tests.conftest import call_stage, image_bytes, inside, run_stage
+from tests.conftest import LEARNABLE, call_stage, image_bytes, inside, run_stage
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_predictions_match_the_training_input_pipeline(trained: Path, capsys: py
         model = keras.models.load_model("models/baseline.keras")
         reference = dict(zip(dataset.file_paths, model.predict(dataset, verbose=0).reshape(-1), strict=True))
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 30
+    assert len(rows) == 2 * LEARNABLE["sample.test_per_class"]
     got = {Path(r["path"]).relative_to("data/sample").as_posix(): r["dog_probability"] for r in rows}
     assert got.keys() == reference.keys()
     np.testing.assert_allclose([got[k] for k in sorted(got)], [reference[k] for k in sorted(got)], atol=1e-5)
@@ -100,7 +100,7 @@ def test_predict_feeds_the_pixels_training_feeds(trained: Path) -> None:
         files = [trained / "data/sample" / f for f in dataset.file_paths]
         errors: list[str] = []
         fed = np.concatenate([pixels for _, pixels in predict.load_batches(files, 32, 64, errors)])
-    assert errors == [] and fed.shape == trained_on.shape == (30, 32, 32, 3)
+    assert errors == [] and fed.shape == trained_on.shape == (2 * LEARNABLE["sample.test_per_class"], 32, 32, 3)
     # The same decoder and the same resize: the same pixels (Pillow's JPEG decoder was up to 5 levels off).
     np.testing.assert_array_equal(fed, trained_on)
 

@@ -13,11 +13,13 @@ import pytest
 from stages.common import PipelineError
 from stages.config import load_params
 from stages.datasets import VARIANCE_FLOOR, feature_stats, image_dataset, load_features, write_features
-from stages.models import augmentation, build_baseline, build_head
+from stages.models import build_head
 from stages.training import compile_binary, fit, seed_everything
-from tests.conftest import inside, run_stage
+from tests.conftest import LEARNABLE, inside, run_stage
 
-LEARNED = 0.85  # validation accuracy both models must reach; chance is 0.5
+LEARNED = 0.85  # the baseline's test accuracy; chance is 0.5, and no colour cue helps (tests/test_synthetic.py)
+HEAD_LEARNED = 0.7  # the head sees features of a random VGG16 at 32 px: less, but far above chance
+MARGIN = 0.15  # by which the head must beat the best of its shuffled-label controls
 
 
 def _accuracy(model: keras.Model, inputs, labels: np.ndarray) -> float:
@@ -25,64 +27,56 @@ def _accuracy(model: keras.Model, inputs, labels: np.ndarray) -> float:
     return float(np.mean((probabilities > 0.5) == labels.reshape(-1)))
 
 
-def _validation_images(root: Path) -> tuple:
+def _test_images(root: Path) -> tuple:
+    """The test split, which no stage uses to pick an epoch (the validation split picks it)."""
     with inside(root):
-        dataset = image_dataset("validation", 32, 64, shuffle=False, seed=0)
+        dataset = image_dataset("test", 32, 64, shuffle=False, seed=0)
         labels = np.concatenate([y.numpy() for _, y in dataset])
     return dataset, labels
 
 
 def test_baseline_learns_far_above_chance(trained: Path) -> None:
-    dataset, labels = _validation_images(trained)
+    dataset, labels = _test_images(trained)
     model = keras.models.load_model(trained / "models/baseline.keras")
     assert _accuracy(model, dataset, labels) >= LEARNED
 
 
-def test_head_learns_far_above_chance(trained: Path) -> None:
-    with inside(trained):
-        validation = load_features("validation")
-    model = keras.models.load_model(trained / "models/head.keras")
-    assert _accuracy(model, validation.features, validation.labels) >= LEARNED
-
-
-def test_swapped_labels_fail_the_same_bar(trained: Path) -> None:
-    # The check above must be able to fail: trained on flipped labels, neither model reaches the bar.
+def test_head_beats_every_shuffled_label_control(trained: Path) -> None:
+    # The same head, trained on the training labels permuted (three seeds), picks its best epoch on the real
+    # validation labels as the real head does; scored on the test split, it can only be lucky, not right.
     with inside(trained):
         params = load_params()
-        train, validation = load_features("train"), load_features("validation")
-        seed_everything(params.seed, deterministic=True)
-        head = build_head(train.features.shape[1:], params.head, feature_stats(train.features))
-        compile_binary(head, params.head.learning_rate)
-        fit(
-            head,
-            train.features,
-            1 - train.labels,
-            validation=(validation.features, validation.labels),
-            stage="swapped_head",
-            epochs=params.head.epochs,
-            patience=None,
-            batch_size=params.head.batch_size,
-        )
-        assert _accuracy(head, validation.features, validation.labels) < LEARNED
-
-        images = image_dataset("train", 32, 16, shuffle=True, seed=0).map(lambda x, y: (x, 1 - y))
-        seed_everything(params.seed, deterministic=True)
-        baseline = build_baseline(32, params.baseline, augmentation(params.augment, params.seed))
-        compile_binary(baseline, params.baseline.learning_rate)
-        val_images = image_dataset("validation", 32, 16, shuffle=False, seed=0)
-        fit(
-            baseline,
-            images,
-            validation=val_images,
-            stage="swapped_baseline",
-            epochs=params.baseline.epochs,
-            patience=None,
-        )
-    dataset, labels = _validation_images(trained)
-    assert _accuracy(baseline, dataset, labels) < LEARNED
+        train, validation, test = (load_features(split) for split in ("train", "validation", "test"))
+        real = _accuracy(keras.models.load_model("models/head.keras"), test.features, test.labels)
+        controls = []
+        for seed in range(3):
+            seed_everything(seed, deterministic=True)
+            head = build_head(train.features.shape[1:], params.head, feature_stats(train.features))
+            compile_binary(head, params.head.learning_rate)
+            shuffled = np.random.default_rng(seed).permutation(train.labels)
+            validation_pair = (validation.features, validation.labels)
+            fit(
+                head,
+                train.features,
+                shuffled,
+                validation=validation_pair,
+                stage=f"shuffled_head_{seed}",
+                epochs=params.head.epochs,
+                patience=None,
+                batch_size=params.head.batch_size,
+            )
+            controls.append(_accuracy(head, test.features, test.labels))
+    assert real >= HEAD_LEARNED, (real, controls)
+    assert real >= max(controls) + MARGIN, (real, controls)
 
 
-@pytest.mark.parametrize(("stage", "epochs"), [("train_baseline", 8), ("train_head", 5), ("finetune", 1)])
+@pytest.mark.parametrize(
+    ("stage", "epochs"),
+    [
+        (stage, LEARNABLE[f"{key}.epochs"])
+        for stage, key in (("train_baseline", "baseline"), ("train_head", "head"), ("finetune", "finetune"))
+    ],
+)
 def test_every_epoch_is_logged_for_dvc_plots(trained: Path, stage: str, epochs: int) -> None:
     live = trained / "metrics" / stage
     for split in ("train", "eval"):
@@ -168,7 +162,7 @@ def test_features_keep_the_manifest_labels_in_file_order(trained: Path) -> None:
     manifest = pd.read_csv(trained / "data/sample/manifest.csv")
     truth = dict(zip(manifest["path"], manifest["label"], strict=True))
     with inside(trained):
-        for split, count in (("train", 60), ("validation", 30), ("test", 30)):
+        for split, count in ((s, 2 * LEARNABLE[f"sample.{s}_per_class"]) for s in ("train", "validation", "test")):
             features = load_features(split)
             assert features.features.shape == (count, 1, 1, 512)
             assert [truth[f] for f in features.files] == [("cat", "dog")[label] for label in features.labels]
