@@ -80,17 +80,6 @@ def test_bad_archive_is_one_line(workdir: Path, tmp_path: Path, make: str, messa
     assert not (workdir / "data/raw").exists()
 
 
-def test_petimages_downloads_with_the_real_code_path(workdir: Path, tmp_path: Path) -> None:
-    # A local stand-in in Microsoft's layout, fetched through urllib like the real https URL.
-    zip_path = make_zip(
-        tmp_path / "kagglecatsanddogs_5340.zip",
-        {"PetImages/Cat/0.jpg": b"x", "PetImages/Dog/0.jpg": b"y", "PetImages/Cat/Thumbs.db": b""},
-    )
-    write_params(workdir / "params.yaml", {"data.source": "petimages", "data.petimages_url": zip_path.as_uri()})
-    download.main()
-    assert _sha(workdir / "data/raw/train.zip") == _sha(zip_path)
-
-
 def test_petimages_unreachable_is_one_line(workdir: Path) -> None:
     write_params(workdir / "params.yaml", {"data.source": "petimages", "data.petimages_url": "file:///nowhere/x.zip"})
     result = run_stage("download", workdir)

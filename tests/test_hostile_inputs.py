@@ -142,6 +142,7 @@ def test_an_uppercase_archive_name_lands_as_train_zip_and_samples(workdir: Path,
 
 
 def test_a_url_not_ending_in_zip_is_saved_as_train_zip(workdir: Path, tmp_path: Path) -> None:
+    # Fetched through urllib like the real https URL, from a local stand-in in Microsoft's layout.
     served = make_zip(tmp_path / "download.aspx", {f"PetImages/Cat/{n}.jpg": image_bytes() for n in range(2)})
     write_params(workdir / "params.yaml", {"data.source": "petimages", "data.petimages_url": served.as_uri()})
     download.main()
