@@ -33,7 +33,7 @@ test-fast: setup
 # configs/$(SCENARIO).yaml (demo: generated 96 px images, a random VGG16) as an experiment; params.yaml stays.
 SCENARIO ?= demo
 demo: setup
-	eval dvc exp run --temp --name $(SCENARIO)-$$(date +%Y%m%d-%H%M%S) "$$(python -m stages.scenarios $(SCENARIO))"
+	eval dvc exp run --temp --name $(SCENARIO)-$$(date +%Y%m%d-%H%M%S) "$$(python -m tools.scenarios $(SCENARIO))"
 	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|frozen|finetuned)\.(accuracy|roc_auc)$$|^metrics/digits/[a-z_]+\.json:accuracy$$'
 
 lint: setup
@@ -47,9 +47,9 @@ format: setup
 
 BASE ?= main
 report: setup
-	python -m stages.report --base $(BASE) --out report.md --force
+	python -m tools.report --base $(BASE) --out report.md --force
 	dvc plots diff $(BASE) --out dvc_plots
 
 # Speed of each step on this machine; BENCH_ARGS="--scenario full" estimates the 25,000-image run.
 bench: setup
-	python -m stages.bench --force $(BENCH_ARGS)
+	python -m tools.bench --force $(BENCH_ARGS)

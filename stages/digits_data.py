@@ -23,18 +23,16 @@ import struct
 import sys
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from stages import paths
-from stages.common import PipelineError, atomic_path, one_line, run
-from stages.config import DigitsDataConfig, load_params
+from dogs_vs_cats import paths
+from dogs_vs_cats.common import PipelineError, atomic_path, one_line, run
+from dogs_vs_cats.config import DigitsDataConfig, load_params
+from dogs_vs_cats.digits_io import CLASSES, SIDE, Split, dataset_arg
 
-SIDE = 28  # pixels; both datasets' images are 28x28 grayscale
-CLASSES = 10
 MAX_IMAGES = 1_000_000  # per file; the real ones hold 60,000 and 10,000
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_FILES = {  # the original names, the same for both datasets
@@ -45,17 +43,6 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # Keras' mnist.npz
 NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 SKLEARN_TEST_SHARE = 0.2  # scikit-learn's digits have no official test split: a fixed one is made
 OFFLINE_SEED = 0  # the offline sets' own seed, so a `seed` sweep re-splits validation, not the data
-
-
-@dataclass(frozen=True)
-class Split:
-    """Images (N x 28 x 28, uint8, white on black) and their labels (N, uint8, 0 to 9)."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __post_init__(self) -> None:
-        assert self.x.shape == (len(self.y), SIDE, SIDE) and self.x.dtype == np.uint8 and self.y.dtype == np.uint8
 
 
 def regular_file(path: Path, fix: str) -> Path:
@@ -299,24 +286,8 @@ def save(folder: Path, splits: dict[str, Split]) -> None:
             np.savez(tmp / f"{name}.npz", x=split.x, y=split.y)
 
 
-def load_split(dataset: str, split: str) -> Split:
-    """One split written by this stage."""
-    path = paths.digits_data_dir(dataset) / f"{split}.npz"
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; run dvc repro digits_data@{dataset}")
-    with np.load(path, allow_pickle=False) as data:
-        return Split(data["x"], data["y"])
-
-
-def dataset_arg(argv: list[str]) -> str:
-    """The one command-line argument: which dataset."""
-    if len(argv) != 1 or argv[0] not in paths.DIGITS_DATASETS:
-        raise PipelineError(f"usage: python -m stages.digits_data {{{','.join(paths.DIGITS_DATASETS)}}}")
-    return argv[0]
-
-
 def main() -> None:
-    dataset = dataset_arg(sys.argv[1:])
+    dataset = dataset_arg(sys.argv[1:], "digits_data")
     params = load_params()
     train, test = load(dataset, params.digits.data)
     train, validation = split_validation(train, params.digits.data.validation, params.seed)

@@ -11,86 +11,63 @@ import sys
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from sklearn import metrics as skm
 
-from stages import paths
-from stages.common import atomic_path, run, write_json
-from stages.config import load_params
-from stages.digits_data import CLASSES, Split, dataset_arg, load_split
-from stages.digits_train import batches
-from stages.models import load_saved
+from dogs_vs_cats import evaluation, paths
+from dogs_vs_cats.classes import DIGITS_CLASS_NAMES
+from dogs_vs_cats.common import atomic_path, run, write_json
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.digits_io import CLASSES, Split, dataset_arg, load_split
+from dogs_vs_cats.digits_model import batches
+from dogs_vs_cats.models import load_saved
 
 ZOOM = 4  # gallery tiles are the 28 px images drawn 4x larger
-CAPTION = 40  # pixels under each tile
-MARGIN = 4
-LOG_LOSS_EPS = 1e-7
+CAPTION = 40  # gallery caption height, pixels (three lines)
 
 
 def score(labels: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...]) -> dict:
     """Ten-class metrics of ``probabilities`` (N x 10) against ``labels``."""
     predicted = probabilities.argmax(axis=1)
-    classes = list(range(CLASSES))
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        labels, predicted, labels=classes, average="macro", zero_division=0
+        labels, predicted, labels=list(range(CLASSES)), average="macro", zero_division=0
     )
-    clipped = np.clip(probabilities, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
-    per_class = {
-        name: float((predicted[labels == k] == k).mean()) if (labels == k).any() else None
-        for k, name in enumerate(names)
-    }
     return {
         "test_images": len(labels),
         "accuracy": float(skm.accuracy_score(labels, predicted)),
         "precision_macro": float(precision),
         "recall_macro": float(recall),
         "f1_macro": float(f1),
-        "log_loss": float(skm.log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)),
-        "per_class_accuracy": per_class,
+        "log_loss": evaluation.log_loss(labels, probabilities),
+        "per_class_accuracy": evaluation.per_class_accuracy(labels, predicted, names),
     }
 
 
 def predictions_table(labels: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...]) -> pd.DataFrame:
-    """``index, label, predicted, confidence`` per test image, with class names (the confusion plot's axes)."""
-    predicted = probabilities.argmax(axis=1)
-    named = np.array(names)
-    return pd.DataFrame(
-        {
-            "index": np.arange(len(labels)),
-            "label": named[labels],
-            "predicted": named[predicted],
-            "confidence": probabilities.max(axis=1).round(6),
-        }
+    """``index, label, confidence, predicted`` per test image, with class names."""
+    index = {"index": np.arange(len(labels))}
+    return evaluation.predictions_table(
+        index, labels, probabilities.argmax(axis=1), names, {"confidence": probabilities.max(axis=1)}
     )
 
 
 def gallery(split: Split, table: pd.DataFrame, size: int, title: str) -> Image.Image:
     """The ``size`` misclassified test images predicted with the highest confidence, captioned."""
-    wrong = table[table["label"] != table["predicted"]].sort_values(["confidence", "index"], ascending=[False, True])
-    wrong = wrong.head(size)
-    font = ImageFont.load_default(size=11)
+    wrong = table[table["label"] != table["predicted"]]
+    shown = evaluation.most_confident(wrong, wrong["confidence"], size)
     tile = split.x.shape[1] * ZOOM
-    if wrong.empty:
-        heading = f"{title}: no misclassified test images"
-    else:
-        heading = f"{title}: the {len(wrong)} most confidently wrong test image{'s' * (len(wrong) > 1)}"
-    width = max(len(wrong) * (tile + MARGIN), int(font.getlength(heading)) + 2 * MARGIN)
-    sheet = Image.new("RGB", (width, CAPTION // 2 + (tile + CAPTION if len(wrong) else 0)), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((MARGIN, MARGIN), heading, fill="black", font=font)
-    for slot, row in enumerate(wrong.itertuples()):
-        x = slot * (tile + MARGIN)
-        image = Image.fromarray(split.x[row.index]).resize((tile, tile), Image.Resampling.NEAREST)
-        sheet.paste(image.convert("RGB"), (x, CAPTION // 2))
-        caption = f"true {row.label}\nsaid {row.predicted}\np={row.confidence:.3f}"
-        draw.multiline_text((x + 1, CAPTION // 2 + tile + 1), caption, fill="black", font=font, spacing=0)
-    return sheet
+    columns = [
+        [Image.fromarray(split.x[row.index]).resize((tile, tile), Image.Resampling.NEAREST)]
+        for row in shown.itertuples()
+    ]
+    captions = [f"true {row.label}\nsaid {row.predicted}\np={row.confidence:.3f}" for row in shown.itertuples()]
+    return evaluation.gallery_sheet(title, columns, captions, tile, CAPTION)
 
 
 def main() -> None:
-    dataset = dataset_arg(sys.argv[1:])
+    dataset = dataset_arg(sys.argv[1:], "digits_evaluate")
     params = load_params()
-    names = paths.DIGITS_CLASS_NAMES[dataset]
+    names = DIGITS_CLASS_NAMES[dataset]
     test = load_split(dataset, "test")
     model = load_saved(paths.digits_model(dataset))
     probabilities = model.predict(batches(test, params.digits.batch_size, shuffle=False, seed=0), verbose=0)

@@ -1,11 +1,7 @@
 """Stage ``digits_train@<dataset>``: a convnet for MNIST or Fashion-MNIST, the course's or the homework's.
 
-``digits.network: book`` is the course's network (Chollet, listing 8.1): Conv2D 32 -> MaxPool -> Conv2D 64 ->
-MaxPool -> Conv2D 128 -> Flatten -> Dense 10, about 99.1 % on MNIST with RMSprop. ``strong`` is the
-homework's: two blocks of two 3x3 convolutions with batch normalization, max pooling and dropout, then a
-batch-normalized Dense 128; with augmentation (small rotations, shifts and zooms, never flips), Adam and a
-cosine schedule it is the kind of network that reaches 99.5-99.7 %. Images stay uint8 in memory and are
-batched by ``tf.data``; scaling to [0, 1] and augmentation are layers inside the saved model.
+The networks (``digits.network: book``, the course's; ``strong``, the homework's) are
+``dogs_vs_cats.digits_model``'s.
 """
 
 from __future__ import annotations
@@ -13,111 +9,29 @@ from __future__ import annotations
 import math
 import sys
 
-import keras
-import numpy as np
-import tensorflow as tf
-
-from stages import paths
-from stages.common import run
-from stages.config import DigitsAugmentConfig, DigitsConfig, load_params
-from stages.digits_data import CLASSES, SIDE, Split, dataset_arg, load_split
-from stages.training import distribution, fit, save_model, seed_everything, set_precision
-
-BN_MOMENTUM = 0.9  # Keras' 0.99 needs thousands of steps to settle; small offline sets have a few hundred
-
-
-def augmentation(cfg: DigitsAugmentConfig, seed: int) -> list[keras.layers.Layer]:
-    """Small rotations, shifts and zooms that keep a digit a digit; empty when all are 0."""
-    fill = {"fill_mode": "constant", "fill_value": 0.0}  # the background is black
-    layers = []
-    if cfg.rotation:
-        layers.append(keras.layers.RandomRotation(cfg.rotation, seed=seed, **fill))
-    if cfg.shift:
-        layers.append(keras.layers.RandomTranslation(cfg.shift, cfg.shift, seed=seed, **fill))
-    if cfg.zoom:
-        layers.append(keras.layers.RandomZoom(cfg.zoom, seed=seed, **fill))
-    return layers
-
-
-def build_network(cfg: DigitsConfig, seed: int) -> keras.Model:
-    """The ``digits.network`` model: 28x28x1 pixels (0-255) in, ten class probabilities out (float32)."""
-    inputs = keras.Input((SIDE, SIDE, 1), name="pixels")
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    for layer in augmentation(cfg.augment, seed):
-        x = layer(x)
-    if cfg.network == "book":
-        for filters in (32, 64):
-            x = keras.layers.Conv2D(filters, 3, activation="relu")(x)
-            x = keras.layers.MaxPooling2D(2)(x)
-        x = keras.layers.Conv2D(128, 3, activation="relu")(x)
-        x = keras.layers.Flatten()(x)
-        x = keras.layers.Dropout(cfg.dropout)(x) if cfg.dropout else x
-    else:
-        for filters in (32, 64):
-            for _ in range(2):
-                x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-                x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
-                x = keras.layers.ReLU()(x)
-            x = keras.layers.MaxPooling2D(2)(x)
-            x = keras.layers.Dropout(cfg.dropout)(x)
-        x = keras.layers.Flatten()(x)
-        x = keras.layers.Dense(128, use_bias=False)(x)
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.Dropout(cfg.dropout)(x)
-    # float32 whatever train.precision is, so probabilities and the loss keep their precision.
-    outputs = keras.layers.Dense(CLASSES, activation="softmax", dtype="float32", name="classes")(x)
-    return keras.Model(inputs, outputs, name=f"digits_{cfg.network}")
-
-
-def learning_rate(cfg: DigitsConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """``digits.schedule`` over the run's steps: Keras' own schedules, so the saved model loads in safe mode."""
-    total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
-    if cfg.schedule == "step":
-        boundaries = [total // 2, (3 * total) // 4]
-        rates = [cfg.learning_rate, cfg.learning_rate / 10, cfg.learning_rate / 100]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, rates)
-    return cfg.learning_rate
-
-
-def compile_digits(model: keras.Model, cfg: DigitsConfig, steps_per_epoch: int, jit_compile: bool = False) -> None:
-    rate = learning_rate(cfg, steps_per_epoch)
-    optimizer = keras.optimizers.Adam(rate) if cfg.optimizer == "adam" else keras.optimizers.RMSprop(rate)
-    model.compile(
-        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
-    )
-
-
-def batches(split: Split, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """``(pixels, label)`` batches from uint8 arrays held in memory; shuffled afresh each epoch, seeded."""
-    dataset = tf.data.Dataset.from_tensor_slices((split.x[..., np.newaxis], split.y))
-    if shuffle:
-        dataset = dataset.shuffle(len(split.y), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+from dogs_vs_cats import paths
+from dogs_vs_cats.common import run
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.digits_io import dataset_arg, load_split
+from dogs_vs_cats.digits_model import batches, build_network, compile_digits
+from dogs_vs_cats.training import fit, save_model, training_session
 
 
 def main() -> None:
-    dataset = dataset_arg(sys.argv[1:])
+    dataset = dataset_arg(sys.argv[1:], "digits_train")
     params = load_params()
-    cfg, train_cfg = params.digits, params.train
-    strategy = distribution(train_cfg, "digits_train")  # before any TensorFlow op, as multi_worker needs
-    seed_everything(params.seed, train_cfg.deterministic)
-    set_precision(train_cfg)
+    cfg = params.digits
     train, validation = load_split(dataset, "train"), load_split(dataset, "validation")
-    with strategy.scope():
+    with training_session(params, "digits_train"):
         model = build_network(cfg, params.seed)
-        compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size), train_cfg.jit_compile)
+        compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size), params.train.jit_compile)
         model.summary()
         fit(
             model,
             batches(train, cfg.batch_size, shuffle=True, seed=params.seed),
             validation=batches(validation, cfg.batch_size, shuffle=False, seed=params.seed),
-            stage=paths.digits_live_stage(dataset),
-            epochs=cfg.epochs,
-            patience=cfg.patience,
+            log_dir=paths.digits_live_dir(dataset),
+            schedule=cfg.training,
             notes={"network": cfg.network, "train_images": len(train.y), "validation_images": len(validation.y)},
         )
         save_model(model, paths.digits_model(dataset))

@@ -22,11 +22,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from stages import paths
-from stages.common import PipelineError, atomic_path, run
-from stages.config import DataConfig, load_params
-from stages.images import parse_member
-from stages.synthetic import write_train_zip
+from dogs_vs_cats import paths
+from dogs_vs_cats.common import PipelineError, atomic_path, run
+from dogs_vs_cats.config import DataConfig, load_params
+from dogs_vs_cats.images import parse_member
+from dogs_vs_cats.synthetic import write_train_zip
 
 KAGGLE_FILE = "train.zip"
 CHUNK = 1 << 20

@@ -16,21 +16,20 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image
 from sklearn import metrics as skm
 
-from stages import gradcam, paths, stats
-from stages.anatomy import layer_costs, totals
-from stages.common import PipelineError, atomic_path, run, write_json
-from stages.config import load_params
-from stages.datasets import image_dataset, labels_of, load_features, resized_pixels
-from stages.images import read_image
-from stages.models import load_saved, predicted_labels, takes_images
+from dogs_vs_cats import evaluation, gradcam, paths, stats
+from dogs_vs_cats.classes import CLASS_NAMES
+from dogs_vs_cats.common import PipelineError, atomic_path, run, write_json
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.costs import layer_costs, totals
+from dogs_vs_cats.datasets import image_dataset, labels_of, load_features, resized_pixels
+from dogs_vs_cats.images import read_image
+from dogs_vs_cats.models import load_saved, predicted_labels, takes_images
 
 THUMBNAIL = 128  # gallery tile side, pixels
-CAPTION = 30  # gallery caption height, pixels
-MARGIN = 4  # gallery text inset, pixels
-LOG_LOSS_EPS = 1e-7  # Keras' epsilon: a model that outputs exactly 0 or 1 still has a finite log loss
+CAPTION = 30  # gallery caption height, pixels (two lines)
 
 
 def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float | int | None]:
@@ -44,7 +43,7 @@ def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> di
         "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
         "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
         "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if both_classes else None,
-        "log_loss": float(skm.log_loss(labels, np.clip(probabilities, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS), labels=[0, 1])),
+        "log_loss": evaluation.log_loss(labels, np.column_stack([1 - probabilities, probabilities])),
         "true_negatives": int(tn),
         "false_positives": int(fp),
         "false_negatives": int(fn),
@@ -79,32 +78,20 @@ def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
 
 def predictions_table(files: list[str], labels: np.ndarray, probabilities: np.ndarray, threshold: float):
     """``file, label, probability, predicted`` with class names, sorted by file."""
-    names = np.array(paths.CLASS_NAMES)
-    table = pd.DataFrame(
-        {
-            "file": files,
-            "label": names[labels.astype(int)],
-            "probability": probabilities.round(6),
-            "predicted": names[predicted_labels(probabilities, threshold)],
-        }
-    )
-    return table.sort_values("file").reset_index(drop=True)
+    predicted = predicted_labels(probabilities, threshold)
+    return evaluation.predictions_table({"file": files}, labels, predicted, CLASS_NAMES, {"probability": probabilities})
 
 
 def most_confidently_wrong(table: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:
     """The ``size`` misclassified rows whose P(dog) is furthest from ``threshold``, most confident first."""
-    return _most_confident(table[table["label"] != table["predicted"]], size, threshold)
+    wrong = table[table["label"] != table["predicted"]]
+    return evaluation.most_confident(wrong, (wrong["probability"] - threshold).abs(), size)
 
 
 def most_confidently_right(table: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:
     """The ``size`` correctly classified rows whose P(dog) is furthest from ``threshold``, most confident first."""
-    return _most_confident(table[table["label"] == table["predicted"]], size, threshold)
-
-
-def _most_confident(rows: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:
-    confidence = (rows["probability"] - threshold).abs().rename("confidence")
-    ordered = pd.concat([rows, confidence], axis=1).sort_values(["confidence", "file"], ascending=[False, True])
-    return ordered.drop(columns="confidence").head(size)
+    right = table[table["label"] == table["predicted"]]
+    return evaluation.most_confident(right, (right["probability"] - threshold).abs(), size)
 
 
 Explainer = Callable[[list[str]], dict[str, Image.Image]]
@@ -119,36 +106,17 @@ def gallery(
     right: bool = False,
     explain: Explainer | None = None,
 ) -> Image.Image:
-    """A strip of the ``size`` most confidently wrong images (``right``: right ones), captioned with truth and
-    P(dog), under a heading that always fits; with ``explain`` each photo has its Grad-CAM overlay under it.
-    A model with nothing to show gets a one-line sheet that says so."""
+    """The ``size`` most confidently wrong images (``right``: right ones), captioned with truth and P(dog); with
+    ``explain`` each photo has its Grad-CAM overlay under it."""
     shown = (most_confidently_right if right else most_confidently_wrong)(table, size, threshold)
-    word = "right" if right else "wrong"
-    font = ImageFont.load_default(size=11)
-    if shown.empty:
-        heading = f"{title}: no {'correctly ' if right else 'mis'}classified test images"
-    else:
-        heading = f"{title}: the {len(shown)} most confidently {word} test image{'s' * (len(shown) > 1)}"
     overlays = explain(list(shown["file"])) if explain and not shown.empty else {}
-    if overlays:
-        heading += ", with Grad-CAM"
-    rows = 2 if overlays else 1
-    width = max(len(shown) * THUMBNAIL, int(font.getlength(heading)) + 2 * MARGIN)
-    height = CAPTION + (rows * THUMBNAIL + CAPTION if len(shown) else 0)
-    sheet = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((MARGIN, MARGIN), heading, fill="black", font=font)
-    for index, row in enumerate(shown.itertuples()):
-        x = index * THUMBNAIL
+    columns, captions = [], []
+    for row in shown.itertuples():
         with Image.open(sample_dir / row.file) as image:
-            tiles = [image.convert("RGB")] + ([overlays[row.file]] if overlays else [])
-        for level, tile in enumerate(tiles):
-            thumb = ImageOps.contain(tile, (THUMBNAIL, THUMBNAIL))
-            top = CAPTION + level * THUMBNAIL
-            sheet.paste(thumb, (x + (THUMBNAIL - thumb.width) // 2, top + (THUMBNAIL - thumb.height) // 2))
-        caption = f"true {row.label}\nP(dog)={row.probability:.3f}"
-        draw.multiline_text((x + MARGIN, CAPTION + rows * THUMBNAIL + 2), caption, fill="black", font=font, spacing=1)
-    return sheet
+            columns.append([image.convert("RGB")] + ([overlays[row.file]] if overlays else []))
+        captions.append(f"true {row.label}\nP(dog)={row.probability:.3f}")
+    note = ", with Grad-CAM" if overlays else ""
+    return evaluation.gallery_sheet(title, columns, captions, THUMBNAIL, CAPTION, right, note)
 
 
 def explainer(model: keras.Model, sample_dir: Path, threshold: float) -> Explainer:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 
-from stages import paths
-from stages.common import run, write_json
-from stages.config import load_params
-from stages.datasets import extract_split, image_dataset
-from stages.models import build_extractor
-from stages.training import save_model, seed_everything
+from dogs_vs_cats import paths
+from dogs_vs_cats.classes import SPLITS
+from dogs_vs_cats.common import run, write_json
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.datasets import extract_split, image_dataset
+from dogs_vs_cats.models import build_extractor
+from dogs_vs_cats.training import save_model, seed_everything
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     seed_everything(params.seed, params.train.deterministic)  # fixes the random base when features.weights is none
     extractor = build_extractor(params.image.size, params.features)
     counted, seconds = 0, 0.0
-    for split in paths.SPLITS:
+    for split in SPLITS:
         start = time.perf_counter()
         dataset = image_dataset(split, params.image.size, params.image.batch_size, shuffle=False, seed=0)
         images = extract_split(extractor, dataset, paths.features_file(split))

@@ -10,36 +10,34 @@ without augmentation (it acts on pixels), which the stage records as ``augmented
 
 from __future__ import annotations
 
-from stages import models, paths
-from stages.common import run
-from stages.config import load_params
-from stages.datasets import predict_split, training_images
-from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
+from dogs_vs_cats import models, paths
+from dogs_vs_cats.augmentation import augmentation
+from dogs_vs_cats.common import run
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.datasets import predict_split, training_images
+from dogs_vs_cats.training import compile_binary, fit, save_model, training_session
 
 STAGE = "finetune"
 
 
 def main() -> None:
     params = load_params()
-    image, cfg, train_cfg = params.image, params.finetune, params.train
-    strategy = distribution(train_cfg, STAGE)  # before any TensorFlow op, as multi_worker needs
-    seed_everything(params.seed, train_cfg.deterministic)
-    set_precision(train_cfg)
-    with strategy.scope():
+    image, cfg = params.image, params.finetune
+    with training_session(params, STAGE):
         # Made again under train.precision, with the saved weights: a loaded model keeps its saved precision.
         extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
         head = models.load_saved(paths.HEAD_MODEL)
-        model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed))
+        model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed))
         unfrozen = models.unfreeze(extractor, cfg.unfreeze)
         print(f"finetune: training {', '.join(unfrozen)} and the head")
-        schedule = {"stage": STAGE, "epochs": cfg.epochs, "patience": cfg.patience}
+        schedule = {"log_dir": paths.live_dir(STAGE), "schedule": cfg.training}
         if cfg.cache_frozen:
             frozen, rest = models.split_frozen(extractor, head)
             train, validation = (
                 predict_split(frozen, split, image.size, image.batch_size) for split in ("train", "validation")
             )
             # After unfreezing: compile fixes what trains.
-            compile_binary(rest, cfg.learning_rate, train_cfg.jit_compile)
+            compile_binary(rest, cfg.learning_rate, params.train.jit_compile)
             rest.summary(show_trainable=True)
             fit(
                 rest,  # shares its layers with model: training it trains the saved model
@@ -52,7 +50,7 @@ def main() -> None:
             )
         else:
             # After unfreezing: compile fixes what trains.
-            compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
+            compile_binary(model, cfg.learning_rate, params.train.jit_compile)
             model.summary(show_trainable=True)
             train, validation = training_images(image.size, image.batch_size, params.seed)
             fit(

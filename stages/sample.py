@@ -20,10 +20,11 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stages import paths
-from stages.common import PipelineError, atomic_path, run, write_json
-from stages.config import SampleConfig, load_params
-from stages.images import BadImage, Photo, is_unsafe, output_name, parse_member, read_member, to_rgb_jpeg
+from dogs_vs_cats import paths
+from dogs_vs_cats.classes import CLASS_NAMES, SPLITS
+from dogs_vs_cats.common import PipelineError, atomic_path, run, write_json
+from dogs_vs_cats.config import SampleConfig, load_params
+from dogs_vs_cats.images import BadImage, Photo, is_unsafe, output_name, parse_member, read_member, to_rgb_jpeg
 
 MANIFEST_COLUMNS = [
     "split",
@@ -73,7 +74,7 @@ def open_zip(path: Path) -> zipfile.ZipFile:
 
 def candidates(names: list[str], seed: int, tally: Tally) -> dict[str, list[tuple[str, str]]]:
     """Per label, the usable-looking members as ``(member, number)``, shuffled with ``seed``."""
-    by_label: dict[str, list[tuple[str, str]]] = {label: [] for label in paths.CLASS_NAMES}
+    by_label: dict[str, list[tuple[str, str]]] = {label: [] for label in CLASS_NAMES}
     for name in sorted(names):
         parsed = parse_member(name)
         if parsed is None:
@@ -129,8 +130,8 @@ def draw(archive: zipfile.ZipFile, cfg: SampleConfig, seed: int, out_dir: Path) 
     pools = candidates(archive.namelist(), seed, tally)
     seen: set[str] = set()
     rows = []
-    with tqdm(total=needed * len(paths.CLASS_NAMES), desc="sampling", unit="img") as bar:
-        for label in paths.CLASS_NAMES:
+    with tqdm(total=needed * len(CLASS_NAMES), desc="sampling", unit="img") as bar:
+        for label in CLASS_NAMES:
             slots = [split for split, count in counts.items() for _ in range(count)]
             # zip() asks for a slot first, so no candidate is read once every slot is filled.
             taken = zip(slots, usable(archive, pools[label], label, tally, seen), strict=False)
@@ -158,10 +159,7 @@ def summary(manifest: pd.DataFrame, tally: Tally) -> dict:
     per_split = manifest.groupby(["split", "label"]).size()
     return {
         "images": len(manifest),
-        **{
-            split: {label: int(per_split.get((split, label), 0)) for label in paths.CLASS_NAMES}
-            for split in paths.SPLITS
-        },
+        **{split: {label: int(per_split.get((split, label), 0)) for label in CLASS_NAMES} for split in SPLITS},
         "skipped": {reason: tally.skipped.get(reason, 0) for reason in SKIP_REASONS},
         "duplicates_dropped": tally.duplicates_dropped,
         "candidates_read": tally.candidates_read,

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-from stages import paths
-from stages.common import run
-from stages.config import load_params
-from stages.datasets import training_images
-from stages.models import augmentation, build_baseline
-from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
+from dogs_vs_cats import paths
+from dogs_vs_cats.augmentation import augmentation
+from dogs_vs_cats.common import run
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.datasets import training_images
+from dogs_vs_cats.models import build_baseline
+from dogs_vs_cats.training import compile_binary, fit, save_model, training_session
 
 STAGE = "train_baseline"
 
 
 def main() -> None:
     params = load_params()
-    image, cfg, train_cfg = params.image, params.baseline, params.train
-    strategy = distribution(train_cfg, STAGE)  # before any TensorFlow op, as multi_worker needs
-    seed_everything(params.seed, train_cfg.deterministic)
-    set_precision(train_cfg)
-    with strategy.scope():
+    image, cfg = params.image, params.baseline
+    with training_session(params, STAGE):
         model = build_baseline(image.size, cfg, augmentation(params.augment, params.seed))
         train, validation = training_images(image.size, image.batch_size, params.seed)
-        compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
+        compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()
-        fit(model, train, validation=validation, stage=STAGE, epochs=cfg.epochs, patience=cfg.patience)
+        fit(model, train, validation=validation, log_dir=paths.live_dir(STAGE), schedule=cfg.training)
         save_model(model, paths.BASELINE_MODEL)
 
 

@@ -10,37 +10,34 @@ statistics), and starts from scratch.
 
 from __future__ import annotations
 
-from stages import models, paths
-from stages.common import run
-from stages.config import load_params
-from stages.datasets import feature_stats, load_features, training_images
-from stages.training import compile_binary, distribution, fit, save_model, seed_everything, set_precision
+from dogs_vs_cats import models, paths
+from dogs_vs_cats.augmentation import augmentation
+from dogs_vs_cats.common import run
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.datasets import feature_stats, load_features, training_images
+from dogs_vs_cats.training import compile_binary, fit, save_model, training_session
 
 STAGE = "train_frozen"
 
 
 def main() -> None:
     params = load_params()
-    image, cfg, train_cfg = params.image, params.frozen, params.train
-    strategy = distribution(train_cfg, STAGE)  # before any TensorFlow op, as multi_worker needs
-    seed_everything(params.seed, train_cfg.deterministic)
-    set_precision(train_cfg)
-    with strategy.scope():
+    image, cfg = params.image, params.frozen
+    with training_session(params, STAGE):
         extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
         extractor.trainable = False
         stats = feature_stats(load_features("train").features) if cfg.normalize else None
         head = models.build_head(extractor.output_shape[1:], cfg, stats)
-        model = models.build_finetune(extractor, head, models.augmentation(params.augment, params.seed), name="frozen")
-        compile_binary(model, cfg.learning_rate, train_cfg.jit_compile)
+        model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed), name="frozen")
+        compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary(show_trainable=True)
         train, validation = training_images(image.size, image.batch_size, params.seed)
         fit(
             model,
             train,
             validation=validation,
-            stage=STAGE,
-            epochs=cfg.epochs,
-            patience=cfg.patience,
+            log_dir=paths.live_dir(STAGE),
+            schedule=cfg.training,
             notes={"augmented": params.augment.active()},
         )
         save_model(model, paths.FROZEN_MODEL)

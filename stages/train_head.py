@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-from stages import paths
-from stages.common import run
-from stages.config import load_params
-from stages.datasets import feature_stats, load_features
-from stages.models import build_head
-from stages.training import (
-    compile_binary,
-    distribution,
-    fit,
-    is_worker_process,
-    run_as_worker,
-    save_model,
-    seed_everything,
-    set_precision,
-)
+from dogs_vs_cats import multi_worker, paths
+from dogs_vs_cats.common import run
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.datasets import feature_stats, load_features
+from dogs_vs_cats.models import build_head
+from dogs_vs_cats.training import compile_binary, fit, save_model, training_session
 
 STAGE = "train_head"
 
 
 def main() -> None:
     params = load_params()
-    if params.train.strategy == "multi_worker" and not is_worker_process():
-        run_as_worker(STAGE, (paths.HEAD_MODEL, paths.live_dir(STAGE)), params.train.cluster_timeout)
+    across_workers = params.train.strategy == "multi_worker"
+    if across_workers and not multi_worker.is_worker_process():
+        multi_worker.run_as_worker(STAGE, (paths.HEAD_MODEL, paths.live_dir(STAGE)), params.train.cluster_timeout)
         return
     cfg = params.head
     train, validation = load_features("train"), load_features("validation")
-    strategy = distribution(params.train, STAGE)  # before any TensorFlow op, as multi_worker needs
-    seed_everything(params.seed, params.train.deterministic)
-    set_precision(params.train)
-    with strategy.scope():
+    with training_session(params, STAGE, multi_worker.strategy):
         model = build_head(train.features.shape[1:], cfg, feature_stats(train.features))
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()
@@ -40,10 +29,10 @@ def main() -> None:
             train.features,
             train.labels,
             validation=(validation.features, validation.labels),
-            stage=STAGE,
-            epochs=cfg.epochs,
-            patience=cfg.patience,
+            log_dir=paths.live_dir(STAGE),
+            schedule=cfg.training,
             batch_size=cfg.batch_size,
+            loop=multi_worker.fit_across_workers if across_workers else None,
         )
         save_model(model, paths.HEAD_MODEL)
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from ruamel.yaml import YAML
 
-from stages import scenarios
+from tools import scenarios
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,26 +49,31 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def module_of(name: str) -> str:
+    """``stages.<name>`` for a DVC stage, ``tools.<name>`` for a tool people run by hand."""
+    return f"tools.{name}" if (REPO / "tools" / f"{name}.py").is_file() else f"stages.{name}"
+
+
 def run_stage(
     name: str, cwd: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m stages.<name> [args]`` as a user would, in ``cwd``."""
+    """Run ``python -m stages.<name> [args]`` (or ``tools.<name>``) as a user would, in ``cwd``."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, env=full_env, capture_output=True, text=True
+        [sys.executable, "-m", module_of(name), *args], cwd=cwd, env=full_env, capture_output=True, text=True
     )
 
 
 def call_stage(name: str, cwd: Path, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run ``python -m stages.<name> [args]`` in this process: the same ``run(main)`` with ``sys.argv``, its exit
-    status, stdout and stderr, without paying another TensorFlow import (``run_stage`` for a real process)."""
-    from stages.common import run
+    """Run ``python -m stages.<name> [args]`` (or ``tools.<name>``) in this process: the same ``run(main)`` with
+    ``sys.argv``, its exit status, stdout and stderr, without another TensorFlow import (``run_stage``: a process)."""
+    from dogs_vs_cats.common import run
 
-    module = importlib.import_module(f"stages.{name}")
+    module = importlib.import_module(module_of(name))
     out, err, status = io.StringIO(), io.StringIO(), 0
     sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own
     with inside(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        argv, sys.argv = sys.argv, [f"stages.{name}", *args]
+        argv, sys.argv = sys.argv, [module_of(name), *args]
         try:
             run(module.main)
         except SystemExit as exit:

@@ -7,16 +7,17 @@ from pathlib import Path
 import keras
 import pytest
 
-from stages import anatomy
-from stages.common import run
+from dogs_vs_cats import costs as cost_of
+from dogs_vs_cats.common import run
 from tests.conftest import call_stage
+from tools import anatomy
 
 
 def test_the_course_example_costs_what_the_course_says() -> None:
     # A 5x5 convolution with 200 filters on a 150x100 RGB image ("same" padding keeps 150x100).
     inputs = keras.Input((100, 150, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(200, 5, padding="same")(inputs))
-    (conv,) = anatomy.layer_costs(model)
+    (conv,) = cost_of.layer_costs(model)
     assert conv.trainable == (5 * 5 * 3 + 1) * 200 == 15_200
     assert conv.macs == 5 * 5 * 3 * 200 * 150 * 100 == 225_000_000
     assert conv.activation_bytes == 200 * 150 * 100 * 4 == 12_000_000
@@ -26,7 +27,7 @@ def test_the_course_example_costs_what_the_course_says() -> None:
 
 def test_vgg16_at_224_px_has_its_known_size_and_cost() -> None:
     vgg16 = keras.applications.VGG16(weights=None, include_top=True)
-    total = anatomy.totals(anatomy.layer_costs(vgg16), batch_size=1)
+    total = cost_of.totals(cost_of.layer_costs(vgg16), batch_size=1)
     assert total["params"] == 138_357_544 == vgg16.count_params()
     assert total["gmacs"] == pytest.approx(15.5, rel=0.01)
 
@@ -35,7 +36,7 @@ def test_separable_and_depthwise_convolutions_count_both_parts() -> None:
     inputs = keras.Input((10, 10, 4))
     x = keras.layers.SeparableConv2D(8, 3, padding="same")(inputs)
     x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
-    costs = anatomy.layer_costs(keras.Model(inputs, x))
+    costs = cost_of.layer_costs(keras.Model(inputs, x))
     assert [c.macs for c in costs] == [10 * 10 * 4 * 9 + 10 * 10 * 8 * 4, 10 * 10 * 8 * 9]
 
 
@@ -46,9 +47,9 @@ def test_nested_models_are_opened_and_frozen_weights_told_apart() -> None:
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Flatten()(inner(inputs))
     outer = keras.Model(inputs, keras.layers.Dense(1)(x))
-    costs = anatomy.layer_costs(outer)
+    costs = cost_of.layer_costs(outer)
     assert [c.kind for c in costs] == ["Conv2D", "Flatten", "Dense"]
-    total = anatomy.totals(costs, batch_size=2)
+    total = cost_of.totals(costs, batch_size=2)
     assert (total["trainable"], total["frozen"]) == (6 * 6 * 4 + 1, 3 * 3 * 3 * 4 + 4)
     assert total["gmacs"] == pytest.approx((6 * 6 * 4 * 27 + 144) / 1e9)
 

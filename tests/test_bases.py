@@ -10,10 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from stages import anatomy, extract_features, finetune, gradcam, train_head
-from stages.config import ConfigError, FeaturesConfig
-from stages.datasets import image_dataset
-from stages.models import BASES, base_of, build_extractor, unfreeze
+from dogs_vs_cats import costs, gradcam
+from dogs_vs_cats.config import ConfigError, FeaturesConfig
+from dogs_vs_cats.datasets import image_dataset
+from dogs_vs_cats.models import BASES, base_of, build_extractor, unfreeze
+from stages import extract_features, finetune, train_head
 from tests.conftest import LEARNABLE, inside, write_params
 
 # What the README's table says, at the default image.size of 180.
@@ -88,7 +89,7 @@ def test_an_image_below_the_base_minimum_is_a_config_error() -> None:
 
 
 def test_an_unknown_base_lists_the_valid_ones(tmp_path: Path) -> None:
-    from stages.config import load_params
+    from dogs_vs_cats.config import load_params
 
     write_params(tmp_path / "params.yaml", {"features.base": "alexnet"})
     with pytest.raises(ConfigError) as error:
@@ -115,11 +116,11 @@ def test_pipeline_runs_end_to_end_with_each_base(base: str, trained: Path, tmp_p
         test = image_dataset("test", size, 8, shuffle=False, seed=0)
         pixels = next(iter(test))[0].numpy()
         maps, dog = gradcam.heatmaps(tuned, pixels)
-        base_cost = anatomy.totals(anatomy.layer_costs(keras.models.load_model("models/base.keras")), 1)
+        base_cost = costs.totals(costs.layer_costs(keras.models.load_model("models/base.keras")), 1)
     assert json.loads((tmp_path / "metrics/features.json").read_text())["base"] == base
     assert base_of(tuned.get_layer("extractor")).name == BASES[base].model_name
     assert maps.shape == (8, size, size) and np.isfinite(maps).all() and 0.0 <= maps.min() <= maps.max() <= 1.0
     assert ((dog >= 0) & (dog <= 1)).all()
-    cost = anatomy.totals(anatomy.layer_costs(tuned), 1)
+    cost = costs.totals(costs.layer_costs(tuned), 1)
     assert cost["params"] == tuned.count_params() and base_cost["params"] < cost["params"]
     assert 0 < base_cost["gmacs"] < cost["gmacs"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from stages import bench, scenarios
-from stages.config import ConfigError, load_params
+from dogs_vs_cats.config import ConfigError, FeaturesConfig, load_params
+from dogs_vs_cats.models import BASES, base_of, build_extractor
 from tests.conftest import REPO, call_stage
+from tools import bench, scenarios
 
 STEPS = ["decode_resize", "extract_features", "baseline_step", "finetune_step"]
 
@@ -145,3 +147,20 @@ def test_an_unknown_scenario_is_one_line_naming_the_known_ones(workdir: Path) ->
     (line,) = result.stderr.strip().splitlines()[-1:]
     assert line.startswith("error: no scenario 'huge' in ") and line.endswith("use one of demo, full, learnable, tiny")
     assert not (workdir / "bench.json").exists()
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_the_book_twin_of_each_base_computes_what_the_extractor_computes(base: str) -> None:
+    # The ratio compares like with like: the bare network and its module's preprocess_input, given the
+    # extractor's weights, give the extractor's features (which preprocess inside the model).
+    size = max(32, BASES[base].min_size)
+    extractor = build_extractor(size, FeaturesConfig(base, "none"))
+    twin = BASES[base].build(include_top=False, weights=None, input_shape=(size, size, 3))
+    twin.set_weights(base_of(extractor).get_weights())
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    np.testing.assert_allclose(
+        twin.predict(bench.BOOK_PREPROCESS[base](pixels.copy()), verbose=0),
+        extractor.predict(pixels, verbose=0),
+        rtol=1e-4,
+        atol=1e-5,
+    )

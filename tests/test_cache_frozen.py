@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 
+from dogs_vs_cats.config import FeaturesConfig, load_params
+from dogs_vs_cats.datasets import image_dataset, load_features
+from dogs_vs_cats.models import base_of, build_extractor, build_finetune, build_head, split_frozen, unfreeze
 from stages import finetune
-from stages.config import FeaturesConfig, load_params
-from stages.datasets import image_dataset, load_features
-from stages.models import base_of, build_extractor, build_finetune, build_head, split_frozen, unfreeze
 from tests.conftest import LEARNABLE, inside, write_params
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import ConfigError, load_params
+from dogs_vs_cats.config import ConfigError, load_params
 from tests.conftest import REPO, run_stage, write_params
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import common, datasets, paths
-from stages.bench import write_images
+from dogs_vs_cats import common, datasets, paths
+from tools.bench import write_images
 
 SIZE, BATCH = 24, 4
 

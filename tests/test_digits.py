@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import digits_data, digits_evaluate, digits_train, paths
-from stages.common import PipelineError
-from stages.config import load_params
-from stages.models import load_saved
+from dogs_vs_cats import digits_io, digits_model
+from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
+from dogs_vs_cats.common import PipelineError
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.models import load_saved
+from stages import digits_data, digits_evaluate
 from tests.conftest import REPO, run_stage, write_params
 
 
@@ -26,7 +28,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return struct.pack(f">BBBB{array.ndim}I", 0, 0, 0x08, array.ndim, *array.shape) + array.tobytes()
 
 
-def write_idx(folder: Path, train: digits_data.Split, test: digits_data.Split) -> None:
+def write_idx(folder: Path, train: digits_io.Split, test: digits_io.Split) -> None:
     """The four original ``*-ubyte.gz`` files of a dataset."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, (images, labels) in zip((train, test), digits_data.IDX_FILES.values(), strict=True):
@@ -34,19 +36,19 @@ def write_idx(folder: Path, train: digits_data.Split, test: digits_data.Split) -
         (folder / labels).write_bytes(gzip.compress(idx_bytes(split.y)))
 
 
-def small_split(count: int, seed: int) -> digits_data.Split:
+def small_split(count: int, seed: int) -> digits_io.Split:
     rng = np.random.default_rng(seed)
-    return digits_data.Split(
+    return digits_io.Split(
         rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), (np.arange(count) % 10).astype(np.uint8)
     )
 
 
 @pytest.fixture
-def official(tmp_path: Path) -> tuple[digits_data.Split, digits_data.Split]:
+def official(tmp_path: Path) -> tuple[digits_io.Split, digits_io.Split]:
     return small_split(30, 1), small_split(10, 2)
 
 
-def assert_same(got: digits_data.Split, expected: digits_data.Split) -> None:
+def assert_same(got: digits_io.Split, expected: digits_io.Split) -> None:
     assert got.x.dtype == np.uint8 and got.y.dtype == np.uint8
     assert np.array_equal(got.x, expected.x) and np.array_equal(got.y, expected.y)
 
@@ -165,10 +167,10 @@ def test_the_matrix_runs_every_dataset_the_code_knows() -> None:
 
     stages = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
     for stage in ("digits_data", "digits_train", "digits_evaluate"):
-        assert tuple(stages[stage]["matrix"]["dataset"]) == paths.DIGITS_DATASETS
+        assert tuple(stages[stage]["matrix"]["dataset"]) == DIGITS_DATASETS
 
 
-def offline_mnist(validation: int = 300) -> tuple[digits_data.Split, digits_data.Split, digits_data.Split]:
+def offline_mnist(validation: int = 300) -> tuple[digits_io.Split, digits_io.Split, digits_io.Split]:
     train, test = digits_data.sklearn_digits()
     return (*digits_data.split_validation(train, validation, seed=0), test)
 
@@ -185,11 +187,11 @@ def train_book(train, validation, epochs: int, seed: int = 0) -> keras.Model:
         batch_size=64,
     )
     keras.utils.set_random_seed(seed)
-    model = digits_train.build_network(cfg, seed)
-    digits_train.compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size))
+    model = digits_model.build_network(cfg, seed)
+    digits_model.compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size))
     model.fit(
-        digits_train.batches(train, 64, shuffle=True, seed=seed),
-        validation_data=digits_train.batches(validation, 64, shuffle=False, seed=0),
+        digits_model.batches(train, 64, shuffle=True, seed=seed),
+        validation_data=digits_model.batches(validation, 64, shuffle=False, seed=0),
         epochs=epochs,
         verbose=0,
     )
@@ -205,14 +207,14 @@ def book_on_real_digits() -> keras.Model:
 
 def test_the_book_network_learns_real_handwritten_digits(book_on_real_digits: keras.Model) -> None:
     test = offline_mnist()[2]
-    accuracy = book_on_real_digits.evaluate(digits_train.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+    accuracy = book_on_real_digits.evaluate(digits_model.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
     assert accuracy >= 0.95
 
 
 def test_predict_converts_any_photo_of_a_digit_and_says_how(
     book_on_real_digits: keras.Model, workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from stages import predict
+    from tools import predict
 
     book_on_real_digits.save(workdir / "mnist.keras")
     test = offline_mnist()[2]
@@ -231,16 +233,16 @@ def test_predict_converts_any_photo_of_a_digit_and_says_how(
 def test_with_shuffled_labels_it_stays_near_chance() -> None:
     train, validation, test = offline_mnist()
     rng = np.random.default_rng(0)
-    shuffled = digits_data.Split(train.x, rng.permutation(train.y))
+    shuffled = digits_io.Split(train.x, rng.permutation(train.y))
     model = train_book(shuffled, validation, epochs=3)
-    accuracy = model.evaluate(digits_train.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+    accuracy = model.evaluate(digits_model.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
     assert accuracy < 0.25
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
 def test_the_schedules_run_the_rate_down_as_documented(schedule: str) -> None:
     cfg = dataclasses.replace(load_params(REPO / "params.yaml").digits, schedule=schedule, epochs=4)
-    rate = digits_train.learning_rate(cfg, steps_per_epoch=10)  # 40 steps in all
+    rate = digits_model.learning_rate(cfg, steps_per_epoch=10)  # 40 steps in all
     steps = (0, 19, 21, 31, 40)
     at = [float(rate(step)) if callable(rate) else rate for step in steps]
     expected = {
@@ -256,10 +258,10 @@ def test_each_network_builds_trains_saves_and_loads_in_safe_mode(network: str, t
     cfg = dataclasses.replace(load_params(REPO / "params.yaml").digits, network=network, epochs=1)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = digits_train.build_network(cfg, 0)
-        digits_train.compile_digits(model, cfg, steps_per_epoch=1)
+        model = digits_model.build_network(cfg, 0)
+        digits_model.compile_digits(model, cfg, steps_per_epoch=1)
         split = small_split(16, 0)
-        model.fit(digits_train.batches(split, 8, shuffle=True, seed=0), epochs=1, verbose=0)
+        model.fit(digits_model.batches(split, 8, shuffle=True, seed=0), epochs=1, verbose=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.output.dtype == "float32"  # probabilities stay float32 under mixed precision
@@ -274,7 +276,7 @@ def test_each_network_builds_trains_saves_and_loads_in_safe_mode(network: str, t
 
 
 def test_the_scores_of_a_known_case() -> None:
-    names = paths.DIGITS_CLASS_NAMES["fashion_mnist"]
+    names = DIGITS_CLASS_NAMES["fashion_mnist"]
     labels = np.array([0, 0, 1, 1])
     probabilities = np.full((4, 10), 0.01)
     probabilities[[0, 1, 2, 3], [0, 1, 1, 1]] = 0.91  # the second image is a T-shirt taken for a trouser
@@ -295,7 +297,7 @@ def test_the_scores_of_a_known_case() -> None:
 
 
 def test_the_report_shows_each_dataset_that_has_metrics(tmp_path: Path) -> None:
-    from stages import report
+    from tools import report
 
     assert report.digits_table(tmp_path) == "No digits metrics yet: run `dvc repro`."
     (tmp_path / "digits").mkdir()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from dogs_vs_cats.common import PipelineError
 from stages import download
-from stages.common import PipelineError
 from tests.conftest import TINY, kaggle_members, make_zip, run_stage, write_params
 
 NO_KAGGLE_ENV = {"KAGGLE_API_TOKEN": "", "KAGGLE_USERNAME": "", "KAGGLE_KEY": "", "KAGGLE_CONFIG_DIR": ""}
@@ -135,6 +135,6 @@ def test_a_client_that_exits_on_bad_credentials_is_one_line(workdir: Path, monke
 
 
 def _archive_cfg(path: Path):
-    from stages.config import DataConfig, SyntheticConfig
+    from dogs_vs_cats.config import DataConfig, SyntheticConfig
 
     return DataConfig("archive", "dogs-vs-cats", str(path), "", SyntheticConfig(1, 32, 0))

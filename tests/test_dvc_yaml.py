@@ -9,25 +9,31 @@ from ruamel.yaml import YAML
 
 from tests.conftest import REPO
 
-STAGES_DIR = REPO / "stages"
+PACKAGES = ("stages", "dogs_vs_cats", "tools")  # what DVC runs, the shared library, what people run by hand
+
+
+def direct_imports(module: str) -> set[str]:
+    """The project's modules (``package.name``) that ``module`` imports itself."""
+    tree = ast.parse((REPO / f"{module.replace('.', '/')}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in PACKAGES:
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+            found.add(".".join(node.module.split(".")[:2]))
+        elif isinstance(node, ast.Import):
+            found |= {".".join(a.name.split(".")[:2]) for a in node.names if a.name.split(".")[0] in PACKAGES}
+    return found
 
 
 def imported_modules(module: str) -> set[str]:
-    """The modules of ``stages/`` that ``stages.<module>`` imports, directly or through each other, itself included."""
+    """The project's modules that ``module`` imports, directly or through each other, itself included."""
     found, todo = set(), [module]
     while todo:
         name = todo.pop()
-        if name in found:
-            continue
-        found.add(name)
-        tree = ast.parse((STAGES_DIR / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "stages":
-                todo += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
-                todo.append(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("stages.")]
+        if name not in found:
+            found.add(name)
+            todo += direct_imports(name)
     return found
 
 
@@ -38,15 +44,34 @@ def stage_entries() -> dict[str, dict]:
 @pytest.mark.parametrize("stage", sorted(stage_entries()))
 def test_each_stage_depends_on_exactly_the_code_it_runs(stage: str) -> None:
     entry = stage_entries()[stage]
-    module = entry["cmd"].split("python -m stages.")[1].split()[0]
-    declared = {dep for dep in entry["deps"] if dep.startswith("stages/")}
-    assert declared == {f"stages/{name}.py" for name in imported_modules(module)}
+    module = entry["cmd"].split("python -m ")[1].split()[0]
+    assert module.startswith("stages.")
+    declared = {dep for dep in entry["deps"] if dep.endswith(".py")}
+    assert declared == {f"{name.replace('.', '/')}.py" for name in imported_modules(module)}
+
+
+def _modules(package: str) -> list[str]:
+    return sorted(f"{package}.{path.stem}" for path in (REPO / package).glob("*.py") if path.stem != "__init__")
+
+
+def test_each_folder_keeps_its_role() -> None:
+    # stages/ holds exactly what dvc.yaml runs; the library imports neither stages/ nor tools/; a stage imports
+    # no other stage and no tool (so editing one re-runs no other stage); a tool imports no stage.
+    run = {entry["cmd"].split("python -m ")[1].split()[0] for entry in stage_entries().values()}
+    assert set(_modules("stages")) == run
+    allowed = {"dogs_vs_cats": {"dogs_vs_cats"}, "stages": {"dogs_vs_cats"}, "tools": {"dogs_vs_cats", "tools"}}
+    for package, may_import in allowed.items():
+        for module in _modules(package):
+            wrong = {name for name in direct_imports(module) if name.split(".")[0] not in may_import}
+            assert not wrong, f"{module} imports {sorted(wrong)}"
 
 
 def test_the_import_walk_sees_indirect_imports() -> None:
     # predict -> models -> config -> paths: a module reached only through others still counts.
-    assert {"predict", "models", "config", "paths", "common", "images", "datasets"} <= imported_modules("predict")
-    assert "synthetic" not in imported_modules("evaluate")
+    expected = {"tools.predict", "dogs_vs_cats.models", "dogs_vs_cats.config", "dogs_vs_cats.paths"}
+    assert expected <= imported_modules("tools.predict")
+    assert "dogs_vs_cats.synthetic" not in imported_modules("stages.evaluate")
+    assert direct_imports("stages.evaluate") >= {"dogs_vs_cats.paths", "dogs_vs_cats.common"}
 
 
 def _declared(entries: list) -> list[tuple[str, dict]]:

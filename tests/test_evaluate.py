@@ -14,9 +14,11 @@ import pytest
 from PIL import Image, ImageFont
 from sklearn.metrics import roc_auc_score
 
-from stages import evaluate, stats
-from stages.common import PipelineError
-from stages.datasets import image_dataset, load_features
+from dogs_vs_cats import stats
+from dogs_vs_cats.common import PipelineError
+from dogs_vs_cats.datasets import image_dataset, load_features
+from dogs_vs_cats.evaluation import HEADING
+from stages import evaluate
 from tests.conftest import LEARNABLE, image_bytes, inside
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -127,13 +129,13 @@ def test_gallery_shows_the_most_confidently_wrong_first(tmp_path: Path) -> None:
     font = ImageFont.load_default(size=11)
     sheet = evaluate.gallery(table, sample_dir, 1, 0.5, "finetuned")
     heading = "finetuned: the 1 most confidently wrong test image"
-    assert sheet.size == (int(font.getlength(heading)) + 8, evaluate.THUMBNAIL + 2 * evaluate.CAPTION)
+    assert sheet.size == (int(font.getlength(heading)) + 8, HEADING + evaluate.THUMBNAIL + evaluate.CAPTION)
     assert evaluate.gallery(table, sample_dir, 5, 0.5, "m").width == 2 * evaluate.THUMBNAIL  # two tiles, short title
     right = table.assign(predicted=table["label"])
     empty = evaluate.gallery(right, sample_dir, 5, 0.5, "finetuned")
     # The whole sentence fits: the sheet is wider than its text, and its right margin is blank.
     assert empty.width == int(font.getlength("finetuned: no misclassified test images")) + 8 > evaluate.THUMBNAIL
-    assert empty.height == evaluate.CAPTION
+    assert empty.height == HEADING
     pixels = np.asarray(empty.convert("L"))
     assert pixels[:, -3:].min() == 255 and pixels[:, :-3].min() < 128
 
@@ -202,7 +204,7 @@ def test_evaluate_refuses_a_changed_test_image(evaluated: Path, tmp_path: Path) 
 
 
 def test_report_table_names_the_base_and_shows_every_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages import report
+    from tools import report
 
     monkeypatch.chdir(tmp_path)  # not a DVC repository: the diffs fail, and the page says so
 

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import digits_data, images, paths, predict, report, scenarios
-from stages.common import PipelineError
-from stages.config import ConfigError, load_params
+from dogs_vs_cats import images, paths
+from dogs_vs_cats.common import PipelineError
+from dogs_vs_cats.config import ConfigError, load_params
+from stages import digits_data
 from tests.conftest import REPO, call_stage, inside
 from tests.test_digits import idx_bytes, small_split
+from tools import predict, report, scenarios
 
 shutil_usage = namedtuple("usage", "total used free", defaults=[10**6])
 
@@ -306,7 +308,7 @@ def test_report_against_a_revision_that_does_not_exist_is_one_line(tmp_path: Pat
 def test_no_room_for_the_decoded_images_is_one_line_before_any_training(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stages import datasets
+    from dogs_vs_cats import datasets
 
     monkeypatch.setattr(datasets, "free_memory", lambda: 0)
     monkeypatch.setattr(datasets.shutil, "disk_usage", lambda path: shutil_usage(total=10**9, used=10**9 - 10**6))

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import common, download, images, sample
-from stages.common import PipelineError
+from dogs_vs_cats import common, images
+from dogs_vs_cats.common import PipelineError
+from stages import download, sample
 from tests.conftest import REPO, image_bytes, kaggle_members, make_zip, run_stage, write_params
 
 COUNTS = {"sample.train_per_class": 2, "sample.validation_per_class": 1, "sample.test_per_class": 1}
@@ -243,7 +244,7 @@ SLOW_STAGE = textwrap.dedent(
     """
     import time
     from pathlib import Path
-    from stages.common import atomic_path, run
+    from dogs_vs_cats.common import atomic_path, run
 
     def main():
         with atomic_path(Path("data/sample")) as tmp:

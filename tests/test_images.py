@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from stages.images import BadImage, is_unsafe, parse_member, to_rgb_jpeg
+from dogs_vs_cats.images import BadImage, is_unsafe, parse_member, to_rgb_jpeg
 from tests.conftest import image_bytes
 
 

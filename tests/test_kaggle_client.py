@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import download, paths
-from stages.common import PipelineError
+from dogs_vs_cats import paths
+from dogs_vs_cats.common import PipelineError
+from stages import download
 from tests.conftest import kaggle_members, make_zip, write_params
 from tests.kaggle_standin import SIGNATURE, Behaviour, standin_kaggle
 

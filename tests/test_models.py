@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from stages.config import AugmentConfig, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig, load_params
-from stages.models import (
+from dogs_vs_cats.augmentation import augmentation
+from dogs_vs_cats.config import AugmentConfig, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig, load_params
+from dogs_vs_cats.models import (
     ImagenetPreprocess,
-    augmentation,
     base_of,
     build_baseline,
     build_extractor,
@@ -173,10 +173,24 @@ def test_finetune_model_starts_as_head_on_extractor() -> None:
 
 
 def test_image_models_are_told_from_feature_models_by_their_input() -> None:
-    from stages.models import predicted_labels, takes_images
+    from dogs_vs_cats.models import predicted_labels, takes_images
 
     images = keras.Model(inputs := keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D()(inputs))
     features = keras.Model(inputs := keras.Input((1, 1, 512)), keras.layers.Flatten()(inputs))  # 4-D, not RGB
     assert takes_images(images) and not takes_images(features)
     assert predicted_labels(np.array([0.2, 0.5, 0.7]), 0.5).tolist() == [0, 1, 1]
     assert predicted_labels(np.array([0.2, 0.5, 0.7]), 0.6).tolist() == [0, 0, 1]
+
+
+def test_one_augmentation_serves_both_studies() -> None:
+    # The digits shift into a black background; the photos reflect at their edges (Keras' default).
+    from dogs_vs_cats.config import DigitsAugmentConfig
+
+    white = np.full((4, 28, 28, 1), 255.0, dtype="float32")
+    digits = augmentation(DigitsAugmentConfig(0.0, 0.3, 0.0), 0, fill_value=0.0)
+    assert [type(layer).__name__ for layer in digits.layers] == ["RandomTranslation"]
+    assert np.asarray(digits(white, training=True)).min() == 0.0
+    assert np.array_equal(np.asarray(digits(white, training=False)), white)  # inactive outside training
+    photos = augmentation(AugmentConfig("horizontal", 0.1, 0.2), 0)
+    assert [type(layer).__name__ for layer in photos.layers] == ["RandomFlip", "RandomRotation", "RandomZoom"]
+    assert np.asarray(photos(white, training=True)).min() > 250.0

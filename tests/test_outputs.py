@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stages import bench, report
-from stages.common import PipelineError, atomic_path, output_file
+from dogs_vs_cats.common import PipelineError, atomic_path, output_file
 from tests.conftest import call_stage
+from tools import bench, report
 
 
 def _user_folder(path: Path) -> dict[str, bytes]:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from ruamel.yaml import YAML
 
-from stages import paths
+from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, SPLITS
 from tests.conftest import REPO, TINY, write_params
 
 NEVER_COPIED = {".git", ".venv", "models", "metrics", "__pycache__", ".pytest_cache", ".ruff_cache", "tmp", "cache"}
@@ -134,16 +134,16 @@ def test_repro_runs_the_digits_study_for_each_dataset_of_the_matrix(project: Pat
         assert (project / f"models/digits/{data}.keras").is_file()
         assert (project / f"metrics/digits/{data}/metrics.json").is_file()
     assert json.loads((project / "metrics/digits/mnist.json").read_text())["test_images"] == 359  # sklearn's
-    arrays = {split: np.load(project / f"data/digits/fashion_mnist/{split}.npz") for split in paths.SPLITS}
-    assert [len(arrays[split]["y"]) for split in paths.SPLITS] == [100, 100, 30]  # tiny: 20 a class, 100 held out
+    arrays = {split: np.load(project / f"data/digits/fashion_mnist/{split}.npz") for split in SPLITS}
+    assert [len(arrays[split]["y"]) for split in SPLITS] == [100, 100, 30]  # tiny: 20 a class, 100 held out
     assert arrays["train"]["x"].dtype == np.uint8
     results = json.loads((project / "metrics/digits/fashion_mnist.json").read_text())
-    assert set(results["per_class_accuracy"]) == set(paths.DIGITS_CLASS_NAMES["fashion_mnist"])
+    assert set(results["per_class_accuracy"]) == set(DIGITS_CLASS_NAMES["fashion_mnist"])
     summary = json.loads((project / "metrics/digits/fashion_mnist/metrics.json").read_text())
     assert summary["network"] == "book" and summary["train_images"] == 100
     table = pd.read_csv(project / "metrics/digits/evaluate/fashion_mnist/predictions.csv")
-    assert list(table.columns) == ["index", "label", "predicted", "confidence"]
-    assert set(table["label"]) == set(paths.DIGITS_CLASS_NAMES["fashion_mnist"])  # names, not indices
+    assert list(table.columns) == ["index", "label", "confidence", "predicted"]  # as the cat/dog tables
+    assert set(table["label"]) == set(DIGITS_CLASS_NAMES["fashion_mnist"])  # names, not indices
     with Image.open(project / "metrics/digits/evaluate/fashion_mnist/gallery.png") as image:
         assert image.format == "PNG"
 
@@ -255,6 +255,25 @@ def test_a_sweep_key_changes_only_the_stages_that_read_it(project: Path, key: st
     assert set(status) == CHANGED_BY[key], status
 
 
+# Which stages an edit of a library module re-runs, as `dvc status` sees it: the ones that run the module.
+EDITED = {
+    "dogs_vs_cats/multi_worker.py": {"train_head"},  # the loop across machines: no digits stage
+    "dogs_vs_cats/digits_model.py": _each_dataset("train") | _each_dataset("evaluate"),  # not digits_data
+    "dogs_vs_cats/evaluation.py": {"evaluate"} | _each_dataset("evaluate"),
+}
+
+
+@pytest.mark.parametrize("module", EDITED)
+def test_editing_a_module_changes_only_the_stages_that_run_it(project: Path, module: str) -> None:
+    original = (project / module).read_text()
+    try:
+        (project / module).write_text(original + "\n# an edit\n")
+        status = json.loads(sh(["dvc", "status", "--json"], project))
+    finally:
+        (project / module).write_text(original)
+    assert set(status) == EDITED[module], status
+
+
 def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> None:
     sh(["git", "add", "-A"], project)
     sh(["git", "commit", "-q", "-m", "tiny run"], project)
@@ -333,7 +352,7 @@ def test_a_digits_training_change_touches_no_other_stage(project: Path) -> None:
 
 
 def test_the_demo_scenario_differs_from_tiny_only_in_size() -> None:
-    from stages import scenarios
+    from tools import scenarios
 
     demo, tiny = scenarios.load("demo"), scenarios.load("tiny")
     assert demo["data.source"] == tiny["data.source"] == "synthetic"

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import predict
-from stages.datasets import image_dataset
+from dogs_vs_cats.datasets import image_dataset
 from tests.conftest import LEARNABLE, call_stage, image_bytes, inside, run_stage
+from tools import predict
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_imagenet_runs_several_bases_side_by_side(trained: Path, photos: Path, c
     ],
 )
 def test_a_wrong_base_list_is_one_line(option: str, weights: str, error: str) -> None:
-    from stages.config import FeaturesConfig
+    from dogs_vs_cats.config import FeaturesConfig
 
     with pytest.raises(predict.PipelineError, match=error):
         predict.imagenet_bases(option, FeaturesConfig("vgg16", weights))

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import download, sample, synthetic
-from stages.common import PipelineError
+from dogs_vs_cats import synthetic
+from dogs_vs_cats.common import PipelineError
+from stages import download, sample
 from tests.conftest import image_bytes, kaggle_members, make_zip, run_stage, write_params
 
 COUNTS = {"sample.train_per_class": 4, "sample.validation_per_class": 2, "sample.test_per_class": 2}

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import paths, report, stats
+from dogs_vs_cats import paths, stats
+from tools import report
 
 
 @pytest.mark.parametrize(

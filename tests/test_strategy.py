@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from stages.datasets import load_features
+from dogs_vs_cats.datasets import load_features
 from tests.conftest import LEARNABLE, REPO, call_stage, inside, write_params
 
 # Two logical CPU devices, made before TensorFlow starts; then one stage, as `python -m` runs it (one stage
@@ -29,7 +29,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import importlib
-from stages.common import run
+from dogs_vs_cats.common import run
 run(importlib.import_module(f"stages.{sys.argv[1]}").main)
 """
 # No dropout and no augmentation: their random draws differ per replica; the arithmetic must not.

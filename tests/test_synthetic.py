@@ -8,8 +8,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from stages.paths import CLASS_NAMES
-from stages.synthetic import draw_animal
+from dogs_vs_cats.classes import CLASS_NAMES
+from dogs_vs_cats.synthetic import draw_animal
 
 PER_CLASS = 300
 NEAR_CHANCE = 0.62  # 600 scored images: chance is 0.5 with a standard error of 0.02

@@ -17,9 +17,9 @@ from tests.conftest import LEARNABLE, REPO, inside, write_params
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_only_float16_gets_loss_scaling(precision: str) -> None:
     """float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none."""
-    from stages.config import HeadConfig
-    from stages.models import build_head
-    from stages.training import compile_binary
+    from dogs_vs_cats.config import HeadConfig
+    from dogs_vs_cats.models import build_head
+    from dogs_vs_cats.training import compile_binary
 
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -36,9 +36,10 @@ def test_jit_compile_stays_on_only_where_xla_can_and_determinism_is_off() -> Non
     true, the default, train.jit_compile: true changes nothing."""
     from tensorflow.python.framework import config as tf_config  # Keras' own tests toggle it this way
 
-    from stages.config import AugmentConfig, HeadConfig
-    from stages.models import augmentation, build_head
-    from stages.training import compile_binary
+    from dogs_vs_cats.augmentation import augmentation
+    from dogs_vs_cats.config import AugmentConfig, HeadConfig
+    from dogs_vs_cats.models import build_head
+    from dogs_vs_cats.training import compile_binary
 
     def head() -> keras.Model:
         return build_head((4,), HeadConfig(False, 8, 0.0, 1e-3, 4, 1, None))
@@ -102,7 +103,7 @@ def test_deterministic_false_leaves_op_determinism_off() -> None:
     # Once on, op determinism cannot be turned off in a process: look in a fresh one.
     code = (
         "from tensorflow.python.framework.config import is_op_determinism_enabled as on; "
-        "from stages.training import seed_everything; "
+        "from dogs_vs_cats.training import seed_everything; "
         "seed_everything(1, deterministic=False); print(on()); "
         "seed_everything(1, deterministic=True); print(on())"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import PipelineError
-from stages.config import load_params
-from stages.datasets import VARIANCE_FLOOR, feature_stats, image_dataset, load_features, write_features
-from stages.models import build_head
-from stages.training import compile_binary, fit, seed_everything
+from dogs_vs_cats.common import PipelineError
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.datasets import VARIANCE_FLOOR, feature_stats, image_dataset, load_features, write_features
+from dogs_vs_cats.models import build_head
+from dogs_vs_cats.training import compile_binary, fit, seed_everything
 from tests.conftest import LEARNABLE, inside, run_stage
 
 LEARNED = 0.85  # the baseline's test accuracy; chance is 0.5, and no colour cue helps (tests/test_synthetic.py)
@@ -60,9 +61,8 @@ def test_head_beats_every_shuffled_label_control(trained: Path) -> None:
                 train.features,
                 shuffled,
                 validation=validation_pair,
-                stage=f"shuffled_head_{seed}",
-                epochs=params.head.epochs,
-                patience=None,
+                log_dir=Path(f"metrics/shuffled_head_{seed}"),
+                schedule=dataclasses.replace(params.head.training, patience=None),
                 batch_size=params.head.batch_size,
             )
             controls.append(_accuracy(head, test.features, test.labels))

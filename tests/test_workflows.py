@@ -65,17 +65,17 @@ def test_only_the_job_that_never_checks_out_code_can_write() -> None:
 
 
 def test_the_report_workflow_installs_every_package_the_report_imports() -> None:
-    from tests.test_dvc_yaml import STAGES_DIR, imported_modules
+    from tests.test_dvc_yaml import PACKAGES, imported_modules
 
     distributions = {"sklearn": "scikit-learn", "ruamel": "ruamel.yaml"}
     imported = set()
-    for module in imported_modules("report"):
-        for node in ast.walk(ast.parse((STAGES_DIR / f"{module}.py").read_text())):
+    for module in imported_modules("tools.report"):
+        for node in ast.walk(ast.parse((REPO / f"{module.replace('.', '/')}.py").read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.col_offset == 0:
                 names = [node.module]
             imported |= {name.split(".")[0] for name in names if node.col_offset == 0}  # top-level imports only
-    third_party = {distributions.get(name, name) for name in imported - set(sys.stdlib_module_names) - {"stages"}}
+    third_party = {distributions.get(name, name) for name in imported - set(sys.stdlib_module_names) - set(PACKAGES)}
     (step,) = [s for s in _steps(REPO / ".github/workflows/pr-report.yml") if "grep -E" in s.get("run", "")]
     installed = set(re.search(r"\^\((.*)\)==", step["run"]).group(1).replace("\\.", ".").split("|"))
     assert third_party and third_party <= installed

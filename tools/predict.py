@@ -1,4 +1,4 @@
-"""``python -m stages.predict PATH...``: classify your own photos with a trained model.
+"""``python -m tools.predict PATH...``: classify your own photos with a trained model.
 
 PATHs are files, folders (searched recursively for images) or globs. Each image gets one line: path,
 ``cat``/``dog`` and the probability of that label. Preprocessing comes from the saved model; here images
@@ -8,7 +8,7 @@ one error line on stderr, the others are still classified, and the exit status i
 ``--imagenet`` instead runs the pretrained network with its ImageNet top (``features.base`` and
 ``features.weights`` from params.yaml) and prints each image's top-5 ImageNet classes; ``--base
 vgg16,resnet50,xception`` runs several and prints their guesses side by side. The class names work
-offline: when Keras cannot download its class index, the shipped ``stages/imagenet_classes.tsv`` names them.
+offline: when Keras cannot download its class index, the shipped ``tools/imagenet_classes.tsv`` names them.
 
 ``--explain OUT_DIR`` also writes each photo with its Grad-CAM heatmap over it (where the model looked), as
 ``<name>.gradcam.png``; an overlay already there is replaced only with ``--force``.
@@ -34,13 +34,14 @@ import keras
 import numpy as np
 from PIL import Image
 
-from stages import gradcam, paths
-from stages.common import PipelineError, atomic_path, output_dir, replaceable, run
-from stages.config import FeaturesConfig, load_params
-from stages.datasets import resized_pixels
-from stages.digits_data import CLASSES, SIDE
-from stages.images import BadImage, is_high_depth, read_file, read_image
-from stages.models import BASES, build_imagenet_classifier, load_saved, predicted_labels, takes_images
+from dogs_vs_cats import gradcam, paths
+from dogs_vs_cats.classes import CLASS_NAMES, DIGITS_CLASS_NAMES
+from dogs_vs_cats.common import PipelineError, atomic_path, output_dir, replaceable, run
+from dogs_vs_cats.config import FeaturesConfig, load_params
+from dogs_vs_cats.datasets import resized_pixels
+from dogs_vs_cats.digits_io import CLASSES, SIDE
+from dogs_vs_cats.images import BadImage, is_high_depth, read_file, read_image
+from dogs_vs_cats.models import BASES, build_imagenet_classifier, load_saved, predicted_labels, takes_images
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOP = 5
@@ -147,7 +148,7 @@ def classify(
                 with atomic_path(overlays[file], replace=True) as tmp:  # overlay_paths checked what may go
                     gradcam.overlay(image, heatmap).save(tmp, format="PNG")
         for file, dog, labelled in zip(batch_files, dogs, predicted_labels(dogs, threshold), strict=True):
-            label = paths.CLASS_NAMES[labelled]
+            label = CLASS_NAMES[labelled]
             rows.append(
                 {
                     "path": str(file),
@@ -214,7 +215,7 @@ def classify_digits(model: keras.Model, model_path: Path, files: list[Path], err
 
     The class names follow the model's file name (``fashion_mnist.keras``: Fashion-MNIST's), else digits.
     """
-    names = paths.DIGITS_CLASS_NAMES.get(model_path.stem, paths.DIGITS_CLASS_NAMES["mnist"])
+    names = DIGITS_CLASS_NAMES.get(model_path.stem, DIGITS_CLASS_NAMES["mnist"])
     read = [(file, *digits_pixels(image)) for file, image, _ in readable_images(files, errors)]
     if not read:
         return []
@@ -240,7 +241,7 @@ def shipped_imagenet_classes() -> list[tuple[str, str]]:
 
 def imagenet_names(probabilities: np.ndarray) -> list[list[tuple[str, str, float]]]:
     """Top-5 ``(class id, name, probability)`` per row: Keras' class index when it has it or can download it,
-    else the copy shipped in ``stages/imagenet_classes.tsv`` (the same ids and names)."""
+    else the copy shipped in ``tools/imagenet_classes.tsv`` (the same ids and names)."""
     try:
         return keras.applications.imagenet_utils.decode_predictions(probabilities, top=TOP)
     except Exception as error:  # the class index is a download: offline without a cache it fails
@@ -313,7 +314,7 @@ def write(rows: list[dict], fmt: str, out: TextIO) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.predict", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
     parser.add_argument("--model", type=Path, default=paths.FINETUNED_MODEL, help="a saved image model")
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text")

@@ -1,14 +1,21 @@
-"""What the training stages share: seeding, the fit loop with DVCLive, and saving."""
+"""Training across machines (``train.strategy: multi_worker``): TF_CONFIG, a bounded wait, and the loop.
+
+Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585: "Attempt to convert a value
+(PerReplica...)"), so a stage that trains across machines passes ``strategy`` to ``training.distribution``
+and ``fit_across_workers`` to ``training.fit``; today that is ``train_head``. Only that stage depends on this
+module, so a change here re-runs no other stage.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import select
 import subprocess
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,66 +23,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 from dvclive import Live
-from dvclive.keras import DVCLiveCallback
 
-from stages import paths
-from stages.common import PipelineError, atomic_path, keras_verbosity, remove_stale_temps
-from stages.config import TrainConfig
+from dogs_vs_cats.common import PipelineError, remove_stale_temps
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TensorFlow's ops deterministic too, so
-    two runs agree to the bit. That is cheap on a CPU, slow on a GPU, and some GPU ops have no deterministic
-    kernel at all (they raise): hence ``train.deterministic``."""
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def set_precision(cfg: TrainConfig) -> None:
-    """Make the layers built from here on compute in ``train.precision``; variables stay float32.
-
-    Call it before building a model: a layer takes the policy in force when it is made.
-    """
-    keras.mixed_precision.set_global_policy(cfg.precision)
-
-
-# Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585: "Attempt to convert a
-# value (PerReplica...)"), so only the stages whose fit runs in this module's own loop train across machines.
-MULTI_WORKER_STAGES = ("train_head",)
-
-
-def distribution(cfg: TrainConfig, stage: str) -> tf.distribute.Strategy:
-    """The ``tf.distribute`` strategy ``train.strategy`` names; build, compile and fit inside its ``scope()``.
-
-    ``mirrored`` keeps one replica per local GPU (on a machine without one, per logical CPU device, as the
-    tests make two) and splits each batch between them: the batch size in params.yaml is the global one,
-    and the gradients of the replicas are summed, so the training is the one-device training, faster.
-    ``auto`` is ``mirrored`` on a machine with more than one GPU, else the default single device;
-    ``one_device`` pins everything to the first GPU, or the CPU. ``multi_worker`` is
-    ``MultiWorkerMirroredStrategy`` over the machines ``TF_CONFIG`` names, for ``MULTI_WORKER_STAGES``.
-    """
-    if cfg.strategy == "multi_worker":
-        if stage not in MULTI_WORKER_STAGES:
-            raise PipelineError(
-                f"train.strategy is multi_worker, which only {', '.join(MULTI_WORKER_STAGES)} supports: Keras' fit "
-                f"fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); run {stage} with mirrored or auto"
-            )
-        check_tf_config()
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # before anything starts TensorFlow's runtime
-        _say_ready()
-    else:
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        if cfg.strategy == "mirrored" or (cfg.strategy == "auto" and len(gpus) > 1):
-            strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
-        elif cfg.strategy == "one_device":
-            strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
-        else:
-            strategy = tf.distribute.get_strategy()
-    name = "MultiWorkerMirroredStrategy" if cfg.strategy == "multi_worker" else type(strategy).__name__  # not its alias
-    print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {name}")
-    return strategy
+def strategy() -> tf.distribute.Strategy:
+    """``MultiWorkerMirroredStrategy`` over TF_CONFIG's cluster, made before anything starts TensorFlow's runtime;
+    then tells the waiting parent (``run_as_worker``) that the cluster formed."""
+    check_tf_config()
+    made = tf.distribute.MultiWorkerMirroredStrategy()
+    _say_ready()
+    return made
 
 
 _TF_CONFIG_HELP = 'set it on every machine (docs/experiments-and-scaling.md, "One run on several machines")'
@@ -169,97 +127,25 @@ def _say_ready() -> None:
         os.close(int(fd))
 
 
-def is_chief() -> bool:
-    """Whether this process writes the stage's outputs: always, but under ``multi_worker`` only the chief
-    (the task ``chief``, else worker 0) does; the other workers train in step and write nothing."""
-    resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    if "chief" in resolver.cluster_spec().as_dict():
-        return resolver.task_type == "chief"
-    return resolver.task_type == "worker" and resolver.task_id == 0
+def _one_line_when_a_peer_fails(loop: Callable[..., dict]) -> Callable[..., dict]:
+    """A worker that dies or stops answering fails the collective ops: one line, not TensorFlow's traceback."""
 
-
-def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
-    """RMSprop on binary cross-entropy, reporting accuracy, as the book trains every model.
-
-    Under ``mixed_float16`` Keras wraps the optimizer in a LossScaleOptimizer itself.
-    """
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
-        loss="binary_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
-
-
-def fit(
-    model: keras.Model,
-    x,
-    y=None,
-    *,
-    validation,
-    stage: str,
-    epochs: int,
-    patience: int | None,
-    batch_size: int | None = None,
-    notes: dict[str, Any] | None = None,
-) -> dict[str, list[float]]:
-    """Fit ``model`` on a dataset ``x`` or arrays ``x``, ``y``; log each epoch with DVCLive in ``metrics/<stage>/``.
-
-    The weights of the epoch with the lowest validation loss are restored at the end (the book keeps that
-    epoch with ModelCheckpoint); ``patience`` stops early, None never does. ``notes`` go into the summary
-    (``metrics/<stage>/metrics.json``) as they are, to say how the model was trained. Under ``multi_worker``
-    the same training runs in ``_fit_across_workers``, and only the chief logs.
-    """
-    if not is_chief():  # another worker of multi_worker: the same training, no outputs
-        return _fit_across_workers(model, x, y, validation, epochs, patience, batch_size, live=None)
-    # DVCLive writes into a temp folder that replaces the last run's only when training ends well: an
-    # interrupted or failed run leaves the previous metrics, not half of new ones.
-    with atomic_path(paths.live_dir(stage), replace=True) as live_dir:
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        history = _fit_logged(model, x, y, validation, epochs, patience, batch_size, live)
-        best = int(np.argmin(history["val_loss"]))
-        live.summary["best"] = {
-            "epoch": best + 1,
-            "loss": history["loss"][best],
-            "accuracy": history["accuracy"][best],
-            "val_loss": history["val_loss"][best],
-            "val_accuracy": history["val_accuracy"][best],
-        }
-        live.summary.update(notes or {})
-        live.make_summary()
-    return history
-
-
-def _fit_logged(model, x, y, validation, epochs: int, patience: int | None, batch_size: int | None, live: Live):
-    """``fit``'s training on the chief, logged to ``live``: Keras' fit, or the loop across workers."""
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+    @functools.wraps(loop)
+    def guarded(*args: Any) -> dict:
         try:
-            return _fit_across_workers(model, x, y, validation, epochs, patience, batch_size, live)
-        except tf.errors.OpError as error:  # a peer died or stopped answering: the collective ops fail
+            return loop(*args)
+        except tf.errors.OpError as error:
             reason = (error.message or type(error).__name__).strip().splitlines()[0][:200]
             raise PipelineError(
                 f"multi_worker training stopped: a worker of TF_CONFIG's cluster failed ({reason}); "
                 "start every worker again"
             ) from None
-    else:
-        keep_best = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience or epochs, restore_best_weights=True
-        )
-        return model.fit(
-            x,
-            y,
-            validation_data=validation,
-            epochs=epochs,
-            batch_size=batch_size,
-            shuffle=y is not None,  # a tf.data dataset shuffles itself
-            callbacks=[keep_best, DVCLiveCallback(live=live)],
-            verbose=keras_verbosity(),
-        ).history
+
+    return guarded
 
 
-def _fit_across_workers(
+@_one_line_when_a_peer_fails
+def fit_across_workers(
     model: keras.Model,
     x: np.ndarray,
     y: np.ndarray,
@@ -269,7 +155,8 @@ def _fit_across_workers(
     batch_size: int,
     live: Live | None,
 ) -> dict[str, list[float]]:
-    """``fit`` on arrays under ``MultiWorkerMirroredStrategy``, in TensorFlow's custom-loop form, as Keras' fit
+    """``training.fit``'s loop for a binary classifier on arrays (binary cross-entropy, P >= 0.5 called 1) under
+    ``MultiWorkerMirroredStrategy``, in TensorFlow's custom-loop form, as Keras' fit
     cannot (keras-team/keras#20585): each epoch shuffles the training set with the global seed (the same
     order on every worker), splits each global batch of ``batch_size`` between the replicas, sums their
     gradients, and logs what ``fit`` logs; the best epoch's weights are restored, ``patience`` stops early.
@@ -337,14 +224,3 @@ def _fit_across_workers(
         live.end()  # as DVCLiveCallback ends training
     model.set_weights(best_weights)
     return history
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    """Save a ``.keras`` file atomically, so an interrupted stage leaves no model that looks finished (only the
-    chief keeps its file under ``multi_worker``)."""
-    if not is_chief():  # saving may run collective ops, so every worker saves: the others into scratch
-        with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
-            model.save(Path(scratch) / path.name)
-        return
-    with atomic_path(path, replace=True) as tmp:
-        model.save(tmp)

@@ -34,9 +34,6 @@ FEATURES_METRICS = METRICS_DIR / "features.json"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
 EVALUATE_DIR = METRICS_DIR / "evaluate"  # predictions, ROC points and galleries, one file per model
 
-SPLITS = ("train", "validation", "test")
-CLASS_NAMES = ("cat", "dog")  # index = label: cat 0, dog 1, everywhere
-
 
 def features_file(split: str) -> Path:
     """Where ``extract_features`` stores one split's features."""
@@ -63,23 +60,7 @@ def gallery_file(model: str, right: bool = False) -> Path:
     return EVALUATE_DIR / "gallery" / f"{model}{'_right' if right else ''}.png"
 
 
-DIGITS_DATASETS = ("mnist", "fashion_mnist")  # dvc.yaml's matrix runs the digits stages once per dataset
 DIGITS_ARCHIVE_DIR = Path("data/digits_archive")  # digits.data.files' default: local copies, a DVC dependency
-DIGITS_CLASS_NAMES = {
-    "mnist": tuple(str(digit) for digit in range(10)),
-    "fashion_mnist": (
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ),
-}
 
 
 def digits_data_dir(dataset: str) -> Path:
@@ -91,9 +72,9 @@ def digits_model(dataset: str) -> Path:
     return MODELS_DIR / "digits" / f"{dataset}.keras"
 
 
-def digits_live_stage(dataset: str) -> str:
-    """The DVCLive folder of a digits training run, as ``live_dir`` takes it: ``metrics/digits/<dataset>``."""
-    return f"digits/{dataset}"
+def digits_live_dir(dataset: str) -> Path:
+    """The DVCLive folder of a digits training run."""
+    return METRICS_DIR / "digits" / dataset
 
 
 def digits_metrics(dataset: str) -> Path:

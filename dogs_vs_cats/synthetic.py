@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from stages.paths import CLASS_NAMES
+from dogs_vs_cats.classes import CLASS_NAMES
 
 ZIP_DATE = (
     2013,

@@ -16,8 +16,9 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
-from stages import paths
-from stages.common import PipelineError, atomic_path, keras_verbosity, remove_stale_temps, temp_dir
+from dogs_vs_cats import paths
+from dogs_vs_cats.classes import CLASS_NAMES
+from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, remove_stale_temps, temp_dir
 
 
 def image_dataset(
@@ -46,7 +47,7 @@ def image_dataset(
         folder.resolve(),
         labels="inferred",
         label_mode="binary",
-        class_names=list(paths.CLASS_NAMES),
+        class_names=list(CLASS_NAMES),
         image_size=(image_size, image_size),
         batch_size=None if decode_once else batch_size,
         shuffle=shuffle and not decode_once,
@@ -108,7 +109,7 @@ def labels_of(files: list[str]) -> np.ndarray:
 
     Cheaper than iterating a dataset a second time, which decodes every image again.
     """
-    return np.array([paths.CLASS_NAMES.index(Path(f).parts[1]) for f in files], dtype=np.int8)
+    return np.array([CLASS_NAMES.index(Path(f).parts[1]) for f in files], dtype=np.int8)
 
 
 def resized_pixels(image: Image.Image, size: int, data: bytes | None = None) -> np.ndarray:

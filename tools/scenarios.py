@@ -1,7 +1,7 @@
 """Named small configurations, written once in ``configs/<name>.yaml`` and read by the Makefile and the tests.
 
 A scenario maps dotted ``params.yaml`` keys to values; ``extends: <name>`` starts from another scenario.
-``python -m stages.scenarios NAME`` prints it as ``dvc exp run`` flags: ``-S key=value ...``.
+``python -m tools.scenarios NAME`` prints it as ``dvc exp run`` flags: ``-S key=value ...``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from stages.common import PipelineError, run
-from stages.config import yaml_problem
+from dogs_vs_cats.common import PipelineError, run
+from dogs_vs_cats.typed_yaml import yaml_problem
 
 # Beside stages/, wherever the command runs from: the tests run stages in temporary folders.
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"

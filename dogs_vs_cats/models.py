@@ -14,10 +14,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stages import paths
-from stages.common import PipelineError, one_line
-from stages.config import (
-    AugmentConfig,
+from dogs_vs_cats import paths
+from dogs_vs_cats.common import PipelineError, one_line
+from dogs_vs_cats.config import (
     Base,
     BaselineConfig,
     ConfigError,
@@ -85,18 +84,6 @@ BASES: dict[str, BaseSpec] = {
         keras.applications.EfficientNetV2B0, "efficientnetv2-b0", "none", 32, 224, ("block6h", "top_")
     ),
 }
-
-
-def augmentation(cfg: AugmentConfig, seed: int) -> keras.Sequential:
-    """Random flip, rotation and zoom; Keras runs these layers only in training."""
-    layers: list[keras.layers.Layer] = []
-    if cfg.flip != "none":
-        layers.append(keras.layers.RandomFlip(cfg.flip, seed=seed))
-    if cfg.rotation > 0:
-        layers.append(keras.layers.RandomRotation(cfg.rotation, seed=seed + 1))
-    if cfg.zoom > 0:
-        layers.append(keras.layers.RandomZoom(cfg.zoom, seed=seed + 2))
-    return keras.Sequential(layers or [keras.layers.Identity()], name="augmentation")
 
 
 def conv_output_size(size: int, cfg: BaselineConfig) -> int:

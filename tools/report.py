@@ -1,4 +1,4 @@
-"""``python -m stages.report``: one Markdown page comparing the models, and how metrics and params moved.
+"""``python -m tools.report``: one Markdown page comparing the models, and how metrics and params moved.
 
 Needs DVC, git and the statistics packages (no TensorFlow), and works in any clone because metrics files
 and per-image predictions are in git. The pull-request workflow posts this page as a comment; ``make
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages import paths, stats
-from stages.common import PipelineError, atomic_path, one_line, output_file, run
+from dogs_vs_cats import paths, stats
+from dogs_vs_cats.classes import DIGITS_DATASETS
+from dogs_vs_cats.common import PipelineError, atomic_path, one_line, output_file, run
 
 REPORT_NAME = "report.md"
 COLUMNS = {
@@ -99,8 +100,8 @@ def digits_table(metrics_dir: Path = paths.METRICS_DIR) -> str:
     """The digits study's test metrics, one row per dataset that has them."""
     lines = ["| dataset | test images | " + " | ".join(DIGITS_COLUMNS.values()) + " |"]
     lines.append("|---" * (len(DIGITS_COLUMNS) + 2) + "|")
-    for dataset in paths.DIGITS_DATASETS:
-        path = metrics_dir / "digits" / f"{dataset}.json"
+    for dataset in DIGITS_DATASETS:
+        path = metrics_dir / paths.digits_metrics(dataset).relative_to(paths.METRICS_DIR)  # metrics_dir: a copy
         if path.is_file():
             results = _read_json(path)
             cells = [_number(results.get(metric), f"{path}: {metric}") for metric in DIGITS_COLUMNS]

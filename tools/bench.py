@@ -1,15 +1,15 @@
-"""``python -m stages.bench`` (``make bench``): how fast each step runs on this machine, against the book's way.
+"""``python -m tools.bench`` (``make bench``): how fast each step runs on this machine, against the book's way.
 
 At the configured ``image.size`` and ``image.batch_size``, on generated images and random weights, it
 times four steps the pipeline's way and the book's way in alternating pairs (ours, book, ours, book...
 after a warm-up), and prints the median images/s of each, the median ratio of the pairs and its range,
 and says "not distinguishable" when the range holds 1; the load average at the start and the end says
 whether the machine was quiet. The steps: JPEG decode and resize (``tf.data`` against ``load_img`` per
-file), VGG16 extraction (streamed to disk batch by batch, as ``extract_features`` does, against
-``conv_base.predict(preprocess_input(batch))`` per batch), a baseline training step and a fine-tuning
-step (``fit`` against ``train_on_batch`` per batch). The book decodes and resizes the JPEGs on every
-pass; the pipeline's training steps decode them once, as its training stages do. From the pipeline's
-rates and the params it estimates the wall time of ``make repro``. It writes ``bench.json``: machine
+file), extraction with ``features.base`` (streamed to disk batch by batch, as ``extract_features`` does,
+against the same base's ``conv_base.predict(preprocess_input(batch))`` per batch), a baseline training
+step and a fine-tuning step (``fit`` against ``train_on_batch`` per batch). The book decodes and resizes
+the JPEGs on every pass; the pipeline's training steps decode them once, as its training stages do. From
+the pipeline's rates and the params it estimates the wall time of ``make repro``. It writes ``bench.json``: machine
 noise, never a DVC metric.
 """
 
@@ -28,15 +28,24 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stages import paths, scenarios
-from stages.common import PipelineError, atomic_path, output_file, run
-from stages.config import FeaturesConfig, HeadConfig, Params, load_params
-from stages.datasets import extract_split, image_dataset
-from stages.models import augmentation, build_baseline, build_extractor, build_finetune, build_head, unfreeze
-from stages.synthetic import draw_animal
-from stages.training import compile_binary, seed_everything, set_precision
+from dogs_vs_cats.augmentation import augmentation
+from dogs_vs_cats.classes import CLASS_NAMES
+from dogs_vs_cats.common import PipelineError, atomic_path, output_file, run
+from dogs_vs_cats.config import FeaturesConfig, HeadConfig, Params, load_params
+from dogs_vs_cats.datasets import extract_split, image_dataset
+from dogs_vs_cats.models import BASES, build_baseline, build_extractor, build_finetune, build_head, unfreeze
+from dogs_vs_cats.synthetic import draw_animal
+from dogs_vs_cats.training import compile_binary, seed_everything, set_precision
+from tools import scenarios
 
 BENCH_FILE = Path("bench.json")
+# Each base's own preprocess_input, as the book calls it before conv_base.predict.
+BOOK_PREPROCESS = {
+    "vgg16": keras.applications.vgg16.preprocess_input,
+    "xception": keras.applications.xception.preprocess_input,
+    "resnet50": keras.applications.resnet50.preprocess_input,
+    "efficientnetv2b0": keras.applications.efficientnet_v2.preprocess_input,  # the identity: it rescales inside
+}
 PAIRS = 5  # timed (ours, book) pairs per step after the warm-up: enough for a median and a range that mean something
 QUICK_PAIRS = 2  # --quick: the short form, for a first look
 BILINEAR = "bilinear"  # as image_dataset_from_directory resizes: the same work both ways
@@ -90,7 +99,7 @@ def write_images(folder: Path, count: int, size: int, seed: int) -> list[Path]:
     """``count`` generated JPEGs, half cats and half dogs, laid out as ``sample`` does: ``train/{cat,dog}/``."""
     files = []
     for index in range(count):
-        label = paths.CLASS_NAMES[index % 2]
+        label = CLASS_NAMES[index % 2]
         file = folder / "train" / label / f"{label}.{index}.jpg"
         file.parent.mkdir(parents=True, exist_ok=True)
         draw_animal(label, size, np.random.default_rng([seed, index])).save(file, quality=90)
@@ -129,7 +138,7 @@ def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tupl
                 for f in chunk
             ]
         )
-        yield pixels, np.array([paths.CLASS_NAMES.index(f.parent.name) for f in chunk], dtype="float32")
+        yield pixels, np.array([CLASS_NAMES.index(f.parent.name) for f in chunk], dtype="float32")
 
 
 def measure(params: Params, count: int, pairs: int = PAIRS) -> list[Timing]:
@@ -155,8 +164,9 @@ def measure(params: Params, count: int, pairs: int = PAIRS) -> list[Timing]:
         ]
 
         extractor = build_extractor(size, FeaturesConfig(params.features.base, "none"))
-        conv_base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
-        preprocess = keras.applications.vgg16.preprocess_input
+        # The book's twin of the same base: the bare keras.applications network and its module's preprocess_input.
+        conv_base = BASES[params.features.base].build(include_top=False, weights=None, input_shape=(size, size, 3))
+        preprocess = BOOK_PREPROCESS[params.features.base]
         timings.append(
             compare(
                 "extract_features",
@@ -276,7 +286,7 @@ def report(timings: list[Timing], epochs: dict[str, float], estimate: dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="generated images per step (default 64)")
     parser.add_argument("--pairs", type=int, default=PAIRS, help=f"timed pairs per step (default {PAIRS})")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_PAIRS} pairs: a first look, not a verdict")

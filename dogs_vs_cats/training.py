@@ -1,0 +1,183 @@
+"""What the training stages share: seeding, the fit loop with DVCLive, and saving."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
+
+from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity
+from dogs_vs_cats.config import Params, Schedule, TrainConfig
+
+
+@contextlib.contextmanager
+def training_session(
+    params: Params, stage: str, multi_worker: Callable[[], tf.distribute.Strategy] | None = None
+) -> Iterator[tf.distribute.Strategy]:
+    """What every training stage opens with, in this order: the ``train.strategy`` (before any TensorFlow op, as
+    ``multi_worker`` needs), the seed, ``train.precision`` for the layers built next; then the strategy's scope,
+    inside which the stage builds, compiles, fits and saves."""
+    strategy = distribution(params.train, stage, multi_worker)
+    seed_everything(params.seed, params.train.deterministic)
+    set_precision(params.train)
+    with strategy.scope():
+        yield strategy
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TensorFlow's ops deterministic too, so
+    two runs agree to the bit. That is cheap on a CPU, slow on a GPU, and some GPU ops have no deterministic
+    kernel at all (they raise): hence ``train.deterministic``."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def set_precision(cfg: TrainConfig) -> None:
+    """Make the layers built from here on compute in ``train.precision``; variables stay float32.
+
+    Call it before building a model: a layer takes the policy in force when it is made.
+    """
+    keras.mixed_precision.set_global_policy(cfg.precision)
+
+
+def distribution(
+    cfg: TrainConfig, stage: str, multi_worker: Callable[[], tf.distribute.Strategy] | None = None
+) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy ``train.strategy`` names; build, compile and fit inside its ``scope()``.
+
+    ``mirrored`` keeps one replica per local GPU (on a machine without one, per logical CPU device, as the
+    tests make two) and splits each batch between them: the batch size in params.yaml is the global one,
+    and the gradients of the replicas are summed, so the training is the one-device training, faster.
+    ``auto`` is ``mirrored`` on a machine with more than one GPU, else the default single device;
+    ``one_device`` pins everything to the first GPU, or the CPU. ``multi_worker`` is
+    ``MultiWorkerMirroredStrategy`` over the machines ``TF_CONFIG`` names, made by the stage's own
+    ``multi_worker`` (``dogs_vs_cats.multi_worker.strategy``): only a stage whose fit runs that module's
+    loop can train across machines, as Keras 3's fit fails under it (keras-team/keras#20585).
+    """
+    if cfg.strategy == "multi_worker":
+        if multi_worker is None:
+            raise PipelineError(
+                "train.strategy is multi_worker, which only train_head supports: Keras' fit "
+                f"fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); run {stage} with mirrored or auto"
+            )
+        strategy = multi_worker()
+    else:
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        if cfg.strategy == "mirrored" or (cfg.strategy == "auto" and len(gpus) > 1):
+            strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+        elif cfg.strategy == "one_device":
+            strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
+        else:
+            strategy = tf.distribute.get_strategy()
+    name = "MultiWorkerMirroredStrategy" if cfg.strategy == "multi_worker" else type(strategy).__name__  # not its alias
+    print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {name}")
+    return strategy
+
+
+def is_chief() -> bool:
+    """Whether this process writes the stage's outputs: always, but under ``multi_worker`` only the chief
+    (the task ``chief``, else worker 0) does; the other workers train in step and write nothing."""
+    resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+# A training loop in place of Keras' fit: (model, x, y, validation, epochs, patience, batch_size, live) -> history.
+Loop = Callable[..., dict[str, list[float]]]
+
+
+def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
+    """RMSprop on binary cross-entropy, reporting accuracy, as the book trains every model.
+
+    Under ``mixed_float16`` Keras wraps the optimizer in a LossScaleOptimizer itself.
+    """
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+
+
+def fit(
+    model: keras.Model,
+    x,
+    y=None,
+    *,
+    validation,
+    log_dir: Path,
+    schedule: Schedule,
+    batch_size: int | None = None,
+    notes: dict[str, Any] | None = None,
+    loop: Loop | None = None,
+) -> dict[str, list[float]]:
+    """Fit ``model`` on a dataset ``x`` or arrays ``x``, ``y``; log each epoch with DVCLive in ``log_dir``.
+
+    At most ``schedule.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
+    the end (the book keeps that epoch with ModelCheckpoint); ``schedule.patience`` stops early, None never does.
+    ``notes`` go into the summary (``<log_dir>/metrics.json``) as they are, to say how the model was trained.
+    A ``loop`` trains instead of Keras' fit (``multi_worker.fit_across_workers``); only the chief logs.
+    """
+    epochs, patience = schedule.epochs, schedule.patience
+    if not is_chief():  # another worker of multi_worker: the same training, no outputs
+        return loop(model, x, y, validation, epochs, patience, batch_size, None)
+    # DVCLive writes into a temp folder that replaces the last run's only when training ends well: an
+    # interrupted or failed run leaves the previous metrics, not half of new ones.
+    with atomic_path(log_dir, replace=True) as live_dir:
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        if loop is not None:
+            history = loop(model, x, y, validation, epochs, patience, batch_size, live)
+        else:
+            history = _keras_fit(model, x, y, validation, epochs, patience, batch_size, live)
+        best = int(np.argmin(history["val_loss"]))
+        live.summary["best"] = {
+            "epoch": best + 1,
+            "loss": history["loss"][best],
+            "accuracy": history["accuracy"][best],
+            "val_loss": history["val_loss"][best],
+            "val_accuracy": history["val_accuracy"][best],
+        }
+        live.summary.update(notes or {})
+        live.make_summary()
+    return history
+
+
+def _keras_fit(model, x, y, validation, epochs: int, patience: int | None, batch_size: int | None, live: Live):
+    """Keras' fit, logged to ``live``, keeping the best epoch's weights."""
+    keep_best = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience or epochs, restore_best_weights=True
+    )
+    return model.fit(
+        x,
+        y,
+        validation_data=validation,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=y is not None,  # a tf.data dataset shuffles itself
+        callbacks=[keep_best, DVCLiveCallback(live=live)],
+        verbose=keras_verbosity(),
+    ).history
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save a ``.keras`` file atomically, so an interrupted stage leaves no model that looks finished (only the
+    chief keeps its file under ``multi_worker``)."""
+    if not is_chief():  # saving may run collective ops, so every worker saves: the others into scratch
+        with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
+            model.save(Path(scratch) / path.name)
+        return
+    with atomic_path(path, replace=True) as tmp:
+        model.save(tmp)

@@ -1,0 +1,1 @@
+"""Tools people run by hand (python -m tools.<name>): predict, report, bench, anatomy, scenarios."""
