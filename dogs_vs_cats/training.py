@@ -80,7 +80,9 @@ def distribution(
         else:
             strategy = tf.distribute.get_strategy()
     name = "MultiWorkerMirroredStrategy" if cfg.strategy == "multi_worker" else type(strategy).__name__  # not its alias
-    print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {name}")
+    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+    where = f"on {', '.join(gpus)}" if gpus else "on the CPU (no GPU)"
+    print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {name}, {where}")
     return strategy
 
 

@@ -1,1 +1,5 @@
-"""DVC pipeline stages for the Dogs vs. Cats study; run each as ``python -m stages.<name>``."""
+"""DVC pipeline stages; DVC runs each as ``python -m stages.<name>`` (dvc.yaml)."""
+
+from dogs_vs_cats.tf_env import quiet_cpu_start
+
+quiet_cpu_start()  # before any stage imports TensorFlow

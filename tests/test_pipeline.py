@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from ruamel.yaml import YAML
 
+from dogs_vs_cats import tf_env
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, SPLITS
 from tests.conftest import REPO, TINY, write_params
 
@@ -117,6 +118,13 @@ def test_a_piped_repro_logs_one_line_per_epoch_not_a_progress_bar(project: Path)
     assert "\x08" not in log  # Keras' interactive bar redraws with backspaces
     epochs = [line for line in log.splitlines() if "val_loss" in line]
     assert epochs and all("\r" not in line and len(line) < 300 for line in epochs)
+    # A healthy run on a machine without a GPU logs no error-level line (TensorFlow's failed cuInit was one),
+    # and each training stage says once where it runs.
+    if not tf_env.NVIDIA_DRIVER.exists():
+        assert not re.search(r"^E\d{4} |\berror\b", log, re.M | re.I), re.search(
+            r"^.*(^E\d{4} |error).*$", log, re.M | re.I
+        )
+        assert log.count("on the CPU (no GPU)") == 6  # train_baseline, train_head, train_frozen, finetune, digits x2
     # One line an epoch of every training stage that ran, as many as DVCLive logged.
     trained = ("train_baseline", "train_head", "train_frozen", "finetune", "digits/mnist", "digits/fashion_mnist")
     curves = [project / f"metrics/{stage}/plots/metrics/train/loss.tsv" for stage in trained]
