@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test test-fast demo report lint format bench
+.PHONY: setup repro test test-fast demo report compare lint format bench
 setup: $(STAMP)
 
 # The stamp's name is the checksum of requirements.txt: set-up reruns when its content changes, never for
@@ -48,6 +48,10 @@ BASE ?= main
 report: setup
 	python -m tools.report --base $(BASE) --out report.md --force
 	dvc plots diff $(BASE) --out dvc_plots
+
+# The study across experiments in one table: changed params, each model's accuracy [95 % CI] / AUC, digits.
+compare: setup
+	python -m tools.compare $(COMPARE_ARGS)
 
 # Speed of each step on this machine; BENCH_ARGS="--scenario full" estimates the 25,000-image run.
 bench: setup

@@ -423,6 +423,21 @@ def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(p
     for metrics in (metrics_a, metrics_b):
         assert metrics["test_images"] == 2 * TINY["sample.test_per_class"]
         assert 0.0 <= metrics["finetuned"]["accuracy"] <= 1.0
+    # make compare: one row per point, the param it changed, each model's accuracy, interval and AUC as recorded.
+    table = sh([sys.executable, "-m", "tools.compare"], c).strip().splitlines()
+    assert len(table[0].split("|")) == 2 + 2 + 4 + 2  # experiment, changed params, four models, two datasets
+    cells = {
+        row.strip("|").split("|")[0].strip(): [cell.strip() for cell in row.strip("|").split("|")] for row in table
+    }
+    for name, threshold, metrics in (("grid-a", 0.4, metrics_a), ("grid-b", 0.6, metrics_b)):
+        assert cells[name][1] == f"evaluate.threshold={threshold}"
+        for column, model in enumerate(("baseline", "head", "frozen", "finetuned"), start=2):
+            result = metrics[model]
+            interval = result["accuracy_ci95"]
+            expected = (
+                f"{result['accuracy']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}] / {result['roc_auc']:.3f}"
+            )
+            assert cells[name][column] == expected
 
     # C takes B's point as its workspace: params and metrics from Git, models from the DVC remote.
     sh(["dvc", "exp", "apply", "grid-b"], c)

@@ -1,0 +1,119 @@
+"""``python -m tools.compare`` (``make compare``): the study across experiments, as one compact table.
+
+``dvc exp show`` lists every param and metric of every experiment (hundreds of columns). This prints
+what the study compares: per experiment (the workspace, the commit it starts from, each experiment of
+it), the params it changed against that commit, each of the four models' test accuracy with its 95 %
+interval and ROC AUC, and each digits dataset's test accuracy. Extra arguments go to ``dvc exp show``
+(``-A`` for every commit's experiments, ``--rev`` ...).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dogs_vs_cats import paths
+from dogs_vs_cats.classes import DIGITS_DATASETS
+from dogs_vs_cats.common import PipelineError, one_line, run
+
+MODELS = tuple(paths.EVALUATED_MODELS)
+EVALUATE = paths.EVALUATE_METRICS.as_posix()
+TIMEOUT = 300  # seconds for dvc exp show: it reads git, never the network
+
+
+def flat(tree: object, prefix: str = "") -> dict[str, object]:
+    """A nested mapping as dotted keys: ``{"head": {"units": 8}}`` -> ``{"head.units": 8}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def rows(shown: list[dict]) -> list[tuple[str, dict, dict, dict]]:
+    """``(name, params, metrics, baseline params)`` per row of ``dvc exp show --json``: each commit, then its
+    experiments; the baseline is the commit the row is compared with (the workspace's is HEAD)."""
+    out = []
+    head_params = None
+    for entry in shown:
+        params, metrics = _data(entry)
+        if entry["rev"] != "workspace":
+            head_params = head_params or params
+            out.append((entry.get("name") or entry["rev"][:7], params, metrics, params))
+            for experiment in entry.get("experiments") or []:
+                revision = experiment["revs"][0]
+                name = experiment.get("name") or revision.get("name") or revision["rev"][:7]
+                out.append((name, *_data(revision), params))
+        else:
+            out.append(("workspace", params, metrics, None))
+    return [(name, p, m, base if base is not None else head_params or p) for name, p, m, base in out]
+
+
+def _data(entry: dict) -> tuple[dict, dict]:
+    data = entry.get("data") or {}
+    params = flat((data.get("params") or {}).get(paths.PARAMS.as_posix(), {}).get("data", {}))
+    metrics = {path: (value or {}).get("data", {}) for path, value in (data.get("metrics") or {}).items()}
+    return params, metrics
+
+
+def changed(params: dict, base: dict) -> str:
+    """The params that differ from ``base``, as ``key=value``; "-" for none."""
+    keys = sorted(key for key in set(params) | set(base) if params.get(key) != base.get(key))
+    return ", ".join(f"{key}={params.get(key)}" for key in keys) or "-"
+
+
+def _model_cell(result: object) -> str:
+    if not isinstance(result, dict) or not isinstance(result.get("accuracy"), int | float):
+        return "-"
+    cell = f"{result['accuracy']:.3f}"
+    interval = result.get("accuracy_ci95") or {}
+    if isinstance(interval.get("low"), int | float) and isinstance(interval.get("high"), int | float):
+        cell += f" [{interval['low']:.3f}, {interval['high']:.3f}]"
+    if isinstance(result.get("roc_auc"), int | float):
+        cell += f" / {result['roc_auc']:.3f}"
+    return cell
+
+
+def table(shown: list[dict]) -> str:
+    """The Markdown table of ``dvc exp show --json``'s rows."""
+    digits = [f"{dataset} acc" for dataset in DIGITS_DATASETS]
+    header = ["experiment", "changed params", *(f"{model} acc [95 % CI] / AUC" for model in MODELS), *digits]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, params, metrics, base in rows(shown):
+        evaluated = metrics.get(EVALUATE, {})
+        cells = [name, changed(params, base), *(_model_cell(evaluated.get(model)) for model in MODELS)]
+        for dataset in DIGITS_DATASETS:
+            accuracy = metrics.get(paths.digits_metrics(dataset).as_posix(), {}).get("accuracy")
+            cells.append(f"{accuracy:.4f}" if isinstance(accuracy, int | float) else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def exp_show(args: list[str]) -> list[dict]:
+    command = ["dvc", "exp", "show", "--json", *args]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    except FileNotFoundError:
+        raise PipelineError("dvc: not found; run make setup, or activate .venv") from None
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"{' '.join(command)} gave no answer in {TIMEOUT} s; check the repository") from None
+    if result.returncode:
+        said = one_line(((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1])
+        raise PipelineError(f"{' '.join(command)} failed ({said}); run it from the repository")
+    try:
+        shown = json.loads(result.stdout)
+    except ValueError:
+        raise PipelineError(f"{' '.join(command)} did not print JSON; check the DVC version") from None
+    if not isinstance(shown, list):
+        raise PipelineError(f"{' '.join(command)} printed {type(shown).__name__}, not a list of revisions")
+    return shown
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(table(exp_show(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":
+    run(main)
