@@ -222,6 +222,6 @@ def test_report_table_names_the_base_and_shows_every_metric(tmp_path: Path, monk
         report.models_table(results, "xception").splitlines()[3].endswith("| 0.3968 to 0.8922 | 14,846,273 | 9.451 |")
     )
     page = report.render("main", tmp_path / "evaluate.json", tmp_path / "features.json")
-    assert "On the held-out test split (10 images):" in page
+    assert "On the held-out test split (10 images);" in page
     assert "| xception features + head |" in page
     assert "`dvc metrics diff main` failed: " in page

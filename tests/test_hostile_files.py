@@ -290,7 +290,7 @@ def test_report_on_a_base_whose_predictions_are_not_ours_is_one_line(
         _git("commit", "-q", "-m", "base")
         path.write_text("file,label,predicted\nx.jpg,cat,cat\n")
         with pytest.raises(PipelineError, match=f"main:metrics/evaluate/predictions/baseline.csv: {says}"):
-            report.significance_table("main")
+            report.change_against("baseline", "main")
 
 
 def test_report_against_a_revision_that_does_not_exist_is_one_line(tmp_path: Path) -> None:

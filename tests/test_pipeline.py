@@ -306,12 +306,30 @@ def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> No
     sh(["make", "report", "BASE=HEAD", "STAMP=installed.stamp"], project)
     report = (project / "report.md").read_text()
     assert (project / "dvc_plots/index.html").is_file()
-    assert "| fine-tuned vgg16 |" in report
-    assert "metrics/train_head/metrics.json" in report
-    assert "head.learning_rate" in report
-    assert "## Is the accuracy change against `HEAD` real?" in report
-    assert "| head | " in report and ("within noise" in report or "**significant**" in report)
-    assert "| mnist | 359 |" in report and "| fashion_mnist | 30 |" in report
+    # What a reviewer reads first, short: one table of the four models with the change and McNemar's verdict,
+    # the digits, the params that changed; everything else folded away; no link into this machine's disk.
+    summary, folded = report.split("<details>")
+    assert len(summary.splitlines()) <= 30, summary
+    names = (
+        "| baseline convnet |",
+        "| vgg16 features + head |",
+        "| frozen vgg16 + head, augmented |",
+        "| fine-tuned vgg16 |",
+    )
+    rows = [line for line in summary.splitlines() if line.startswith(names)]
+    assert [row[: len(name)] for row, name in zip(rows, names, strict=True)] == list(names)
+    evaluated = json.loads((project / "metrics/evaluate.json").read_text())
+    head_row = next(row for row in rows if row.startswith("| vgg16 features + head"))
+    cells = [cell.strip() for cell in head_row.strip("|").split("|")]
+    assert (
+        cells[1].startswith(f"{evaluated['head']['accuracy']:.4f} [")
+        and cells[2] == f"{evaluated['head']['roc_auc']:.4f}"
+    )
+    assert cells[6] in ("within noise", "**significant**")
+    assert "head.learning_rate" in summary  # the params that changed
+    assert "| mnist | 359 |" in summary and "| fashion_mnist | 30 |" in summary
+    assert "metrics/train_head/metrics.json" in folded and folded.rstrip().count("</details>") == 1
+    assert not re.search(r"\]\((?!https?://)", report) and str(project) not in report  # no relative or local links
 
 
 def _experiment(rows: list, name: str) -> dict:

@@ -82,9 +82,9 @@ def test_the_report_calls_a_change_real_only_when_mcnemar_does(tmp_path: Path, m
     predictions([True] * 98 + [False] * 2).to_csv(paths.predictions_file("baseline"), index=False)
     predictions([True] * 81 + [False] * 19).to_csv(paths.predictions_file("head"), index=False)
     predictions([True] * 100).to_csv(paths.predictions_file("finetuned"), index=False)
-    rows = report.significance_table("main").splitlines()[2:]
-    assert rows[0].startswith("| baseline | 0.8000 | 0.9800 | 0 | 18 | ") and rows[0].endswith("| **significant** |")
-    assert rows[1].startswith("| head | 0.8000 | 0.8100 | 0 | 1 | 1 |") and rows[1].endswith("| within noise |")
-    assert rows[2] == "| finetuned | - | - | - | - | - | no predictions at `main` |"
+    # 18 discordant images, all one way: p = 2 * 0.5**18.
+    assert report.change_against("baseline", "main") == ("0.8000", "+0.1800", f"{2 * 0.5**18:.3g}", "**significant**")
+    assert report.change_against("head", "main") == ("0.8000", "+0.0100", "1", "within noise")
+    assert report.change_against("finetuned", "main") == ("-", "-", "-", "no predictions at `main`")
     predictions([True] * 10).to_csv(paths.predictions_file("head"), index=False)
-    assert "different test images: not comparable" in report.significance_table("main")
+    assert report.change_against("head", "main")[3] == "different test images: not comparable"

@@ -42,7 +42,7 @@ def model_names(base: str) -> dict[str, str]:
 
 
 def models_table(results: dict, base: str, source: Path = paths.EVALUATE_METRICS) -> str:
-    """The three models side by side, as a Markdown table: metrics, the accuracy's 95 % interval, and cost."""
+    """The four models side by side, as a Markdown table: every metric, the accuracy's 95 % interval, and cost."""
     lines = [
         "| model | " + " | ".join(COLUMNS.values()) + " | accuracy 95 % CI | params | GMACs/image |",
         "|---" * (len(COLUMNS) + 4) + "|",
@@ -62,34 +62,46 @@ def models_table(results: dict, base: str, source: Path = paths.EVALUATE_METRICS
     return "\n".join(lines)
 
 
-def significance_table(base: str) -> str:
-    """Each model's test accuracy here against ``base``, and whether the change is real: the exact McNemar
-    test on the per-image predictions of both revisions (committed, so any clone can run it)."""
+def change_against(model: str, base: str) -> tuple[str, str, str, str]:
+    """``model``'s test accuracy at ``base``, the change since, McNemar's p and its verdict, as table cells: the
+    exact test on the per-image predictions of both revisions (committed, so any clone can run it)."""
+    path = paths.predictions_file(model)
+    if not path.is_file():
+        return "-", "-", "-", "no predictions here"
+    shown = subprocess.run(["git", "show", f"{base}:{path.as_posix()}"], capture_output=True)
+    if shown.returncode != 0:
+        return "-", "-", "-", f"no predictions at `{base}`"
+    here, there = _predictions(path.read_bytes(), str(path)), _predictions(shown.stdout, f"{base}:{path}")
+    paired = here.merge(there, on="file", suffixes=("", "_base"))
+    if not len(paired) == len(here) == len(there):
+        return "-", "-", "-", "different test images: not comparable"
+    right_here = (paired["label"] == paired["predicted"]).to_numpy()
+    right_there = (paired["label_base"] == paired["predicted_base"]).to_numpy()
+    test = stats.mcnemar(right_there, right_here)
+    verdict = "**significant**" if test["significant"] else "within noise"
+    change = right_here.mean() - right_there.mean()
+    return f"{right_there.mean():.4f}", f"{change:+.4f}", f"{test['p_value']:.3g}", verdict
+
+
+def summary_table(results: dict, pretrained: str, base: str, source: Path = paths.EVALUATE_METRICS) -> str:
+    """What a reviewer reads first: per model the test accuracy with its 95 % interval, ROC AUC, and the
+    change against ``base`` with McNemar's verdict."""
     lines = [
-        f"| model | accuracy at `{base}` | accuracy here | right only at `{base}` | right only here | p | verdict |",
+        f"| model | accuracy [95 % CI] | ROC AUC | at `{base}` | change | McNemar p | verdict |",
         "|---" * 7 + "|",
     ]
-    for model in paths.EVALUATED_MODELS:
-        path = paths.predictions_file(model)
-        if not path.is_file():
-            continue
-        shown = subprocess.run(["git", "show", f"{base}:{path.as_posix()}"], capture_output=True)
-        if shown.returncode != 0:
-            lines.append(f"| {model} | - | - | - | - | - | no predictions at `{base}` |")
-            continue
-        here, there = _predictions(path.read_bytes(), str(path)), _predictions(shown.stdout, f"{base}:{path}")
-        paired = here.merge(there, on="file", suffixes=("", "_base"))
-        if not len(paired) == len(here) == len(there):
-            lines.append(f"| {model} | - | - | - | - | - | different test images: not comparable |")
-            continue
-        right_here = (paired["label"] == paired["predicted"]).to_numpy()
-        right_there = (paired["label_base"] == paired["predicted_base"]).to_numpy()
-        test = stats.mcnemar(right_there, right_here)
-        verdict = "**significant**" if test["significant"] else "within noise"
-        lines.append(
-            f"| {model} | {right_there.mean():.4f} | {right_here.mean():.4f} | {test['only_a']} | {test['only_b']} "
-            f"| {test['p_value']:.3g} | {verdict} |"
-        )
+    for key, name in model_names(pretrained).items():
+        section = results.get(key, {})
+        if not isinstance(section, dict):
+            raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
+        accuracy = _number(section.get("accuracy"), f"{source}: {key}.accuracy")
+        interval = section.get("accuracy_ci95")
+        if isinstance(interval, dict) and {"low", "high"} <= interval.keys():
+            accuracy += (
+                f" [{_number(interval['low'], source, '{:.3f}')}, {_number(interval['high'], source, '{:.3f}')}]"
+            )
+        auc = _number(section.get("roc_auc"), f"{source}: {key}.roc_auc")
+        lines.append(f"| {name} | {accuracy} | {auc} | " + " | ".join(change_against(key, base)) + " |")
     return "\n".join(lines)
 
 
@@ -172,44 +184,36 @@ def render(
     features_json: Path = paths.FEATURES_METRICS,
     metrics_dir: Path = paths.METRICS_DIR,
 ) -> str:
-    """The whole page."""
-    parts = ["# Dogs vs. Cats: model comparison", ""]
+    """The whole page: the summary a pull request's reviewer reads, the rest folded in ``<details>``."""
+    parts = [f"# Dogs vs. Cats: the models against `{base}`", ""]
+    details = []
     if evaluate_json.is_file():
         results = _read_json(evaluate_json)
         pretrained = (
             str(_read_json(features_json).get("base", "pretrained")) if features_json.is_file() else "pretrained"
         )
         parts += [
-            f"On the held-out test split ({results.get('test_images', '?')} images):",
+            f"On the held-out test split ({results.get('test_images', '?')} images); a change is **significant** when "
+            f"the exact McNemar test on the images both revisions scored gives p < {stats.SIGNIFICANT}.",
             "",
-            models_table(results, pretrained, evaluate_json),
+            summary_table(results, pretrained, base, evaluate_json),
         ]
+        details += ["### Every metric of each model", "", models_table(results, pretrained, evaluate_json), ""]
     else:
         parts.append(f"No `{evaluate_json}` yet: run `dvc repro`.")
     parts += ["", "## Digits: MNIST and Fashion-MNIST", "", digits_table(metrics_dir)]
+    parts += ["", f"## Params changed against `{base}`", "", dvc_markdown(["params", "diff", base])]
+    details += [f"### `dvc metrics diff {base}`", "", dvc_markdown(["metrics", "diff", base]), ""]
     parts += [
         "",
-        f"## Is the accuracy change against `{base}` real?",
+        "<details><summary>Every metric, and what changed against the base</summary>",
         "",
-        f"Exact McNemar test on the test images both revisions scored; p < {stats.SIGNIFICANT} is called significant.",
+        *details,
+        "</details>",
         "",
-        significance_table(base),
-        "",
-        f"## Metrics against `{base}`",
-        "",
-        dvc_markdown(["metrics", "diff", base]),
-        "",
-        f"## Params against `{base}`",
-        "",
-        dvc_markdown(["params", "diff", base]),
-        "",
-        "## Plots",
-        "",
-        f"`dvc plots diff {base}` renders the training curves, confusion matrices, ROC curves and galleries to "
-        "`dvc_plots/index.html` (`make report` does this too). The galleries of the most confidently wrong "
-        "test images are committed: "
-        + ", ".join(f"[{model}]({paths.gallery_file(model).as_posix()})" for model in paths.EVALUATED_MODELS)
-        + ".",
+        f"Plots: `dvc plots diff {base}` renders the training curves, confusion matrices, ROC curves and the "
+        "galleries of the most confidently wrong test images "
+        f"(committed under `{paths.EVALUATE_DIR.as_posix()}/gallery/`).",
         "",
     ]
     return "\n".join(parts)
