@@ -140,6 +140,7 @@ def fit(
     # interrupted or failed run leaves the previous metrics, not half of new ones.
     with atomic_path(log_dir, replace=True) as live_dir:
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        live.step = 1  # DVCLive counts from 0; the curves' step is the epoch, counted from 1 as best.epoch is
         if loop is not None:
             history = loop(model, x, y, validation, epochs, patience, batch_size, live)
         else:

@@ -84,9 +84,10 @@ def test_every_epoch_is_logged_for_dvc_plots(trained: Path, stage: str, epochs: 
             rows = (live / f"plots/metrics/{split}/{metric}.tsv").read_text().splitlines()
             assert rows[0] == f"step\t{metric}"
             assert len(rows) == 1 + epochs
+            assert [row.split("\t")[0] for row in rows[1:]] == [str(epoch) for epoch in range(1, epochs + 1)]
     summary = json.loads((live / "metrics.json").read_text())
-    assert summary["step"] == epochs - 1
-    # The kept epoch is the one of lowest logged validation loss, counted from 1 (DVCLive's step from 0).
+    assert summary["step"] == epochs
+    # The kept epoch is the one of lowest logged validation loss, counted from 1 as the curves' step is.
     val_loss = [
         float(row.split("\t")[1]) for row in (live / "plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
     ]
