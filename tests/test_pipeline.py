@@ -305,7 +305,8 @@ def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> No
     (project / "installed.stamp").touch()
     sh(["make", "report", "BASE=HEAD", "STAMP=installed.stamp"], project)
     report = (project / "report.md").read_text()
-    assert (project / "dvc_plots/index.html").is_file()
+    # DVC's own page declares no charset, so a legend's "…" read as "â€¦": ours (.dvc/config) declares UTF-8.
+    assert '<meta charset="utf-8">' in (project / "dvc_plots/index.html").read_text(encoding="utf-8")
     # What a reviewer reads first, short: one table of the four models with the change and McNemar's verdict,
     # the digits, the params that changed; everything else folded away; no link into this machine's disk.
     summary, folded = report.split("<details>")
