@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 LOG_LOSS_EPS = 1e-7  # Keras' epsilon: a model that outputs exactly 0 or 1 still has a finite log loss
 HEADING = 20  # gallery heading band, pixels
-MARGIN = 4  # gallery text inset, pixels
+MARGIN = 4  # gallery text inset and the gap between tiles, pixels
 FONT_SIZE = 11
 
 
@@ -48,10 +48,16 @@ def predictions_table(
     return table.sort_values(id_name).reset_index(drop=True)
 
 
-def most_confident(rows: pd.DataFrame, confidence: pd.Series, size: int) -> pd.DataFrame:
-    """The ``size`` rows of highest ``confidence``, most confident first; ties in table order (sorted by id)."""
+def most_confident(rows: pd.DataFrame, confidence: pd.Series, size: int, by_class: bool = False) -> pd.DataFrame:
+    """The ``size`` rows of highest ``confidence``, most confident first; ties in table order (sorted by id).
+    ``by_class``: the classes take turns (each one's most confident, then each one's next...), so a strip of
+    right answers shows every class, not only the one the model is surest of."""
     ordered = rows.assign(_confidence=confidence, _order=np.arange(len(rows)))
     ordered = ordered.sort_values(["_confidence", "_order"], ascending=[False, True])
+    if by_class:
+        ordered = ordered.assign(_turn=ordered.groupby("label").cumcount())
+        ordered = ordered.sort_values(["_turn", "_confidence", "_order"], ascending=[True, False, True])
+        ordered = ordered.drop(columns="_turn")
     return ordered.drop(columns=["_confidence", "_order"]).head(size)
 
 
@@ -75,12 +81,12 @@ def gallery_sheet(
         heading = f"{title}: the {len(columns)} most confidently {word} test image{'s' * (len(columns) > 1)}"
         heading += note
     rows = max(map(len, columns), default=0)
-    width = max(len(columns) * tile, int(font.getlength(heading)) + 2 * MARGIN)
+    width = max(len(columns) * (tile + MARGIN) - MARGIN, int(font.getlength(heading)) + 2 * MARGIN)
     sheet = Image.new("RGB", (width, HEADING + (rows * tile + caption if columns else 0)), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((MARGIN, MARGIN), heading, fill="black", font=font)
     for index, (tiles, text) in enumerate(zip(columns, captions, strict=True)):
-        x = index * tile
+        x = index * (tile + MARGIN)
         for level, image in enumerate(tiles):
             thumb = ImageOps.contain(image.convert("RGB"), (tile, tile))
             top = HEADING + level * tile

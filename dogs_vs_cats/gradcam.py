@@ -72,3 +72,11 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray) -> Image.Image:
     colors = matplotlib.colormaps["jet"](heatmap)[..., :3] * 255
     blended = (1 - OVERLAY_ALPHA) * np.clip(pixels, 0, 255) + OVERLAY_ALPHA * colors
     return Image.fromarray(blended.round().astype(np.uint8))
+
+
+def overlay_on(photo: Image.Image, heatmap: np.ndarray) -> Image.Image:
+    """``photo`` itself, at its own size and aspect, with ``heatmap`` (the model's square) stretched over it."""
+    stretched = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+        photo.size, Image.Resampling.BILINEAR
+    )
+    return overlay(np.asarray(photo.convert("RGB"), dtype=np.float32), np.clip(np.asarray(stretched), 0.0, 1.0))

@@ -89,9 +89,9 @@ def most_confidently_wrong(table: pd.DataFrame, size: int, threshold: float) -> 
 
 
 def most_confidently_right(table: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:
-    """The ``size`` correctly classified rows whose P(dog) is furthest from ``threshold``, most confident first."""
+    """The ``size`` correctly classified rows whose P(dog) is furthest from ``threshold``, cats and dogs in turn."""
     right = table[table["label"] == table["predicted"]]
-    return evaluation.most_confident(right, (right["probability"] - threshold).abs(), size)
+    return evaluation.most_confident(right, (right["probability"] - threshold).abs(), size, by_class=True)
 
 
 Explainer = Callable[[list[str]], dict[str, Image.Image]]
@@ -124,12 +124,14 @@ def explainer(model: keras.Model, sample_dir: Path, threshold: float) -> Explain
 
     def explain(files: list[str]) -> dict[str, Image.Image]:
         size = model.input_shape[1]
-        pixels = []
+        photos, pixels = [], []
         for file in files:
             data = (sample_dir / file).read_bytes()
-            pixels.append(resized_pixels(read_image(data), size, data))  # as training decodes it
+            photos.append(read_image(data))
+            pixels.append(resized_pixels(photos[-1], size, data))  # as training decodes it
         maps, _ = gradcam.heatmaps(model, np.stack(pixels), threshold)
-        return {file: gradcam.overlay(p, m) for file, p, m in zip(files, pixels, maps, strict=True)}
+        # Over the photo itself, its aspect kept, as the strip above it shows it.
+        return {file: gradcam.overlay_on(photo, m) for file, photo, m in zip(files, photos, maps, strict=True)}
 
     return explain
 

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from dogs_vs_cats import stats
 from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.datasets import image_dataset, load_features
-from dogs_vs_cats.evaluation import HEADING
+from dogs_vs_cats.evaluation import HEADING, MARGIN
 from stages import evaluate
 from tests.conftest import LEARNABLE, image_bytes, inside
 
@@ -130,7 +130,10 @@ def test_gallery_shows_the_most_confidently_wrong_first(tmp_path: Path) -> None:
     sheet = evaluate.gallery(table, sample_dir, 1, 0.5, "finetuned")
     heading = "finetuned: the 1 most confidently wrong test image"
     assert sheet.size == (int(font.getlength(heading)) + 8, HEADING + evaluate.THUMBNAIL + evaluate.CAPTION)
-    assert evaluate.gallery(table, sample_dir, 5, 0.5, "m").width == 2 * evaluate.THUMBNAIL  # two tiles, short title
+    two = evaluate.gallery(table, sample_dir, 5, 0.5, "m")  # two tiles, a short title: the tiles set the width
+    assert two.width == 2 * evaluate.THUMBNAIL + MARGIN
+    gap = np.asarray(two.convert("L"))[HEADING:, evaluate.THUMBNAIL : evaluate.THUMBNAIL + MARGIN]
+    assert gap.min() == 255  # a white gap between the tiles
     right = table.assign(predicted=table["label"])
     empty = evaluate.gallery(right, sample_dir, 5, 0.5, "finetuned")
     # The whole sentence fits: the sheet is wider than its text, and its right margin is blank.
@@ -225,3 +228,18 @@ def test_report_table_names_the_base_and_shows_every_metric(tmp_path: Path, monk
     assert "On the held-out test split (10 images);" in page
     assert "| xception features + head |" in page
     assert "`dvc metrics diff main` failed: " in page
+
+
+def test_the_right_strip_shows_both_classes_in_turn() -> None:
+    # The model is surest of its three cats; the strip still shows a dog second, not three cats first.
+    table = pd.DataFrame(
+        {
+            "file": [f"test/{label}/{n}.jpg" for n, label in enumerate(["cat", "cat", "cat", "dog", "dog"])],
+            "label": ["cat", "cat", "cat", "dog", "dog"],
+            "probability": [0.01, 0.02, 0.03, 0.9, 0.8],
+            "predicted": ["cat", "cat", "cat", "dog", "dog"],
+        }
+    )
+    shown = evaluate.most_confidently_right(table, 4, 0.5)
+    assert list(shown["label"]) == ["cat", "dog", "cat", "dog"]
+    assert list(shown["probability"]) == [0.01, 0.9, 0.02, 0.8]

@@ -98,7 +98,7 @@ def test_predict_explain_writes_one_overlay_per_photo(trained: Path, tmp_path: P
     written = sorted(p.name for p in (tmp_path / "cams").iterdir())
     assert written == ["rex-2.gradcam.png", "rex.gradcam.png"]  # two photos named alike: neither overwrites the other
     with Image.open(tmp_path / "cams/rex.gradcam.png") as overlay:
-        assert overlay.size == (32, 32)  # the model's input size
+        assert overlay.size == (50, 40)  # the photo's own size and aspect, not the model's 32 x 32
     assert "Grad-CAM overlays of 2 photos" in capsys.readouterr().err
     with inside(trained), pytest.raises(PipelineError, match="not a cat/dog image model"):
         predict.main([str(photos), "--model", str(paths.HEAD_MODEL), "--explain", str(tmp_path / "x")])
@@ -117,6 +117,8 @@ def test_predict_explain_into_the_photos_own_folder_keeps_every_file_of_the_user
         predict.main([str(photos), "--explain", str(photos)])
     assert {p.name: p.read_bytes() for p in photos.iterdir() if p.name in mine} == mine
     assert sorted(p.name for p in photos.glob("*.gradcam.png")) == ["holiday.gradcam.png", "rex.gradcam.png"]
+    with Image.open(photos / "holiday.gradcam.png") as overlay:
+        assert overlay.size == (30, 60)  # a tall photo stays tall
     overlays = {p.name: p.read_bytes() for p in photos.glob("*.gradcam.png")}
 
     # Again: the overlays are files it did not write this time, so they stay unless --force says otherwise.

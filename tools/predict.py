@@ -144,9 +144,11 @@ def classify(
         dogs = model.predict(pixels, verbose=0).reshape(-1)
         if overlays is not None:
             maps, _ = gradcam.heatmaps(model, pixels, threshold)
-            for file, image, heatmap in zip(batch_files, pixels, maps, strict=True):
+            for file, heatmap in zip(batch_files, maps, strict=True):
+                photo = read_image(read_file(file))  # the photo's own shape, not the model's square
+                photo.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
                 with atomic_path(overlays[file], replace=True) as tmp:  # overlay_paths checked what may go
-                    gradcam.overlay(image, heatmap).save(tmp, format="PNG")
+                    gradcam.overlay_on(photo, heatmap).save(tmp, format="PNG")
         for file, dog, labelled in zip(batch_files, dogs, predicted_labels(dogs, threshold), strict=True):
             label = CLASS_NAMES[labelled]
             rows.append(
@@ -161,6 +163,7 @@ def classify(
 
 
 OVERLAY_SUFFIX = ".gradcam.png"
+OVERLAY_SIDE = 1024  # pixels: an overlay's longest side at most (a 12 MP photo's would be 36 MB of PNG)
 
 
 def overlay_paths(files: list[Path], out_dir: Path, force: bool) -> dict[Path, Path]:
