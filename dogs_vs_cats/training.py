@@ -44,9 +44,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def set_precision(cfg: TrainConfig) -> None:
     """Make the layers built from here on compute in ``train.precision``; variables stay float32.
 
-    Call it before building a model: a layer takes the policy in force when it is made.
+    Call it before building a model: a layer takes the policy in force when it is made. Says so once.
     """
     keras.mixed_precision.set_global_policy(cfg.precision)
+    policy = keras.mixed_precision.global_policy()
+    print(
+        f"train.precision {cfg.precision}: layers compute in {policy.compute_dtype}, variables {policy.variable_dtype}"
+    )
 
 
 def distribution(

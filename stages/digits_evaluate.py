@@ -70,6 +70,7 @@ def main() -> None:
     names = DIGITS_CLASS_NAMES[dataset]
     test = load_split(dataset, "test")
     model = load_saved(paths.digits_model(dataset))
+    print(f"digits_evaluate: {dataset}: the model computes in {model.dtype_policy.name}, as it was trained")
     probabilities = model.predict(batches(test, params.digits.batch_size, shuffle=False, seed=0), verbose=0)
     labels = test.y.astype(int)
     results = score(labels, probabilities, names)

@@ -155,6 +155,7 @@ def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
     out = {}
     for name, path in paths.EVALUATED_MODELS.items():
         model = load_saved(path)
+        print(f"evaluate: {name} computes in {model.dtype_policy.name}, the train.precision it was trained under")
         if takes_images(model):
             images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
             probabilities = model.predict(images, verbose=0).reshape(-1)

@@ -16,12 +16,13 @@ from dogs_vs_cats.common import run, write_json
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.datasets import extract_split, image_dataset
 from dogs_vs_cats.models import build_extractor
-from dogs_vs_cats.training import save_model, seed_everything
+from dogs_vs_cats.training import save_model, seed_everything, set_precision
 
 
 def main() -> None:
     params = load_params()
     seed_everything(params.seed, params.train.deterministic)  # fixes the random base when features.weights is none
+    set_precision(params.train)  # the base computes in train.precision; the features are stored as float32
     extractor = build_extractor(params.image.size, params.features)
     counted, seconds = 0, 0.0
     for split in SPLITS:

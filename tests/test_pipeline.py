@@ -241,8 +241,11 @@ CHANGED_BY = {
     **{f"digits.{key}": _each_dataset("train") for key in ("network", "dropout", "augment.zoom", "learning_rate",
                                                           "epochs")},
     "digits.gallery_size": _each_dataset("evaluate"),
+    # Every stage that runs a network in it: the features too (docs/timings-and-gpu.md).
+    "train.precision": {"train_baseline", "extract_features", "train_head", "train_frozen", "finetune"}
+    | _each_dataset("train"),
 }  # fmt: skip
-CHANGED_TO = {"digits.network": {"strong": "book", "book": "strong"}}
+CHANGED_TO = {"digits.network": {"strong": "book", "book": "strong"}, "train.precision": {"float32": "mixed_bfloat16"}}
 
 
 @pytest.mark.parametrize("key", CHANGED_BY)

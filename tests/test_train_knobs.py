@@ -109,3 +109,29 @@ def test_deterministic_false_leaves_op_determinism_off() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.stdout.split() == ["False", "True"], result.stderr[-1500:]
+
+
+def test_extract_features_runs_the_base_in_bfloat16_and_stores_float32(
+    trained: Path, copy_of_trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from dogs_vs_cats.datasets import load_features
+    from stages import extract_features
+
+    write_params(copy_of_trained / "params.yaml", {**LEARNABLE, "train.precision": "mixed_bfloat16"})
+    try:
+        with inside(copy_of_trained):
+            extract_features.main()
+            bf16 = load_features("validation")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert "train.precision mixed_bfloat16: layers compute in bfloat16" in capsys.readouterr().out
+    with inside(trained):
+        fp32 = load_features("validation")
+    assert bf16.features.dtype == np.float32 and list(bf16.files) == list(fp32.files)
+    # The same random base (seeded), computed in bfloat16: the same features to bfloat16's few digits.
+    assert not np.array_equal(bf16.features, fp32.features)
+    correlation = np.corrcoef(bf16.features.reshape(-1), fp32.features.reshape(-1))[0, 1]
+    assert correlation > 0.99, correlation
+    base = keras.models.load_model(copy_of_trained / "models/base.keras")
+    first_conv = next(layer for layer in _layers(base) if isinstance(layer, keras.layers.Conv2D))
+    assert first_conv.compute_dtype == "bfloat16"
