@@ -12,6 +12,12 @@ LOG_LOSS_EPS = 1e-7  # Keras' epsilon: a model that outputs exactly 0 or 1 still
 HEADING = 20  # gallery heading band, pixels
 MARGIN = 4  # gallery text inset and the gap between tiles, pixels
 FONT_SIZE = 11
+LINE = 13  # pixels a caption line takes at FONT_SIZE
+
+
+def caption_height(captions: list[str]) -> int:
+    """Pixels under the tiles for the longest of ``captions`` (lines of ``LINE`` pixels, a margin below)."""
+    return max((text.count("\n") + 1 for text in captions), default=0) * LINE + MARGIN
 
 
 def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -66,13 +72,12 @@ def gallery_sheet(
     columns: list[list[Image.Image]],
     captions: list[str],
     tile: int,
-    caption: int,
     right: bool = False,
     note: str = "",
 ) -> Image.Image:
     """A strip of the most confidently wrong (``right``: right) test images under a heading that always fits
-    (``note`` ends it): each column's tiles stacked, fitted into ``tile`` pixels, and its caption (``caption``
-    pixels high) under them. No columns: a one-line sheet that says so."""
+    (``note`` ends it): each column's tiles stacked, fitted into ``tile`` pixels, and its caption under them
+    (``caption_height``). No columns: a one-line sheet that says so."""
     font = ImageFont.load_default(size=FONT_SIZE)
     word = "right" if right else "wrong"
     if not columns:
@@ -80,7 +85,7 @@ def gallery_sheet(
     else:
         heading = f"{title}: the {len(columns)} most confidently {word} test image{'s' * (len(columns) > 1)}"
         heading += note
-    rows = max(map(len, columns), default=0)
+    rows, caption = max(map(len, columns), default=0), caption_height(captions)
     width = max(len(columns) * (tile + MARGIN) - MARGIN, int(font.getlength(heading)) + 2 * MARGIN)
     sheet = Image.new("RGB", (width, HEADING + (rows * tile + caption if columns else 0)), "white")
     draw = ImageDraw.Draw(sheet)

@@ -2,7 +2,7 @@
 
 Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585: "Attempt to convert a value
 (PerReplica...)"), so a stage that trains across machines passes ``strategy`` to ``training.distribution``
-and ``fit_across_workers`` to ``training.fit``; today that is ``train_head``. Only that stage depends on this
+and ``fit_binary_across_workers`` to ``training.fit``; today that is ``train_head``. Only it depends on this
 module, so a change here re-runs no other stage.
 """
 
@@ -145,7 +145,7 @@ def _one_line_when_a_peer_fails(loop: Callable[..., dict]) -> Callable[..., dict
 
 
 @_one_line_when_a_peer_fails
-def fit_across_workers(
+def fit_binary_across_workers(
     model: keras.Model,
     x: np.ndarray,
     y: np.ndarray,

@@ -135,7 +135,7 @@ def fit(
     At most ``schedule.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
     the end (the book keeps that epoch with ModelCheckpoint); ``schedule.patience`` stops early, None never does.
     ``notes`` go into the summary (``<log_dir>/metrics.json``) as they are, to say how the model was trained.
-    A ``loop`` trains instead of Keras' fit (``multi_worker.fit_across_workers``); only the chief logs.
+    A ``loop`` trains instead of Keras' fit (``multi_worker.fit_binary_across_workers``); only the chief logs.
     """
     epochs, patience = schedule.epochs, schedule.patience
     if not is_chief():  # another worker of multi_worker: the same training, no outputs

@@ -23,7 +23,6 @@ from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.models import load_saved
 
 ZOOM = 4  # gallery tiles are the 28 px images drawn 4x larger
-CAPTION = 40  # gallery caption height, pixels (three lines)
 
 
 def score(labels: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...]) -> dict:
@@ -61,7 +60,7 @@ def gallery(split: Split, table: pd.DataFrame, size: int, title: str) -> Image.I
         for row in shown.itertuples()
     ]
     captions = [f"true {row.label}\nsaid {row.predicted}\np={row.confidence:.3f}" for row in shown.itertuples()]
-    return evaluation.gallery_sheet(title, columns, captions, tile, CAPTION)
+    return evaluation.gallery_sheet(title, columns, captions, tile)
 
 
 def main() -> None:

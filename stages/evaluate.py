@@ -29,7 +29,6 @@ from dogs_vs_cats.images import read_image
 from dogs_vs_cats.models import load_saved, predicted_labels, takes_images
 
 THUMBNAIL = 128  # gallery tile side, pixels
-CAPTION = 30  # gallery caption height, pixels (two lines)
 
 
 def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float | int | None]:
@@ -116,7 +115,7 @@ def gallery(
             columns.append([image.convert("RGB")] + ([overlays[row.file]] if overlays else []))
         captions.append(f"true {row.label}\nP(dog)={row.probability:.3f}")
     note = ", with Grad-CAM" if overlays else ""
-    return evaluation.gallery_sheet(title, columns, captions, THUMBNAIL, CAPTION, right, note)
+    return evaluation.gallery_sheet(title, columns, captions, THUMBNAIL, right, note)
 
 
 def explainer(model: keras.Model, sample_dir: Path, threshold: float) -> Explainer:

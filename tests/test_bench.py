@@ -40,7 +40,8 @@ def test_bench_times_each_step_both_ways_and_writes_bench_json(workdir: Path) ->
     ]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("load average at the start: ") and lines[-1].startswith("load average at the end: ")
-    table = lines[1:-1]
+    assert lines[1] == "train.precision float32: layers compute in float32, variables float32"  # said once
+    table = lines[2:-1]
     assert table[0].split() == ["step", "images", "ours", "img/s", "book", "img/s", "ratio", "range", "verdict"]
     assert [line.split()[0] for line in table[1:5]] == STEPS
     assert table[5] == "(median of 2 alternating pairs after a warm-up; range: the lowest and highest pair)"

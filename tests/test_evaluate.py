@@ -17,12 +17,15 @@ from sklearn.metrics import roc_auc_score
 from dogs_vs_cats import stats
 from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.datasets import image_dataset, load_features
-from dogs_vs_cats.evaluation import HEADING, MARGIN
+from dogs_vs_cats.evaluation import HEADING, LINE, MARGIN
 from stages import evaluate
 from tests.conftest import LEARNABLE, image_bytes, inside
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 PROBS = np.array([0.1, 0.4, 0.6, 0.2, 0.9, 0.7, 0.3, 0.55, 0.8, 0.45])
+
+
+TWO_LINES = 2 * LINE + MARGIN  # a cat/dog caption: its truth, and P(dog)
 
 
 def test_score_matches_the_definitions() -> None:
@@ -129,7 +132,7 @@ def test_gallery_shows_the_most_confidently_wrong_first(tmp_path: Path) -> None:
     font = ImageFont.load_default(size=11)
     sheet = evaluate.gallery(table, sample_dir, 1, 0.5, "finetuned")
     heading = "finetuned: the 1 most confidently wrong test image"
-    assert sheet.size == (int(font.getlength(heading)) + 8, HEADING + evaluate.THUMBNAIL + evaluate.CAPTION)
+    assert sheet.size == (int(font.getlength(heading)) + 8, HEADING + evaluate.THUMBNAIL + TWO_LINES)
     two = evaluate.gallery(table, sample_dir, 5, 0.5, "m")  # two tiles, a short title: the tiles set the width
     assert two.width == 2 * evaluate.THUMBNAIL + MARGIN
     gap = np.asarray(two.convert("L"))[HEADING:, evaluate.THUMBNAIL : evaluate.THUMBNAIL + MARGIN]

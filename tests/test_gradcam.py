@@ -11,10 +11,12 @@ from PIL import Image
 
 from dogs_vs_cats import gradcam, paths
 from dogs_vs_cats.common import PipelineError
-from dogs_vs_cats.evaluation import HEADING
+from dogs_vs_cats.evaluation import HEADING, LINE, MARGIN
 from stages import evaluate
 from tests.conftest import inside
 from tools import predict
+
+TWO_LINES = 2 * LINE + MARGIN  # a cat/dog caption: its truth, and P(dog)
 
 
 def red_detector() -> keras.Model:
@@ -81,11 +83,11 @@ def test_evaluate_shows_overlays_for_image_models_and_the_right_images_too(train
         for right in (False, True):
             with Image.open(trained / paths.gallery_file(model, right)) as sheet:
                 sizes[model, right] = sheet.size
-    two_rows = HEADING + evaluate.CAPTION + 2 * evaluate.THUMBNAIL
+    two_rows = HEADING + TWO_LINES + 2 * evaluate.THUMBNAIL
     assert (
         sizes["baseline", True][1] == sizes["frozen", True][1] == sizes["finetuned", True][1] == two_rows
     )  # photo, then its heatmap
-    assert sizes["head", True][1] == HEADING + evaluate.CAPTION + evaluate.THUMBNAIL  # features: nothing to overlay
+    assert sizes["head", True][1] == HEADING + TWO_LINES + evaluate.THUMBNAIL  # features: nothing to overlay
 
 
 def test_predict_explain_writes_one_overlay_per_photo(trained: Path, tmp_path: Path, capsys) -> None:

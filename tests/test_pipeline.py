@@ -138,7 +138,9 @@ def test_repro_runs_the_digits_study_for_each_dataset_of_the_matrix(project: Pat
         steps = [done.index(f"digits_{step}@{data}") for step in ("data", "train", "evaluate")]
         assert steps == sorted(steps)
         results = json.loads((project / f"metrics/digits/{data}.json").read_text())
-        assert 0.0 <= results["accuracy"] <= 1.0
+        table = pd.read_csv(project / f"metrics/digits/evaluate/{data}/predictions.csv")
+        assert results["accuracy"] == pytest.approx((table["label"] == table["predicted"]).mean())  # its own rows
+        assert results["test_images"] == len(table)
         assert (project / f"models/digits/{data}.keras").is_file()
         assert (project / f"metrics/digits/{data}/metrics.json").is_file()
     assert json.loads((project / "metrics/digits/mnist.json").read_text())["test_images"] == 359  # sklearn's
@@ -444,7 +446,6 @@ def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(p
     assert (threshold_a, threshold_b) == (0.4, 0.6)
     for metrics in (metrics_a, metrics_b):
         assert metrics["test_images"] == 2 * TINY["sample.test_per_class"]
-        assert 0.0 <= metrics["finetuned"]["accuracy"] <= 1.0
     # make compare: one row per point, the param it changed, each model's accuracy, interval and AUC as recorded.
     table = sh([sys.executable, "-m", "tools.compare"], c).strip().splitlines()
     assert len(table[0].split("|")) == 2 + 2 + 4 + 2  # experiment, changed params, four models, two datasets
@@ -466,6 +467,10 @@ def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(p
     sh(["dvc", "pull"], c)
     assert json.loads(sh(["dvc", "status", "--json"], c)) == {}
     assert json.loads((c / "metrics/evaluate.json").read_text()) == metrics_b
+    for model in ("baseline", "head", "frozen", "finetuned"):  # B's metrics are those of B's predictions, at 0.6
+        table = pd.read_csv(c / f"metrics/evaluate/predictions/{model}.csv")
+        assert (table["predicted"] == np.where(table["probability"] >= 0.6, "dog", "cat")).all()
+        assert metrics_b[model]["accuracy"] == pytest.approx((table["label"] == table["predicted"]).mean())
 
     # Back on A, a point already run (the committed threshold) comes from the run-cache: nothing runs.
     out = sh(["dvc", "exp", "run", "-S", "evaluate.threshold=0.5"], project)

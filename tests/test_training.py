@@ -146,7 +146,7 @@ def test_train_frozen_trains_a_new_head_and_leaves_the_base_as_it_was(trained: P
     new_head = frozen.get_layer("head").get_layer("dense").get_weights()[0]
     assert not np.allclose(head, new_head)  # its own head, not train_head's
     summary = json.loads((trained / "metrics/train_frozen/metrics.json").read_text())
-    assert summary["augmented"] is True and summary["step"] == 0  # tiny: one epoch
+    assert summary["augmented"] is True and summary["step"] == 1  # tiny: one epoch, counted from 1
 
 
 def test_feature_stats_floor_dead_features() -> None:
