@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
                                      batch_size, errors)  # fmt: skip
         else:
             model = load_saved(args.model)
+            print(f"predict: {args.model} computes in {model.dtype_policy.name}, as it was trained", file=sys.stderr)
             if args.explain and (is_digits_model(model) or not takes_images(model)):
                 raise PipelineError(
                     f"--explain: {args.model} is not a cat/dog image model; use {paths.FINETUNED_MODEL}"
