@@ -72,9 +72,23 @@ class Schedule:
         )
 
     @classmethod
-    def of(cls, section: Any) -> Schedule:
+    def of(cls, section: Trains) -> Schedule:
         """The schedule of a training section (``HeadConfig`` and the others), checked."""
         return cls(section.SECTION, section.learning_rate, section.epochs, section.patience)
+
+
+class Trains:
+    """A section of params.yaml that trains a model: its ``learning_rate``, ``epochs`` and ``patience`` fields
+    are its ``training`` Schedule, named after its ``SECTION``."""
+
+    SECTION: ClassVar[str]
+    learning_rate: float
+    epochs: int
+    patience: int | None
+
+    @property
+    def training(self) -> Schedule:
+        return Schedule.of(self)
 
 
 @dataclass(frozen=True)
@@ -163,7 +177,7 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(Trains):
     filters: tuple[int, ...]
     kernel_size: int
     padding: Padding
@@ -173,10 +187,6 @@ class BaselineConfig:
     patience: int | None
 
     SECTION: ClassVar[str] = "baseline"
-
-    @property
-    def training(self) -> Schedule:
-        return Schedule.of(self)
 
     def __post_init__(self) -> None:
         check(
@@ -217,7 +227,7 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(Trains):
     normalize: bool
     units: int
     dropout: float
@@ -228,10 +238,6 @@ class HeadConfig:
 
     SECTION: ClassVar[str] = "head"
 
-    @property
-    def training(self) -> Schedule:
-        return Schedule.of(self)
-
     def __post_init__(self) -> None:
         _at_least(self.units, "head.units")
         _fraction(self.dropout, "head.dropout")
@@ -240,7 +246,7 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class FrozenConfig:
+class FrozenConfig(Trains):
     """The frozen-base model: its own head (built as ``head:``'s, so a head sweep does not retrain it), its schedule."""
 
     normalize: bool
@@ -252,10 +258,6 @@ class FrozenConfig:
 
     SECTION: ClassVar[str] = "frozen"
 
-    @property
-    def training(self) -> Schedule:
-        return Schedule.of(self)
-
     def __post_init__(self) -> None:
         _at_least(self.units, "frozen.units")
         _fraction(self.dropout, "frozen.dropout")
@@ -263,7 +265,7 @@ class FrozenConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Trains):
     unfreeze: str
     cache_frozen: bool
     learning_rate: float
@@ -271,10 +273,6 @@ class FinetuneConfig:
     patience: int | None
 
     SECTION: ClassVar[str] = "finetune"
-
-    @property
-    def training(self) -> Schedule:
-        return Schedule.of(self)
 
     def __post_init__(self) -> None:
         check(
@@ -342,7 +340,7 @@ class DigitsAugmentConfig:
 
 
 @dataclass(frozen=True)
-class DigitsConfig:
+class DigitsConfig(Trains):
     data: DigitsDataConfig
     network: DigitsNetwork
     dropout: float
@@ -356,10 +354,6 @@ class DigitsConfig:
     gallery_size: int
 
     SECTION: ClassVar[str] = "digits"
-
-    @property
-    def training(self) -> Schedule:
-        return Schedule.of(self)
 
     def __post_init__(self) -> None:
         _fraction(self.dropout, "digits.dropout")

@@ -37,21 +37,20 @@ def per_class_accuracy(labels: np.ndarray, predicted: np.ndarray, names: tuple[s
 
 
 def predictions_table(
-    ids: dict[str, object], labels: np.ndarray, predicted: np.ndarray, names: tuple[str, ...], score: dict[str, object]
+    ids: pd.Series, labels: np.ndarray, predicted: np.ndarray, names: tuple[str, ...], score: pd.Series
 ) -> pd.DataFrame:
-    """One row per test image: its id column (``ids``, e.g. ``{"file": [...]}``), ``label``, the ``score`` column
-    (rounded to 6 places) and ``predicted``, with class names (the confusion plot's axes), sorted by id."""
-    (id_name, id_values), (score_name, score_values) = next(iter(ids.items())), next(iter(score.items()))
+    """One row per test image: its ``ids`` (a named Series: ``file``, ``index``), ``label``, the ``score``
+    (named too, rounded to 6 places) and ``predicted``, with class names (the confusion plot's axes), sorted by id."""
     named = np.array(names)
     table = pd.DataFrame(
         {
-            id_name: id_values,
+            ids.name: ids.to_numpy(),
             "label": named[np.asarray(labels, dtype=int)],
-            score_name: np.round(np.asarray(score_values, dtype=float), 6),
+            score.name: score.to_numpy(dtype=float).round(6),
             "predicted": named[np.asarray(predicted, dtype=int)],
         }
     )
-    return table.sort_values(id_name).reset_index(drop=True)
+    return table.sort_values(ids.name).reset_index(drop=True)
 
 
 def most_confident(rows: pd.DataFrame, confidence: pd.Series, size: int, by_class: bool = False) -> pd.DataFrame:

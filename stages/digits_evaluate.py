@@ -44,10 +44,9 @@ def score(labels: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...])
 
 def predictions_table(labels: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...]) -> pd.DataFrame:
     """``index, label, confidence, predicted`` per test image, with class names."""
-    index = {"index": np.arange(len(labels))}
-    return evaluation.predictions_table(
-        index, labels, probabilities.argmax(axis=1), names, {"confidence": probabilities.max(axis=1)}
-    )
+    index = pd.Series(np.arange(len(labels)), name="index")
+    confidence = pd.Series(probabilities.max(axis=1), name="confidence")
+    return evaluation.predictions_table(index, labels, probabilities.argmax(axis=1), names, confidence)
 
 
 def gallery(split: Split, table: pd.DataFrame, size: int, title: str) -> Image.Image:

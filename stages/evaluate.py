@@ -78,7 +78,9 @@ def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
 def predictions_table(files: list[str], labels: np.ndarray, probabilities: np.ndarray, threshold: float):
     """``file, label, probability, predicted`` with class names, sorted by file."""
     predicted = predicted_labels(probabilities, threshold)
-    return evaluation.predictions_table({"file": files}, labels, predicted, CLASS_NAMES, {"probability": probabilities})
+    return evaluation.predictions_table(
+        pd.Series(files, name="file"), labels, predicted, CLASS_NAMES, pd.Series(probabilities, name="probability")
+    )
 
 
 def most_confidently_wrong(table: pd.DataFrame, size: int, threshold: float) -> pd.DataFrame:

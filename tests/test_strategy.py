@@ -47,9 +47,9 @@ SAME_MATH = {
 SAYS = {"one_device": "1 replica(s), OneDeviceStrategy", "mirrored": "2 replica(s), MirroredStrategy"}
 
 
-def losses(root: Path, stage: str) -> np.ndarray:
-    """The training loss of each epoch, as DVCLive logged it."""
-    rows = (root / f"metrics/{stage}/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+def losses(root: Path, stage: str, split: str = "train") -> np.ndarray:
+    """The loss of each epoch on ``split`` (train, or eval: validation), as DVCLive logged it."""
+    rows = (root / f"metrics/{stage}/plots/metrics/{split}/loss.tsv").read_text().splitlines()[1:]
     return np.array([float(row.split("\t")[1]) for row in rows])
 
 
@@ -96,11 +96,6 @@ FULL_BATCH = {
 }
 
 
-def val_losses(root: Path, stage: str) -> np.ndarray:
-    rows = (root / f"metrics/{stage}/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
-    return np.array([float(row.split("\t")[1]) for row in rows])
-
-
 @pytest.mark.slow
 def test_multi_worker_trains_the_head_as_fit_does_and_only_the_chief_writes(trained: Path, tmp_path: Path) -> None:
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
@@ -133,7 +128,7 @@ def test_multi_worker_trains_the_head_as_fit_does_and_only_the_chief_writes(trai
     stopped = len(losses(alone, "train_head"))
     assert stopped < FULL_BATCH["head.epochs"]  # patience did stop it, so the comparison covers stopping
     np.testing.assert_allclose(losses(chief, "train_head"), losses(alone, "train_head"), rtol=1e-3)
-    np.testing.assert_allclose(val_losses(chief, "train_head"), val_losses(alone, "train_head"), rtol=1e-3)
+    np.testing.assert_allclose(losses(chief, "train_head", "eval"), losses(alone, "train_head", "eval"), rtol=1e-3)
     summaries = [json.loads((root / "metrics/train_head/metrics.json").read_text()) for root in (chief, alone)]
     assert summaries[0]["best"]["epoch"] == summaries[1]["best"]["epoch"]
     # The best epoch's weights were restored: the saved models score the validation features alike.

@@ -34,21 +34,21 @@ def flat(tree: object, prefix: str = "") -> dict[str, object]:
 
 def rows(shown: list[dict]) -> list[tuple[str, dict, dict, dict]]:
     """``(name, params, metrics, baseline params)`` per row of ``dvc exp show --json``: each commit, then its
-    experiments; the baseline is the commit the row is compared with (the workspace's is HEAD)."""
+    experiments; the baseline is the commit the row is compared with (the workspace's is HEAD, the first)."""
+    commits = [entry for entry in shown if entry["rev"] != "workspace"]
+    head = _data(commits[0])[0] if commits else {}
     out = []
-    head_params = None
     for entry in shown:
         params, metrics = _data(entry)
-        if entry["rev"] != "workspace":
-            head_params = head_params or params
-            out.append((entry.get("name") or entry["rev"][:7], params, metrics, params))
-            for experiment in entry.get("experiments") or []:
-                revision = experiment["revs"][0]
-                name = experiment.get("name") or revision.get("name") or revision["rev"][:7]
-                out.append((name, *_data(revision), params))
-        else:
-            out.append(("workspace", params, metrics, None))
-    return [(name, p, m, base if base is not None else head_params or p) for name, p, m, base in out]
+        if entry["rev"] == "workspace":
+            out.append(("workspace", params, metrics, head))
+            continue
+        out.append((entry.get("name") or entry["rev"][:7], params, metrics, params))
+        for experiment in entry.get("experiments") or []:
+            revision = experiment["revs"][0]
+            name = experiment.get("name") or revision.get("name") or revision["rev"][:7]
+            out.append((name, *_data(revision), params))
+    return out
 
 
 def _data(entry: dict) -> tuple[dict, dict]:
