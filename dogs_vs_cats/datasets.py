@@ -181,12 +181,13 @@ def write_features(
                 np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
 
 
-def extract_split(model: keras.Model, dataset: tf.data.Dataset, path: Path) -> int:
+def extract_split(model: keras.Model, dataset: tf.data.Dataset, path: Path, progress: bool = True) -> int:
     """Run ``model`` over an unshuffled ``image_dataset`` batch by batch and stream its outputs, labels and file
-    ids into ``path`` (see ``write_features``); return the number of images."""
+    ids into ``path`` (see ``write_features``), with a progress bar unless not ``progress``; return the number of
+    images."""
     files = dataset.file_paths
     shape = (len(files), *model.output_shape[1:])
-    with tqdm(total=len(files), desc=path.stem, unit="img") as bar:
+    with tqdm(total=len(files), desc=path.stem, unit="img", disable=not progress) as bar:
 
         def batches() -> Iterator[np.ndarray]:
             for images, _ in dataset:

@@ -134,7 +134,9 @@ def fit(
 
     At most ``schedule.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
     the end (the book keeps that epoch with ModelCheckpoint); ``schedule.patience`` stops early, None never does.
-    ``notes`` go into the summary (``<log_dir>/metrics.json``) as they are, to say how the model was trained.
+    ``notes`` go into the summary (``<log_dir>/metrics.json``) as they are, to say how the model was trained;
+    so does ``policy``, the dtype policy the model computed in (``train.precision``): accuracy is not traded
+    for speed unseen.
     A ``loop`` trains instead of Keras' fit (``multi_worker.fit_binary_across_workers``); only the chief logs.
     """
     epochs, patience = schedule.epochs, schedule.patience
@@ -157,6 +159,7 @@ def fit(
             "val_loss": history["val_loss"][best],
             "val_accuracy": history["val_accuracy"][best],
         }
+        live.summary["policy"] = model.dtype_policy.name
         live.summary.update(notes or {})
         live.make_summary()
     return history

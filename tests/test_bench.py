@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -30,8 +31,22 @@ def test_bench_times_each_step_both_ways_and_writes_bench_json(workdir: Path) ->
                                    "faster" if step["ratio"] > 1 else "slower")  # fmt: skip
     assert set(timings["load_average"]) == {"start", "end", "cores"}
     assert timings["sample_per_class"] == {"train": 16, "validation": 8, "test": 8}
-    assert list(timings["epoch_seconds"]) == ["train_baseline", "train_frozen", "finetune"]
-    assert list(timings["estimated_repro_seconds"]) == [
+    assert timings["precision"] == "float32"
+    precisions = bench.detect_hardware().precisions()
+    assert [(t["step"], t["precision"]) for t in timings["precisions"]] == [
+        (step, precision) for step in STEPS[1:] for precision in precisions
+    ]
+    for t in timings["precisions"]:
+        assert t["rate"] > 0 and t["low"] <= t["ratio"] <= t["high"] and t["gflops"] > 0
+        assert t["fraction"] == pytest.approx(t["gflops"] / timings["matmul_gflops"][t["precision"]], rel=1e-3)
+        if t["precision"] == "float32":
+            assert t["ratio"] == t["low"] == t["high"] == 1.0
+    assert timings["matmul_gflops"]["side"] == bench.QUICK_MATMUL_SIDE
+    assert timings["recommended"] in precisions
+    estimated = {"float32", timings["recommended"]}
+    assert set(timings["estimated_repro_seconds"]) == set(timings["epoch_seconds"]) == estimated
+    assert list(timings["epoch_seconds"]["float32"]) == ["train_baseline", "train_frozen", "finetune"]
+    assert list(timings["estimated_repro_seconds"]["float32"]) == [
         "train_baseline",
         "extract_features",
         "train_frozen",
@@ -44,9 +59,21 @@ def test_bench_times_each_step_both_ways_and_writes_bench_json(workdir: Path) ->
     table = lines[2:-1]
     assert table[0].split() == ["step", "images", "ours", "img/s", "book", "img/s", "ratio", "range", "verdict"]
     assert [line.split()[0] for line in table[1:5]] == STEPS
-    assert table[5] == "(median of 2 alternating pairs after a warm-up; range: the lowest and highest pair)"
-    assert table[6].startswith("estimated dvc repro at these params (32 train, 16 validation, 16 test images): ")
-    assert table[7].split()[0] == "train_baseline" and table[7].endswith("min an epoch)")
+    assert table[5] == (
+        "(at train.precision float32; median of 2 alternating pairs after a warm-up; "
+        "range: the lowest and highest pair)"
+    )
+    assert table[6].split() == ["step", "precision", "img/s", "x", "float32", "range", "GFLOP/s", "of", "matmul"]
+    rows = len(timings["precisions"])
+    assert [line.split()[:2] for line in table[7 : 7 + rows]] == [
+        [t["step"], t["precision"]] for t in timings["precisions"]
+    ]
+    assert table[7 + rows].startswith(f"matmul {bench.QUICK_MATMUL_SIDE}x{bench.QUICK_MATMUL_SIDE}, GFLOP/s: float32")
+    assert table[8 + rows].startswith(f"recommended: train.precision {timings['recommended']} (")
+    assert table[8 + rows].endswith("; params.yaml is left as it is")
+    assert table[9 + rows].startswith("estimated dvc repro at float32 (32 train, 16 validation, 16 test images): ")
+    assert table[10 + rows].split()[0] == "train_baseline" and table[10 + rows].endswith("min an epoch)")
+    assert sum(line.startswith("estimated dvc repro at ") for line in table) == len(estimated)
 
 
 class FakeClock:
@@ -102,12 +129,13 @@ def test_the_estimate_is_the_params_work_at_the_measured_rates(workdir: Path) ->
         bench.summarize(step, 8, [8 / ours] * 5, [8.0] * 5)
         for step, ours in zip(STEPS, [100.0, 4.0, 16.0, 2.0], strict=True)
     ]
+    rates = bench.ours_rates(timings)
     # 32 training and 16 validation images; a forward pass at 3x the training rate, the frozen base's at
     # the extraction rate.
-    assert bench.epoch_seconds(params, timings) == pytest.approx(
+    assert bench.epoch_seconds(params, rates) == pytest.approx(
         {"train_baseline": 32 / 16 + 16 / 48, "train_frozen": 32 / 4 + 16 / 4, "finetune": 32 / 2 + 16 / 6}
     )
-    estimate = bench.estimate_repro(params, timings)
+    estimate = bench.estimate_repro(params, rates)
     assert estimate["train_baseline"] == pytest.approx(2 * (32 / 16 + 16 / 48))
     assert estimate["extract_features"] == pytest.approx(64 / 4)
     assert estimate["train_frozen"] == pytest.approx(1 * (32 / 4 + 16 / 4))
@@ -120,8 +148,8 @@ def test_the_full_scenario_estimates_every_image_of_the_archive() -> None:
     assert params.sample.counts() == {"train": 10_000, "validation": 1_200, "test": 1_200}
     assert sum(params.sample.counts().values()) <= 12_500  # Kaggle's images per class
     assert params.image == load_params(REPO / "params.yaml").image  # the book's size and batch
-    timings = [bench.summarize(step, 8, [0.8] * 5, [8.0] * 5) for step in STEPS]
-    assert bench.epoch_seconds(params, timings)["train_baseline"] == pytest.approx(20_000 / 10 + 2_400 / 30)
+    rates = {step: 10.0 for step in STEPS}
+    assert bench.epoch_seconds(params, rates)["train_baseline"] == pytest.approx(20_000 / 10 + 2_400 / 30)
 
 
 def test_an_unknown_scenario_key_is_one_line(workdir: Path) -> None:
@@ -165,3 +193,81 @@ def test_the_book_twin_of_each_base_computes_what_the_extractor_computes(base: s
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+CPUINFO = "processor\t: {n}\nmodel name\t: a CPU\nflags\t\t: fpu sse2 avx2 {extra}\n\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "native"),
+    [("avx512f amx_bf16 amx_tile", ("amx_bf16",)), ("avx512f avx512_bf16", ("avx512_bf16",)), ("fma", ())],
+)
+def test_bfloat16_is_native_only_where_the_cpu_says_so(tmp_path: Path, extra: str, native: tuple[str, ...]) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("".join(CPUINFO.format(n=n, extra=extra) for n in range(2)))
+    hardware = bench.detect_hardware(cpuinfo)
+    assert hardware == bench.Hardware(native, None)  # no GPU on this machine
+    assert hardware.precisions() == ["float32", "mixed_bfloat16"]  # float16 is emulated on a CPU: not timed
+    assert bool(hardware.native("mixed_bfloat16")) == bool(native) and hardware.native("float32")
+    assert bench.detect_hardware(tmp_path / "absent").cpu_bf16 == ()
+
+
+def test_a_gpu_is_native_by_its_compute_capability() -> None:
+    ampere, turing = bench.Hardware((), (8, 6)), bench.Hardware(("avx512_bf16",), (7, 5))
+    assert ampere.precisions() == turing.precisions() == ["float32", "mixed_bfloat16", "mixed_float16"]
+    assert ampere.native("mixed_bfloat16") == ampere.native("mixed_float16") == "GPU compute capability 8.6"
+    assert turing.native("mixed_float16") and not turing.native("mixed_bfloat16")  # the GPU computes, not the CPU
+
+
+def _under(precision: str, rates: dict[str, float]) -> list[bench.PrecisionTiming]:
+    return [bench.PrecisionTiming(step, precision, rate, 1.0, 1.0, 1.0, 1.0, 0.1) for step, rate in rates.items()]
+
+
+def test_the_recommendation_is_the_fastest_repro_in_silicon_and_never_a_guess(workdir: Path) -> None:
+    params = load_params()
+    fp32 = {"extract_features": 4.0, "baseline_step": 16.0, "finetune_step": 2.0}
+    faster = _under("float32", fp32) + _under("mixed_bfloat16", {step: 2 * rate for step, rate in fp32.items()})
+    amx, avx2 = bench.Hardware(("amx_bf16",), None), bench.Hardware((), None)
+    precision, why = bench.recommend(faster, amx, params)
+    assert precision == "mixed_bfloat16" and why.startswith("2.0x float32 over dvc repro") and "amx_bf16" in why
+    precision, why = bench.recommend(faster, avx2, params)  # emulated bf16 measured fast is still not recommended
+    assert precision == "float32" and why.startswith("no bfloat16 in silicon here")
+    slower = _under("float32", fp32) + _under("mixed_bfloat16", {**fp32, "finetune_step": 1.0})
+    assert bench.recommend(slower, amx, params)[0] == "float32"
+    # Weighed by the params' work: a slower baseline but faster fine-tuning (its 10x epochs) is a win.
+    mixed = _under("float32", fp32) + _under("mixed_bfloat16", {**fp32, "baseline_step": 12.0, "finetune_step": 8.0})
+    assert bench.recommend(mixed, amx, load_params(overrides={"finetune.epochs": 10}))[0] == "mixed_bfloat16"
+
+
+def test_each_step_is_timed_against_float32_in_the_same_rounds_and_its_share_of_matmul() -> None:
+    clock = FakeClock()
+    steps = {
+        "float32": bench.Step(None, clock.way("float32", [9.0, 2.0, 2.2, 1.8]), flops=1e9),
+        "mixed_bfloat16": bench.Step(None, clock.way("mixed_bfloat16", [9.0, 1.0, 1.0, 1.0]), flops=1e9),
+    }
+    timings = bench.precision_timings(
+        "finetune_step", 10, steps, 3, {"float32": 100.0, "mixed_bfloat16": 20.0}, clock=clock
+    )
+    assert clock.calls == ["float32", "mixed_bfloat16"] * 4  # a warm-up, then rounds in turn
+    fp32, bf16 = timings
+    assert (fp32.ratio, fp32.low, fp32.high) == (1.0, 1.0, 1.0) and fp32.rate == pytest.approx(10 / 2.0)
+    assert (bf16.ratio, bf16.low, bf16.high) == pytest.approx((2.0, 1.8, 2.2)) and bf16.rate == pytest.approx(10.0)
+    assert fp32.gflops == pytest.approx(5.0) and fp32.fraction == pytest.approx(0.05)
+    assert bf16.gflops == pytest.approx(10.0) and bf16.fraction == pytest.approx(0.5)
+
+
+def test_a_training_step_counts_backward_only_from_the_first_trainable_layer() -> None:
+    inputs = keras.Input((8,))
+    frozen = keras.layers.Dense(16, trainable=False)
+    outputs = keras.layers.Dense(1)(frozen(inputs))
+    model = keras.Model(inputs, outputs)
+    forward = 2.0 * (8 * 16 + 16 * 1)
+    assert bench.forward_flops(model) == forward
+    assert bench.train_flops(model) == forward + 2 * 2.0 * 16  # the frozen layer has no backward pass
+    frozen.trainable = True
+    assert bench.train_flops(model) == 3 * forward
+
+
+def test_matmul_rates_are_a_products_flops_over_its_time() -> None:
+    rates = bench.matmul_rates(["float32", "mixed_bfloat16"], side=256, pairs=1)
+    assert list(rates) == ["float32", "mixed_bfloat16"] and all(rate > 0.1 for rate in rates.values())

@@ -307,3 +307,19 @@ def test_the_report_shows_each_dataset_that_has_metrics(tmp_path: Path) -> None:
     lines = report.digits_table(tmp_path).splitlines()
     assert lines[0] == "| dataset | test images | accuracy | macro F1 | log loss |"
     assert lines[2:] == ["| mnist | 10000 | 0.9961 | 0.9960 | 0.0123 |"]
+
+
+def test_bfloat16_reaches_float32_accuracy_on_real_digits_within_one_point(book_on_real_digits: keras.Model) -> None:
+    train, validation, test = offline_mnist()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        bf16 = train_book(train, validation, epochs=10)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert bf16.layers[1].compute_dtype == "bfloat16"  # the policy reached the convolutions
+    accuracy = {
+        name: model.evaluate(digits_model.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+        for name, model in (("float32", book_on_real_digits), ("mixed_bfloat16", bf16))
+    }
+    print(f"scikit-learn's digits, test accuracy: {accuracy}")
+    assert accuracy["mixed_bfloat16"] >= accuracy["float32"] - 0.01, accuracy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,8 @@ def test_every_precision_trains_saves_and_loads(
                 stage.main()
     finally:
         keras.mixed_precision.set_global_policy("float32")  # the policy is global: leave it as other tests expect
+    for stage in ("train_baseline", "train_head", "train_frozen", "finetune"):
+        assert json.loads((copy_of_trained / f"metrics/{stage}/metrics.json").read_text())["policy"] == precision
     for name in ("baseline", "head", "frozen", "finetuned"):
         model = keras.models.load_model(copy_of_trained / f"models/{name}.keras")
         assert model.outputs[0].dtype == "float32", name  # the sigmoid stays float32 under mixed precision
@@ -135,3 +138,60 @@ def test_extract_features_runs_the_base_in_bfloat16_and_stores_float32(
     base = keras.models.load_model(copy_of_trained / "models/base.keras")
     first_conv = next(layer for layer in _layers(base) if isinstance(layer, keras.layers.Conv2D))
     assert first_conv.compute_dtype == "bfloat16"
+
+
+FRESH_PER_CLASS = 200  # generated images a class that no stage has seen: one point of accuracy is 4 images
+FRESH_SEED = 7_919  # apart from the synthetic archive's seeds
+
+
+def _fresh_images(root: Path, size: int) -> Path:
+    """``FRESH_PER_CLASS`` new generated cats and dogs in ``root/test/<class>/``, drawn as the archive's are."""
+    from dogs_vs_cats.classes import CLASS_NAMES
+    from dogs_vs_cats.synthetic import JPEG_QUALITY, draw_animal
+
+    for label_index, label in enumerate(CLASS_NAMES):
+        (root / "test" / label).mkdir(parents=True)
+        for number in range(FRESH_PER_CLASS):
+            rng = np.random.default_rng([FRESH_SEED, label_index, number])
+            draw_animal(label, size, rng).save(root / "test" / label / f"{label}.{number}.jpg", quality=JPEG_QUALITY)
+    return root
+
+
+def _scores(folder: Path, images) -> dict[str, np.ndarray]:
+    """P(dog) on ``images`` of the baseline and of the head on the base's features, as ``folder`` trained them."""
+    base, baseline, head = (keras.models.load_model(folder / f"models/{n}.keras") for n in ("base", "baseline", "head"))
+    return {
+        "baseline": baseline.predict(images, verbose=0)[:, 0],
+        "head": head.predict(base.predict(images, verbose=0), verbose=0)[:, 0],
+    }
+
+
+@pytest.mark.slow
+def test_bfloat16_reaches_float32_accuracy_within_one_point(trained: Path, copy_of_trained: Path, tmp_path) -> None:
+    from dogs_vs_cats.datasets import image_dataset
+    from stages import extract_features
+
+    write_params(copy_of_trained / "params.yaml", {**LEARNABLE, "train.precision": "mixed_bfloat16"})
+    try:
+        with inside(copy_of_trained):
+            for stage in (train_baseline, extract_features, train_head):
+                stage.main()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for stage in ("train_baseline", "train_head"):
+        summary = json.loads((copy_of_trained / f"metrics/{stage}/metrics.json").read_text())
+        assert summary["policy"] == "mixed_bfloat16", stage  # the metrics say which precision trained it
+        assert json.loads((trained / f"metrics/{stage}/metrics.json").read_text())["policy"] == "float32"
+    fresh = _fresh_images(tmp_path / "fresh", LEARNABLE["data.synthetic.size"])
+    images = image_dataset("test", LEARNABLE["image.size"], 50, shuffle=False, seed=0, root=fresh)
+    labels = np.concatenate([y.numpy() for _, y in images]).reshape(-1)
+    fp32_scores, bf16_scores = _scores(trained, images), _scores(copy_of_trained, images)
+    fp32, bf16 = (
+        {name: float(np.mean((p > 0.5) == labels)) for name, p in s.items()} for s in (fp32_scores, bf16_scores)
+    )
+    print(f"fresh images, accuracy float32 {fp32}, mixed_bfloat16 {bf16}")
+    for name in fp32:  # two trainings, not one model twice
+        assert np.abs(fp32_scores[name] - bf16_scores[name]).max() > 1e-3, name
+    assert min(fp32.values()) >= 0.75  # models that learned, so that the comparison means something
+    for name in fp32:
+        assert bf16[name] >= fp32[name] - 0.01, (name, fp32, bf16)

@@ -1,16 +1,22 @@
-"""``python -m tools.bench`` (``make bench``): how fast each step runs on this machine, against the book's way.
+"""``python -m tools.bench`` (``make bench``): how fast each step runs on this machine, against the book's way
+and under each precision, and how near that is to what the machine can do.
 
-At the configured ``image.size`` and ``image.batch_size``, on generated images and random weights, it
-times four steps the pipeline's way and the book's way in alternating pairs (ours, book, ours, book...
-after a warm-up), and prints the median images/s of each, the median ratio of the pairs and its range,
-and says "not distinguishable" when the range holds 1; the load average at the start and the end says
-whether the machine was quiet. The steps: JPEG decode and resize (``tf.data`` against ``load_img`` per
-file), extraction with ``features.base`` (streamed to disk batch by batch, as ``extract_features`` does,
-against the same base's ``conv_base.predict(preprocess_input(batch))`` per batch), a baseline training
-step and a fine-tuning step (``fit`` against ``train_on_batch`` per batch). The book decodes and resizes
-the JPEGs on every pass; the pipeline's training steps decode them once, as its training stages do. From
-the pipeline's rates and the params it estimates the wall time of ``make repro``. It writes ``bench.json``: machine
-noise, never a DVC metric.
+At the configured ``image.size``, ``image.batch_size`` and ``train.precision``, on generated images and random
+weights, it times four steps the pipeline's way and the book's way in alternating pairs (ours, book, ours,
+book... after a warm-up), and prints the median images/s of each, the median ratio of the pairs and its range,
+and says "not distinguishable" when the range holds 1; the load average at the start and the end says whether
+the machine was quiet. The steps: JPEG decode and resize (``tf.data`` against ``load_img`` per file),
+extraction with ``features.base`` (streamed to disk batch by batch, as ``extract_features`` does, against the
+same base's ``conv_base.predict(preprocess_input(batch))`` per batch), a baseline training step and a
+fine-tuning step (``fit`` against ``train_on_batch`` per batch). The book decodes and resizes the JPEGs on
+every pass; the pipeline's training steps decode them once, as its training stages do.
+
+Then it times the three heavy steps ours under every precision this machine can run (float32 and
+mixed_bfloat16; mixed_float16 too on a GPU) in rounds, with each one's ratio to float32, and a square matmul in
+each precision's compute dtype: each step's achieved GFLOP/s is printed as a fraction of that rate, the limit.
+It recommends the precision, done in silicon here (CPU flags amx_bf16 or avx512_bf16, a GPU's compute
+capability), that makes the estimated ``make repro`` shortest, and prints the estimate at ``train.precision``
+and at that one. It never changes params.yaml. It writes ``bench.json``: machine noise, never a DVC metric.
 """
 
 from __future__ import annotations
@@ -22,16 +28,19 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from dogs_vs_cats.augmentation import augmentation
 from dogs_vs_cats.classes import CLASS_NAMES
 from dogs_vs_cats.common import PipelineError, atomic_path, output_file, run
 from dogs_vs_cats.config import FeaturesConfig, HeadConfig, Params, load_params
+from dogs_vs_cats.costs import layer_costs
 from dogs_vs_cats.datasets import extract_split, image_dataset
 from dogs_vs_cats.models import BASES, build_baseline, build_extractor, build_finetune, build_head, unfreeze
 from dogs_vs_cats.synthetic import draw_animal
@@ -50,6 +59,82 @@ PAIRS = 5  # timed (ours, book) pairs per step after the warm-up: enough for a m
 QUICK_PAIRS = 2  # --quick: the short form, for a first look
 BILINEAR = "bilinear"  # as image_dataset_from_directory resizes: the same work both ways
 FORWARD_SPEEDUP = 3.0  # a forward pass costs about a third of a training step (the backward pass is ~2x)
+
+
+FLOAT32 = "float32"
+# The dtype each precision's layers multiply in, as keras.mixed_precision names them.
+COMPUTE_DTYPE = {FLOAT32: "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of x86 CPUs that multiply bfloat16 in silicon
+GPU_NATIVE = {"mixed_bfloat16": (8, 0), "mixed_float16": (7, 0)}  # the compute capability that has the units
+MATMUL_SIDE = 4096  # square matrices: 137 GFLOP a product, large enough for oneDNN to reach its peak
+QUICK_MATMUL_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What this machine multiplies in silicon: its CPU's bfloat16 flags, its first GPU's compute capability."""
+
+    cpu_bf16: tuple[str, ...]
+    gpu: tuple[int, int] | None
+
+    def precisions(self) -> list[str]:
+        """The policies worth timing here, float32 first: float16 only on a GPU (CPUs emulate it)."""
+        return [FLOAT32, "mixed_bfloat16"] + (["mixed_float16"] if self.gpu else [])
+
+    def native(self, precision: str) -> str:
+        """What does ``precision`` in silicon here, or "" when nothing does."""
+        if precision == FLOAT32:
+            return "every CPU and GPU"
+        if self.gpu:
+            return f"GPU compute capability {self.gpu[0]}.{self.gpu[1]}" if self.gpu >= GPU_NATIVE[precision] else ""
+        return f"CPU flag {', '.join(self.cpu_bf16)}" if precision == "mixed_bfloat16" and self.cpu_bf16 else ""
+
+
+def detect_hardware(cpuinfo: Path = Path("/proc/cpuinfo")) -> Hardware:
+    """This machine's ``Hardware``: the bfloat16 flags ``cpuinfo`` lists, the compute capability TensorFlow reports."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:  # not Linux: no flags to read, so bfloat16 is not claimed
+        text = ""
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    gpus = tf.config.list_physical_devices("GPU")
+    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
+    return Hardware(tuple(f for f in BF16_CPU_FLAGS if f in flags), tuple(capability) if capability else None)
+
+
+def matmul_rates(precisions: list[str], side: int, pairs: int) -> dict[str, float]:
+    """GFLOP/s of a ``side`` x ``side`` matmul in each precision's compute dtype, at its fastest of ``rounds``:
+    the most this machine's TensorFlow gets from its cores at that precision, the limit each step is measured
+    against (a convolution can come near it, rarely above)."""
+    rng = np.random.default_rng(0)
+    pair = [tf.constant(rng.standard_normal((side, side), dtype="float32")) for _ in range(2)]
+
+    def product(dtype: str) -> Callable[[], object]:
+        a, b = (tf.cast(m, dtype) for m in pair)
+        return lambda: tf.matmul(a, b)[0, 0].numpy()  # reading one value waits for the product, on a GPU too
+
+    seconds = rounds({p: product(COMPUTE_DTYPE[p]) for p in precisions}, max(pairs, 3))
+    return {p: 2 * side**3 / min(taken) / 1e9 for p, taken in seconds.items()}
+
+
+def recommend(by_precision: list[PrecisionTiming], hardware: Hardware, params: Params) -> tuple[str, str]:
+    """The precision to train in here and why: of those done in silicon, the one whose measured rates make the
+    estimated ``dvc repro`` at ``params`` shortest, if shorter than float32's; else float32. Printed, never applied."""
+    seconds = {
+        precision: sum(estimate_repro(params, rates_under(by_precision, precision)).values())
+        for precision in dict.fromkeys(t.precision for t in by_precision)
+    }
+    native = [precision for precision in seconds if precision != FLOAT32 and hardware.native(precision)]
+    best = min(native, key=seconds.__getitem__, default=None)
+    if best is not None and seconds[best] < seconds[FLOAT32]:
+        gain = seconds[FLOAT32] / seconds[best]
+        return (
+            best,
+            f"{gain:.1f}x float32 over dvc repro's image stages at these params; in silicon: {hardware.native(best)}",
+        )
+    if best is not None:
+        return FLOAT32, f"{best} is in silicon here ({hardware.native(best)}) but would not shorten dvc repro"
+    return FLOAT32, "no bfloat16 in silicon here: no CPU flag " + " or ".join(BF16_CPU_FLAGS) + ", no GPU"
 
 
 @dataclass(frozen=True)
@@ -107,6 +192,23 @@ def write_images(folder: Path, count: int, size: int, seed: int) -> list[Path]:
     return files
 
 
+def rounds(
+    ways: dict[str, Callable[[], object]], pairs: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
+    """The seconds of each way: each run once to warm up (tracing, caches), then ``pairs`` rounds of all of
+    them in turn (ABAB...), so a slow spell of the machine hits every way alike and each round compares like
+    with like."""
+    for work in ways.values():
+        work()
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(pairs):
+        for name, work in ways.items():
+            start = clock()
+            work()
+            seconds[name].append(clock() - start)
+    return seconds
+
+
 def compare(
     step: str,
     images: int,
@@ -115,17 +217,9 @@ def compare(
     pairs: int = PAIRS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Timing:
-    """Both ways of a step, each run once to warm up (tracing, caches), then ``pairs`` times in turns, ours then
-    the book's (ABAB...), so a slow spell of the machine hits both alike and each pair's ratio compares like
-    with like; see ``summarize``."""
-    ours(), book()
-    seconds: dict[Callable[[], object], list[float]] = {ours: [], book: []}
-    for _ in range(pairs):
-        for work in (ours, book):
-            start = clock()
-            work()
-            seconds[work].append(clock() - start)
-    return summarize(step, images, seconds[ours], seconds[book])
+    """Both ways of a step in alternating pairs, ours then the book's (``rounds``); see ``summarize``."""
+    seconds = rounds({"ours": ours, "book": book}, pairs, clock)
+    return summarize(step, images, seconds["ours"], seconds["book"])
 
 
 def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -141,53 +235,162 @@ def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tupl
         yield pixels, np.array([CLASS_NAMES.index(f.parent.name) for f in chunk], dtype="float32")
 
 
-def measure(params: Params, count: int, pairs: int = PAIRS) -> list[Timing]:
-    """Time every step both ways, ``pairs`` times, on ``count`` generated images at the configured size."""
+@dataclass(frozen=True)
+class Step:
+    """One heavy step the pipeline's way: its model, the work of one pass over the images, FLOPs per image."""
+
+    model: keras.Model
+    work: Callable[[], object]
+    flops: float
+
+
+@dataclass(frozen=True)
+class PrecisionTiming:
+    """One heavy step ours under one precision, timed in rounds with the others: median images per second,
+    the median ratio to float32's time in the same round and its range, the GFLOP/s that rate achieves and
+    its fraction of this machine's matmul rate at the precision's compute dtype."""
+
+    step: str
+    precision: str
+    rate: float
+    ratio: float
+    low: float
+    high: float
+    gflops: float
+    fraction: float
+
+
+def forward_flops(model: keras.Model) -> float:
+    """FLOPs of one image through ``model`` forward: two per multiply-add (``costs.macs``)."""
+    return 2.0 * sum(cost.macs for cost in layer_costs(model))
+
+
+def train_flops(model: keras.Model) -> float:
+    """FLOPs of one image in a training step: the forward pass, then backward from the first trainable layer up,
+    each layer at twice its forward (the gradients of its input and of its weights). An estimate, as the
+    convolutions and dense layers are nearly all of the arithmetic."""
+    costs = [(cost.macs, cost.trainable > 0) for cost in layer_costs(model)]
+    first = next((i for i, (_, trainable) in enumerate(costs) if trainable), len(costs))
+    return 2.0 * (sum(m for m, _ in costs) + 2 * sum(m for m, _ in costs[first:]))
+
+
+def pipeline_steps(params: Params, dataset, epochs, features: Path) -> dict[str, Step]:
+    """The heavy steps the pipeline's way, their models built under the global policy in force: extraction with
+    ``features.base`` streamed to ``features`` batch by batch as ``extract_features`` does, and one epoch of
+    ``fit`` of the baseline and of fine-tuning on images decoded once, as the training stages do."""
+    size = params.image.size
+    extractor = build_extractor(size, FeaturesConfig(params.features.base, "none"))
+    baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
+    compile_binary(baseline, params.baseline.learning_rate, params.train.jit_compile)
+    finetuned = build_finetune(
+        extractor,
+        build_head(extractor.output_shape[1:], _plain_head(params.head)),
+        augmentation(params.augment, params.seed),
+    )
+    unfreeze(extractor, params.finetune.unfreeze)
+    compile_binary(finetuned, params.finetune.learning_rate, params.train.jit_compile)
+
+    def one_epoch(model: keras.Model) -> Callable[[], object]:
+        return lambda: model.fit(epochs, epochs=1, verbose=0, shuffle=False)  # the dataset is not shuffled: nor is fit
+
+    return {
+        "extract_features": Step(
+            extractor, lambda: extract_split(extractor, dataset, features, progress=False), forward_flops(extractor)
+        ),
+        "baseline_step": Step(baseline, one_epoch(baseline), train_flops(baseline)),
+        "finetune_step": Step(finetuned, one_epoch(finetuned), train_flops(finetuned)),
+    }
+
+
+@contextmanager
+def policy(precision: str) -> Iterator[None]:
+    """Build layers under ``precision`` (a Keras dtype policy) inside, the previous policy after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def measure(
+    params: Params, count: int, pairs: int, matmul: dict[str, float]
+) -> tuple[list[Timing], list[PrecisionTiming]]:
+    """Time every step ours and the book's way at ``train.precision``, and the heavy steps ours under each
+    precision of ``matmul`` (its rates by policy) in rounds, ``pairs`` times, on ``count`` generated images at the
+    configured size."""
     size, batch_size = params.image.size, params.image.batch_size
     seed_everything(params.seed, params.train.deterministic)
     set_precision(params.train)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         files = write_images(Path(tmp), count, size, params.seed)
         dataset = image_dataset("train", size, batch_size, shuffle=False, seed=0, root=Path(tmp))
+        epochs = image_dataset("train", size, batch_size, shuffle=False, seed=0, root=Path(tmp), decode_once=True)
+        features = Path(tmp) / "features.npz"
 
         def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             return book_batches(files, size, batch_size)  # decoded afresh on every pass, as tf.data does
 
-        timings = [
-            compare(
-                "decode_resize",
-                count,
-                lambda: [None for _ in dataset],
-                lambda: list(batches()),
-                pairs,
-            )
-        ]
-
-        extractor = build_extractor(size, FeaturesConfig(params.features.base, "none"))
-        # The book's twin of the same base: the bare keras.applications network and its module's preprocess_input.
+        ours = pipeline_steps(params, dataset, epochs, features)
+        # The book's twin of the same base: the bare keras.applications network and its module's preprocess_input;
+        # the book's training steps: train_on_batch per batch on the same compiled models.
         conv_base = BASES[params.features.base].build(include_top=False, weights=None, input_shape=(size, size, 3))
         preprocess = BOOK_PREPROCESS[params.features.base]
-        timings.append(
-            compare(
-                "extract_features",
-                count,
-                lambda: extract_split(extractor, dataset, Path(tmp) / "features.npz"),
-                lambda: [conv_base.predict(preprocess(x), verbose=0) for x, _ in batches()],
-                pairs,
+
+        def train_on_batches(model: keras.Model) -> Callable[[], object]:
+            return lambda: [model.train_on_batch(x, y) for x, y in batches()]
+
+        book = {
+            "extract_features": lambda: [conv_base.predict(preprocess(x), verbose=0) for x, _ in batches()],
+            "baseline_step": train_on_batches(ours["baseline_step"].model),
+            "finetune_step": train_on_batches(ours["finetune_step"].model),
+        }
+        timings = [compare("decode_resize", count, lambda: [None for _ in dataset], lambda: list(batches()), pairs)]
+        timings += [compare(step, count, ours[step].work, book[step], pairs) for step in ours]
+
+        precisions = list(matmul)
+        built = {params.train.precision: ours}
+        for precision in precisions:
+            if precision not in built:
+                with policy(precision):
+                    built[precision] = pipeline_steps(params, dataset, epochs, features)
+        by_precision = [
+            timing
+            for step in ours
+            for timing in precision_timings(
+                step, count, {precision: built[precision][step] for precision in precisions}, pairs, matmul
             )
-        )
+        ]
+    return timings, by_precision
 
-        baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
-        epochs = image_dataset("train", size, batch_size, shuffle=False, seed=0, root=Path(tmp), decode_once=True)
-        timings.append(
-            _training_step("baseline_step", baseline, params.baseline.learning_rate, params, epochs, batches, pairs)
-        )
 
-        head = build_head(extractor.output_shape[1:], _plain_head(params.head))
-        finetuned = build_finetune(extractor, head, augmentation(params.augment, params.seed))
-        unfreeze(extractor, params.finetune.unfreeze)
+def precision_timings(
+    step: str,
+    images: int,
+    steps: dict[str, Step],
+    pairs: int,
+    matmul: dict[str, float],
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[PrecisionTiming]:
+    """One step under each precision of ``steps`` (float32 first), in ``rounds``: each one's rate, its ratio to
+    float32 round by round, and its GFLOP/s as a fraction of ``matmul`` (GFLOP/s by policy)."""
+    seconds = rounds({precision: s.work for precision, s in steps.items()}, pairs, clock)
+    timings = []
+    for precision, taken in seconds.items():
+        ratios = [base / t for base, t in zip(seconds[FLOAT32], taken, strict=True)]
+        rate = images / statistics.median(taken)
+        gflops = rate * steps[precision].flops / 1e9
         timings.append(
-            _training_step("finetune_step", finetuned, params.finetune.learning_rate, params, epochs, batches, pairs)
+            PrecisionTiming(
+                step,
+                precision,
+                rate=rate,
+                ratio=statistics.median(ratios),
+                low=min(ratios),
+                high=max(ratios),
+                gflops=gflops,
+                fraction=gflops / matmul[precision],
+            )
         )
     return timings
 
@@ -195,20 +398,6 @@ def measure(params: Params, count: int, pairs: int = PAIRS) -> list[Timing]:
 def _plain_head(cfg: HeadConfig) -> HeadConfig:
     """The head without standardization, which needs training features the bench does not have."""
     return HeadConfig(**{**asdict(cfg), "normalize": False})
-
-
-def _training_step(
-    step: str, model: keras.Model, learning_rate: float, params: Params, dataset, batches, pairs: int
-) -> Timing:
-    """One epoch of ``fit`` on the dataset against ``train_on_batch`` per batch, on the same compiled model."""
-    compile_binary(model, learning_rate, params.train.jit_compile)
-    return compare(
-        step,
-        len(dataset.file_paths),
-        lambda: model.fit(dataset, epochs=1, verbose=0, shuffle=False),  # the dataset is not shuffled: nor is fit
-        lambda: [model.train_on_batch(x, y) for x, y in batches()],
-        pairs,
-    )
 
 
 # The image-training stages and the model each trains, as evaluate names it.
@@ -220,42 +409,51 @@ def _images(params: Params) -> dict[str, int]:
     return {split: 2 * n for split, n in params.sample.counts().items()}
 
 
-def _rates(timings: list[Timing]) -> dict[str, tuple[float, float]]:
-    """Images per second of each trained model, (training, forward only), the pipeline's way.
+def _rates(rates: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Images per second of each trained model, (training, forward only), from the heavy steps' ``rates``.
 
     Forward-only passes are counted at ``FORWARD_SPEEDUP`` times the model's training rate; the frozen model
     runs its frozen base forward only either way (its head costs next to nothing), so at the extraction rate.
     Estimates from measured rates, not timings.
     """
-    ours = {t.step: t.ours for t in timings}
     return {
-        "baseline": (ours["baseline_step"], FORWARD_SPEEDUP * ours["baseline_step"]),
-        "frozen": (ours["extract_features"], ours["extract_features"]),
-        "finetuned": (ours["finetune_step"], FORWARD_SPEEDUP * ours["finetune_step"]),
+        "baseline": (rates["baseline_step"], FORWARD_SPEEDUP * rates["baseline_step"]),
+        "frozen": (rates["extract_features"], rates["extract_features"]),
+        "finetuned": (rates["finetune_step"], FORWARD_SPEEDUP * rates["finetune_step"]),
     }
 
 
-def epoch_seconds(params: Params, timings: list[Timing]) -> dict[str, float]:
-    """Seconds one epoch of each image-training stage would take at these rates and ``params.sample`` counts:
-    the training images at the model's training rate, then the validation images forward only (``_rates``)."""
-    images, rates = _images(params), _rates(timings)
+def ours_rates(timings: list[Timing]) -> dict[str, float]:
+    """Images per second of each step the pipeline's way, at ``train.precision``."""
+    return {t.step: t.ours for t in timings}
+
+
+def rates_under(by_precision: list[PrecisionTiming], precision: str) -> dict[str, float]:
+    """Images per second of each heavy step under ``precision``."""
+    return {t.step: t.rate for t in by_precision if t.precision == precision}
+
+
+def epoch_seconds(params: Params, rates: dict[str, float]) -> dict[str, float]:
+    """Seconds one epoch of each image-training stage would take at these rates (images/s by step) and
+    ``params.sample`` counts: the training images at the model's training rate, then the validation images
+    forward only (``_rates``)."""
+    images, models = _images(params), _rates(rates)
     return {
-        stage: images["train"] / rates[model][0] + images["validation"] / rates[model][1]
+        stage: images["train"] / models[model][0] + images["validation"] / models[model][1]
         for stage, model in TRAINED.items()
     }
 
 
-def estimate_repro(params: Params, timings: list[Timing]) -> dict[str, float]:
+def estimate_repro(params: Params, rates: dict[str, float]) -> dict[str, float]:
     """Seconds each Dogs vs. Cats stage of ``dvc repro`` that runs images through a network would take at these
     rates and params (``epoch_seconds`` times the epochs; the digits study is not measured here)."""
-    images, epoch = _images(params), epoch_seconds(params, timings)
-    extraction = next(t.ours for t in timings if t.step == "extract_features")
+    images, epoch = _images(params), epoch_seconds(params, rates)
     return {
         "train_baseline": params.baseline.epochs * epoch["train_baseline"],
-        "extract_features": sum(images.values()) / extraction,
+        "extract_features": sum(images.values()) / rates["extract_features"],
         "train_frozen": params.frozen.epochs * epoch["train_frozen"],
         "finetune": params.finetune.epochs * epoch["finetune"],
-        "evaluate": sum(images["test"] / forward for _, forward in _rates(timings).values()),
+        "evaluate": sum(images["test"] / forward for _, forward in _rates(rates).values()),
     }
 
 
@@ -266,23 +464,43 @@ def load_line(when: str, load: float, cores: int) -> str:
     return line + ("; warning: the machine is busy, so these figures are not a quiet machine's" if load > cores else "")
 
 
-def report(timings: list[Timing], epochs: dict[str, float], estimate: dict[str, float], params: Params) -> str:
-    """The table ``make bench`` prints: median rates, the median ratio of the pairs, its range, what it says."""
+def report(timings: list[Timing], params: Params) -> str:
+    """Ours against the book's way: median rates, the median ratio of the pairs, its range, what it says."""
     header = f"{'step':<18}{'images':>7}{'ours img/s':>12}{'book img/s':>12}{'ratio':>7}  {'range':<13} verdict"
     lines = [header]
     for t in timings:
         span = f"{t.low:.2f}-{t.high:.2f}"
         lines.append(f"{t.step:<18}{t.images:>7}{t.ours:>12.2f}{t.book:>12.2f}{t.ratio:>7.2f}  {span:<13} {t.verdict}")
     pairs = timings[0].pairs if timings else 0
-    lines.append(f"(median of {pairs} alternating pairs after a warm-up; range: the lowest and highest pair)")
-    lines.append(
-        f"estimated dvc repro at these params ({', '.join(f'{n:,} {s}' for s, n in _images(params).items())} "
-        f"images): {sum(estimate.values()) / 3600:.1f} h"
-    )
+    lines.append(f"(at train.precision {params.train.precision}; median of {pairs} alternating pairs after a warm-up; "
+                 "range: the lowest and highest pair)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def precision_report(by_precision: list[PrecisionTiming], matmul: dict[str, float], side: int) -> str:
+    """The heavy steps ours under each precision: rate, ratio to float32 and its range, GFLOP/s, share of matmul's."""
+    lines = [
+        f"{'step':<18}{'precision':<16}{'img/s':>8}{'x float32':>10}  {'range':<11}{'GFLOP/s':>8}{'of matmul':>10}"
+    ]
+    for t in by_precision:
+        span = f"{t.low:.2f}-{t.high:.2f}"
+        lines.append(
+            f"{t.step:<18}{t.precision:<16}{t.rate:>8.2f}{t.ratio:>10.2f}  {span:<11}{t.gflops:>8.1f}{t.fraction:>9.0%}"
+        )
+    rates = ", ".join(f"{p} ({COMPUTE_DTYPE[p]}) {gflops:.0f}" for p, gflops in matmul.items())
+    lines.append(f"matmul {side}x{side}, GFLOP/s: {rates}")
+    return "\n".join(lines)
+
+
+def estimate_lines(params: Params, precision: str, rates: dict[str, float]) -> list[str]:
+    """The estimated wall time of ``dvc repro``'s image stages at ``rates``, measured under ``precision``."""
+    epochs, estimate = epoch_seconds(params, rates), estimate_repro(params, rates)
+    counts = ", ".join(f"{n:,} {s}" for s, n in _images(params).items())
+    lines = [f"estimated dvc repro at {precision} ({counts} images): {sum(estimate.values()) / 3600:.1f} h"]
     for stage, seconds in estimate.items():
         each = f"  ({epochs[stage] / 60:.1f} min an epoch)" if stage in epochs else ""
         lines.append(f"  {stage:<18}{seconds / 60:>8.1f} min{each}")
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -303,20 +521,39 @@ def main() -> None:
     params = load_params(overrides=scenarios.load(args.scenario) if args.scenario else None)
     cores, start_load = os.cpu_count() or 1, os.getloadavg()[0]
     print(load_line("start", start_load, cores))
-    timings = measure(params, args.images, pairs)
+    hardware = detect_hardware()
+    side = QUICK_MATMUL_SIDE if args.quick else MATMUL_SIDE
+    matmul = matmul_rates(hardware.precisions(), side, pairs)
+    timings, by_precision = measure(params, args.images, pairs, matmul)
     end_load = os.getloadavg()[0]
-    epochs, estimate = epoch_seconds(params, timings), estimate_repro(params, timings)
-    print(report(timings, epochs, estimate, params))
+    recommended, why = recommend(by_precision, hardware, params)
+    print(report(timings, params))
+    print(precision_report(by_precision, matmul, side))
+    print(f"recommended: train.precision {recommended} ({why}); params.yaml is left as it is")
+    estimates = {params.train.precision: ours_rates(timings), recommended: rates_under(by_precision, recommended)}
+    for precision, rates in estimates.items():
+        print("\n".join(estimate_lines(params, precision, rates)))
     print(load_line("end", end_load, cores))
     result = {
         "image_size": params.image.size,
         "batch_size": params.image.batch_size,
+        "precision": params.train.precision,
         "pairs": pairs,
         "load_average": {"start": round(start_load, 2), "end": round(end_load, 2), "cores": cores},
         "steps": {t.step: {**asdict(t), "verdict": t.verdict} for t in timings},
+        "hardware": {"cpu_bf16": list(hardware.cpu_bf16), "gpu_compute_capability": hardware.gpu},
+        "matmul_gflops": {"side": side, **{p: round(g, 1) for p, g in matmul.items()}},
+        "precisions": [asdict(t) for t in by_precision],
+        "recommended": recommended,
         "sample_per_class": params.sample.counts(),
-        "epoch_seconds": {stage: round(seconds, 1) for stage, seconds in epochs.items()},
-        "estimated_repro_seconds": {stage: round(seconds, 1) for stage, seconds in estimate.items()},
+        "epoch_seconds": {
+            precision: {stage: round(s, 1) for stage, s in epoch_seconds(params, rates).items()}
+            for precision, rates in estimates.items()
+        },
+        "estimated_repro_seconds": {
+            precision: {stage: round(s, 1) for stage, s in estimate_repro(params, rates).items()}
+            for precision, rates in estimates.items()
+        },
     }
     with atomic_path(out, replace=args.force) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
