@@ -42,8 +42,20 @@ def in_float32(model: keras.Model) -> keras.Model:
 
 
 def saved_model(model: keras.Model, folder: Path) -> None:
-    """A SavedModel of ``model`` in ``folder``, its ``serve`` signature taking what the model takes."""
-    model.export(str(folder), format="tf_saved_model", verbose=False)
+    """A SavedModel of ``model`` in ``folder``, its ``serve`` signature taking a batch of what the model takes.
+
+    The endpoint calls the model with ``training=False`` itself: ``model.export()``'s default one leaves
+    ``training`` unset, and Keras 3's random augmentation layers default it to True, so the exported model
+    would flip, rotate and zoom every image it serves and apply dropout (a random answer each call).
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="inputs")],
+    )
+    archive.write_out(str(folder), verbose=False)
 
 
 def tflite(saved: Path, float16: bool = False) -> bytes:
@@ -80,6 +92,7 @@ class LiteModel:
         return np.concatenate([self(np.asarray(batch)) for batch in batches])
 
 
-def serving(folder: Path):
-    """The ``serve`` function of a SavedModel in ``folder``, as TF Serving would call it."""
-    return tf.saved_model.load(str(folder)).serve
+def load_saved_model(folder: Path):
+    """The SavedModel in ``folder``; call its ``serve``, as TF Serving would, while it is referenced (TensorFlow
+    deletes the variables of a loaded object nobody holds)."""
+    return tf.saved_model.load(str(folder))

@@ -28,10 +28,13 @@ EVALUATED_MODELS = {
     "finetuned": FINETUNED_MODEL,
 }
 
+EXPORT_DIR = MODELS_DIR / "export"  # what leaves the pipeline: SavedModel, TFLite and a model card per model
+
 METRICS_DIR = Path("metrics")
 DATA_METRICS = METRICS_DIR / "data.json"
 FEATURES_METRICS = METRICS_DIR / "features.json"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+EXPORT_METRICS = METRICS_DIR / "export.json"
 EVALUATE_DIR = METRICS_DIR / "evaluate"  # predictions, ROC points and galleries, one file per model
 
 

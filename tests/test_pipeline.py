@@ -94,6 +94,85 @@ def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) 
     assert set(results) == {"test_images", "baseline", "head", "frozen", "finetuned", "mcnemar"}
     for model in ("baseline", "head", "frozen", "finetuned"):
         assert (project / f"metrics/evaluate/gallery/{model}.png").is_file()
+    assert ran((project / "repro.log").read_text(), ["export"]) == ["export"]
+
+
+def test_export_writes_each_model_and_a_card_made_from_the_metrics(project: Path) -> None:
+    exported = json.loads((project / "metrics/export.json").read_text())
+    assert list(exported) == ["cats_dogs", *DIGITS_CLASS_NAMES]
+    finetuned = json.loads((project / "metrics/evaluate.json").read_text())["finetuned"]
+    for name, checked in exported.items():
+        folder = project / "models/export" / name
+        assert {p.name for p in folder.iterdir()} == {
+            "saved_model",
+            "model.tflite",
+            "model_float16.tflite",
+            "MODEL_CARD.md",
+        }
+        assert checked["float32_max_abs_difference"] <= 1e-5
+        card = (folder / "MODEL_CARD.md").read_text()
+        assert card.startswith(f"# Model card: {name}\n") and "do not edit it" in card
+        assert f"{100 * checked['float16_accuracy_change']:+.2f} points" in card
+    card = (project / "models/export/cats_dogs/MODEL_CARD.md").read_text()
+    interval = finetuned["accuracy_ci95"]
+    assert (
+        f"- accuracy {100 * finetuned['accuracy']:.2f} % (95 % interval {100 * interval['low']:.2f} % to "
+        f"{100 * interval['high']:.2f} %)"
+    ) in card
+    assert "**The base's weights are random**" in card and "**Trained and tested on generated images**" in card
+    mnist = json.loads((project / "metrics/digits/mnist.json").read_text())
+    assert f"- accuracy {100 * mnist['accuracy']:.2f} %" in (project / "models/export/mnist/MODEL_CARD.md").read_text()
+
+
+NOTEBOOKS = sorted(path.name for path in (REPO / "notebooks").glob("*.ipynb"))
+# The figures each notebook must draw on the tiny run: (curves + confusion matrices + galleries) per dataset;
+# one curves figure and eight galleries; one figure of Grad-CAM overlays; none for the Colab run.
+FIGURES = {"colab.ipynb": 0, "digits.ipynb": 6, "dogs_vs_cats.ipynb": 9, "pretrained.ipynb": 1}
+# What turns each notebook's network, GPU and account steps off, so it runs on this CPU, offline.
+OFFLINE = {
+    "colab.ipynb": {"CLONE": False, "KAGGLE": False, "GPU": False, "PUSH": False},
+    "pretrained.ipynb": {"WEIGHTS": "none"},
+}
+
+
+def test_notebooks_are_committed_without_outputs() -> None:
+    import nbformat
+
+    assert sorted(FIGURES) == NOTEBOOKS
+    for name in NOTEBOOKS:
+        book = nbformat.read(REPO / "notebooks" / name, as_version=4)
+        nbformat.validate(book)
+        for cell in book.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{name}: strip its outputs"
+        assert sum("parameters" in cell.metadata.get("tags", []) for cell in book.cells) == 1, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_each_notebook_runs_headless_on_the_pipelines_outputs(project: Path, name: str, monkeypatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # dvc, as a user has
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    book = nbformat.read(project / "notebooks" / name, as_version=4)
+    (cell,) = [cell for cell in book.cells if "parameters" in cell.metadata.get("tags", [])]
+    cell.source += "".join(f"\n{key} = {value!r}" for key, value in OFFLINE.get(name, {}).items())
+    before = sh(["git", "status", "--porcelain"], project)
+    NotebookClient(
+        book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(project / "notebooks")}}
+    ).execute()
+    outputs = [output for cell in book.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    figures = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(figures) == FIGURES[name], name
+    assert sh(["git", "status", "--porcelain"], project) == before  # it read the pipeline's outputs, changed nothing
+    text = "".join(output.get("text", "") for output in outputs)
+    if name == "colab.ipynb":
+        assert "$ dvc repro" in text and "PUSH is off" in text
+    if name == "digits.ipynb":
+        assert "by hand: {'params': " in text  # the course's arithmetic, asserted equal to the library's count
 
 
 def _keys(data: object) -> list[str]:
@@ -230,21 +309,23 @@ def _each_dataset(step: str) -> set[str]:
 
 # What the README and docs/ say each key re-runs, as `dvc status` sees it before anything runs: the stages that
 # read the key (what follows them re-runs because their outputs change, tests below run that for head.*).
+CARDS_QUOTE = ("network", "learning_rate", "epochs")  # digits keys the model cards of export quote
 CHANGED_BY = {
-    **{f"head.{key}": {"train_head"} for key in ("normalize", "units", "dropout", "learning_rate", "batch_size",
-                                                 "epochs", "patience")},
+    # export's model cards quote the head's size and the fine-tuning, the threshold and the precision.
+    **{f"head.{key}": {"train_head"} | ({"export"} if key in ("units", "dropout") else set())
+       for key in ("normalize", "units", "dropout", "learning_rate", "batch_size", "epochs", "patience")},
     **{f"frozen.{key}": {"train_frozen"} for key in ("normalize", "units", "dropout", "learning_rate", "epochs")},
     "augment.zoom": {"train_baseline", "train_frozen", "finetune"},
     "baseline.dropout": {"train_baseline"},
-    "finetune.learning_rate": {"finetune"},
-    "evaluate.threshold": {"evaluate"},
-    # docs/digits.md: a digits.* key re-runs the digits stages and nothing of Dogs vs. Cats.
+    "finetune.learning_rate": {"finetune", "export"},
+    "evaluate.threshold": {"evaluate", "export"},
+    # docs/digits.md: a digits.* key re-runs the digits stages (and the cards' export) and nothing of Dogs vs. Cats.
     "digits.data.validation": _each_dataset("data"),
-    **{f"digits.{key}": _each_dataset("train") for key in ("network", "dropout", "augment.zoom", "learning_rate",
-                                                          "epochs")},
+    **{f"digits.{key}": _each_dataset("train") | ({"export"} if key in CARDS_QUOTE else set())
+       for key in ("network", "dropout", "augment.zoom", "learning_rate", "epochs")},
     "digits.gallery_size": _each_dataset("evaluate"),
     # Every stage that runs a network in it: the features too (docs/timings-and-gpu.md).
-    "train.precision": {"train_baseline", "extract_features", "train_head", "train_frozen", "finetune"}
+    "train.precision": {"train_baseline", "extract_features", "train_head", "train_frozen", "finetune", "export"}
     | _each_dataset("train"),
 }  # fmt: skip
 CHANGED_TO = {"digits.network": {"strong": "book", "book": "strong"}, "train.precision": {"float32": "mixed_bfloat16"}}
@@ -271,7 +352,7 @@ def test_a_sweep_key_changes_only_the_stages_that_read_it(project: Path, key: st
 # Which stages an edit of a library module re-runs, as `dvc status` sees it: the ones that run the module.
 EDITED = {
     "dogs_vs_cats/multi_worker.py": {"train_head"},  # the loop across machines: no digits stage
-    "dogs_vs_cats/digits_model.py": _each_dataset("train") | _each_dataset("evaluate"),  # not digits_data
+    "dogs_vs_cats/digits_model.py": _each_dataset("train") | _each_dataset("evaluate") | {"export"},  # not digits_data
     "dogs_vs_cats/evaluation.py": {"evaluate"} | _each_dataset("evaluate"),
 }
 
@@ -429,8 +510,17 @@ def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(p
     b = _clone(origin, tmp_path / "b")
     sh(["dvc", "pull"], b)
     assert json.loads(sh(["dvc", "status", "--json"], b)) == {}
-    assert ran(sh(["dvc", "repro"], b), STAGES + DIGITS) == []
+    assert ran(sh(["dvc", "repro"], b), [*STAGES, *DIGITS, "export"]) == []
     assert (b / "models/finetuned.keras").read_bytes() == (project / "models/finetuned.keras").read_bytes()
+
+    # DVC's model registry: anyone with the Git URL gets a model by its name, from the DVC remote.
+    got = tmp_path / "got"
+    got.mkdir()
+    sh(["dvc", "artifacts", "get", str(origin), "finetuned", "-o", str(got / "finetuned.keras")], got)
+    assert (got / "finetuned.keras").read_bytes() == (project / "models/finetuned.keras").read_bytes()
+    sh(["dvc", "artifacts", "get", str(origin), "mnist-export", "-o", str(got / "mnist")], got)
+    card = (project / "models/export/mnist/MODEL_CARD.md").read_text()
+    assert (got / "mnist/MODEL_CARD.md").read_text() == card and (got / "mnist/saved_model").is_dir()
 
     # A grid split between the two machines: each runs one point and pushes it, with its run-cache.
     for machine, name, threshold in ((project, "grid-a", 0.4), (b, "grid-b", 0.6)):
