@@ -140,13 +140,3 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for stage in (download, sample, train_baseline, extract_features, train_head, train_frozen, finetune):
             stage.main()
     return root
-
-
-LONGEST_FIRST = "test_pipeline.py"  # one `dvc repro` of the whole pipeline, then ~45 tests on it: ~8 min alone
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest module first, its own order kept: the suite runs on two xdist workers, each taking whole
-    files (``--dist loadfile``, pyproject.toml), so one worker starts it while the other takes the rest,
-    instead of it starting last and running on alone."""
-    items.sort(key=lambda item: item.path.name != LONGEST_FIRST)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import copy
+import json
 
 import pytest
 from ruamel.yaml import YAML
 
+from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
 from tests.conftest import REPO
 
 PACKAGES = ("stages", "dogs_vs_cats", "tools")  # what DVC runs, the shared library, what people run by hand
@@ -87,3 +90,14 @@ def test_each_stage_can_be_restored_from_the_run_cache(stage: str) -> None:
     small = _declared(entry.get("metrics", []) + entry.get("plots", []))
     assert all(path.startswith("metrics/") and options.get("cache") is False for path, options in small)
     assert not any(options.get("persist") for _, options in _declared(entry.get("outs", [])) + small)
+
+
+@pytest.mark.parametrize("dataset", DIGITS_DATASETS)
+def test_a_digits_confusion_template_is_dvcs_own_in_label_order(dataset: str) -> None:
+    from dvc_render.vega_templates import ConfusionTemplate
+
+    template = json.loads((REPO / f".dvc/plots/confusion_{dataset}.json").read_text())
+    expected = copy.deepcopy(ConfusionTemplate.DEFAULT_CONTENT)
+    for axis in ("x", "y"):
+        expected["spec"]["encoding"][axis]["sort"] = list(DIGITS_CLASS_NAMES[dataset])
+    assert template == expected  # DVC's confusion template with only the axis order changed

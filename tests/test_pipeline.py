@@ -299,6 +299,19 @@ def test_plots_show_renders_every_declared_plot(project: Path) -> None:
         assert title in html
     assert "Ankle boot" in html  # the confusion matrix names Fashion-MNIST's classes
     assert "metrics/digits/evaluate/fashion_mnist/gallery.png" in html
+    # Each dataset's confusion matrix lists its classes in label order (T-shirt/top, Trouser, ...), not A-Z.
+    shown = json.loads(sh(["dvc", "plots", "show", "--json"], project))["data"]
+    for dataset, title in (("mnist", "Confusion matrix, MNIST"), ("fashion_mnist", "Confusion matrix, Fashion-MNIST")):
+        specs = [
+            entry["content"]["spec"]["encoding"]
+            for plot, entries in shown.items()
+            if plot in (title, f"metrics/digits/evaluate/{dataset}/predictions.csv")
+            for entry in entries
+            if entry["type"] == "vega"
+        ]
+        assert len(specs) == 2, dataset
+        for encoding in specs:
+            assert encoding["x"]["sort"] == encoding["y"]["sort"] == list(DIGITS_CLASS_NAMES[dataset])
 
 
 # What each documented sweep key re-runs first: DVC then re-runs what depends on that stage's outputs (the
