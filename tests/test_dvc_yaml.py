@@ -101,3 +101,15 @@ def test_a_digits_confusion_template_is_dvcs_own_in_label_order(dataset: str) ->
     for axis in ("x", "y"):
         expected["spec"]["encoding"][axis]["sort"] = list(DIGITS_CLASS_NAMES[dataset])
     assert template == expected  # DVC's confusion template with only the axis order changed
+
+
+def test_the_roc_template_is_dvcs_simple_one_over_the_chance_diagonal() -> None:
+    from dvc_render.vega_templates import SimpleLinearTemplate
+
+    template = json.loads((REPO / ".dvc/plots/roc.json").read_text())
+    line, diagonal = template.pop("layer")
+    simple = copy.deepcopy(SimpleLinearTemplate.DEFAULT_CONTENT)
+    assert line == {key: simple.pop(key) for key in ("params", "mark", "encoding")} and template == simple
+    assert diagonal["mark"]["type"] == "rule" and diagonal["data"] == {"values": [{}]}  # drawn once
+    ends = {axis: diagonal["encoding"][axis]["datum"] for axis in ("x", "y", "x2", "y2")}
+    assert ends == {"x": 0, "y": 0, "x2": 1, "y2": 1}

@@ -312,6 +312,17 @@ def test_plots_show_renders_every_declared_plot(project: Path) -> None:
         assert len(specs) == 2, dataset
         for encoding in specs:
             assert encoding["x"]["sort"] == encoding["y"]["sort"] == list(DIGITS_CLASS_NAMES[dataset])
+    # The ROC curves over the chance diagonal, on named axes.
+    (roc,) = shown["ROC curves"]
+    line, diagonal = roc["content"]["layer"]
+    assert (line["mark"]["type"], diagonal["mark"]["type"]) == ("line", "rule")
+    assert (line["encoding"]["x"]["title"], line["encoding"]["y"]["title"]) == (
+        "false positive rate",
+        "true positive rate",
+    )
+    assert line["encoding"]["strokeDash"]["scale"]["domain"] == [
+        f"{m}.csv" for m in ("baseline", "finetuned", "frozen", "head")
+    ]
 
 
 # What each documented sweep key re-runs first: DVC then re-runs what depends on that stage's outputs (the
