@@ -9,12 +9,13 @@ which changes the outputs a little, measured on the test split by ``stages.expor
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from dogs_vs_cats.models import built_under
 
 SAVED_MODEL = "saved_model"  # folder names inside one model's export folder
 TFLITE = "model.tflite"
@@ -27,16 +28,12 @@ def in_float32(model: keras.Model) -> keras.Model:
     weights, so that the exported files do not carry bfloat16 or float16 operations a runtime may lack."""
     if model.dtype_policy.name == "float32":
         return model
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with built_under("float32"):
         clone = keras.models.clone_model(
             model,
             clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"}),
             recursive=True,
         )
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     clone.set_weights(model.get_weights())
     return clone
 
@@ -87,9 +84,6 @@ class LiteModel:
         self.interpreter.set_tensor(self.input["index"], batch.astype(self.input["dtype"]))
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"]).copy()
-
-    def predict(self, batches: Iterable[np.ndarray]) -> np.ndarray:
-        return np.concatenate([self(np.asarray(batch)) for batch in batches])
 
 
 def load_saved_model(folder: Path):

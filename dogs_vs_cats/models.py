@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,6 +290,18 @@ def takes_images(model: keras.Model) -> bool:
 def predicted_labels(dog_probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """Labels (0 cat / 1 dog) for P(dog): a dog from ``threshold`` up, the one place the threshold is applied."""
     return (np.asarray(dog_probabilities) >= threshold).astype(int)
+
+
+@contextmanager
+def built_under(precision: str) -> Iterator[None]:
+    """Layers made inside compute in ``precision`` (a Keras dtype policy, e.g. ``mixed_bfloat16``); the global
+    policy in force before comes back after, whatever happens inside."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def load_saved(path: Path) -> keras.Model:

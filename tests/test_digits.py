@@ -18,7 +18,7 @@ from dogs_vs_cats import digits_io, digits_model
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
 from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.config import load_params
-from dogs_vs_cats.models import load_saved
+from dogs_vs_cats.models import built_under, load_saved
 from stages import digits_data, digits_evaluate
 from tests.conftest import REPO, run_stage, write_params
 
@@ -257,14 +257,11 @@ def test_the_schedules_run_the_rate_down_as_documented(schedule: str) -> None:
 @pytest.mark.parametrize("network", ["book", "strong"])
 def test_each_network_builds_trains_saves_and_loads_in_safe_mode(network: str, tmp_path: Path) -> None:
     cfg = dataclasses.replace(load_params(REPO / "params.yaml").digits, network=network, epochs=1)
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with built_under("mixed_float16"):
         model = digits_model.build_network(cfg, 0)
         digits_model.compile_digits(model, cfg, steps_per_epoch=1)
         split = small_split(16, 0)
         model.fit(digits_model.batches(split, 8, shuffle=True, seed=0), epochs=1, verbose=0, shuffle=False)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     assert model.output.dtype == "float32"  # probabilities stay float32 under mixed precision
     assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in model.layers)  # never flip digits
     model.save(tmp_path / "m.keras")
@@ -311,11 +308,8 @@ def test_the_report_shows_each_dataset_that_has_metrics(tmp_path: Path) -> None:
 
 def test_bfloat16_reaches_float32_accuracy_on_real_digits_within_one_point(book_on_real_digits: keras.Model) -> None:
     train, validation, test = offline_mnist()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with built_under("mixed_bfloat16"):
         bf16 = train_book(train, validation, epochs=10)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     assert bf16.layers[1].compute_dtype == "bfloat16"  # the policy reached the convolutions
     accuracy = {
         name: model.evaluate(digits_model.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dogs_vs_cats import export
 from dogs_vs_cats.datasets import image_dataset
-from dogs_vs_cats.models import load_saved
+from dogs_vs_cats.models import built_under, load_saved
 from stages.export import TOLERANCE, export_one
 from tests.conftest import LEARNABLE, inside
 
@@ -69,14 +69,11 @@ def test_the_saved_model_serves_raw_photos_the_same_answer_every_call(trained: P
 
 
 def test_a_model_trained_in_bfloat16_is_exported_in_float32_with_its_weights() -> None:
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with built_under("mixed_bfloat16"):
         inputs = keras.Input((6, 6, 3))
         hidden = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
         outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(keras.layers.Flatten()(hidden))
         model = keras.Model(inputs, outputs)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     clone = export.in_float32(model)
     assert {layer.compute_dtype for layer in clone.layers} == {"float32"}
     for ours, theirs in zip(clone.get_weights(), model.get_weights(), strict=True):

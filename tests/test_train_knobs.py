@@ -19,15 +19,12 @@ from tests.conftest import LEARNABLE, REPO, inside, write_params
 def test_only_float16_gets_loss_scaling(precision: str) -> None:
     """float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none."""
     from dogs_vs_cats.config import HeadConfig
-    from dogs_vs_cats.models import build_head
+    from dogs_vs_cats.models import build_head, built_under
     from dogs_vs_cats.training import compile_binary
 
-    keras.mixed_precision.set_global_policy(precision)
-    try:
+    with built_under(precision):
         model = build_head((4,), HeadConfig(False, 8, 0.0, 1e-3, 4, 1, None))
         compile_binary(model, 1e-3)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
 
 

@@ -28,7 +28,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +41,15 @@ from dogs_vs_cats.common import PipelineError, atomic_path, output_file, run
 from dogs_vs_cats.config import FeaturesConfig, HeadConfig, Params, load_params
 from dogs_vs_cats.costs import layer_costs
 from dogs_vs_cats.datasets import extract_split, image_dataset
-from dogs_vs_cats.models import BASES, build_baseline, build_extractor, build_finetune, build_head, unfreeze
+from dogs_vs_cats.models import (
+    BASES,
+    build_baseline,
+    build_extractor,
+    build_finetune,
+    build_head,
+    built_under,
+    unfreeze,
+)
 from dogs_vs_cats.synthetic import draw_animal
 from dogs_vs_cats.training import compile_binary, seed_everything, set_precision
 from tools import scenarios
@@ -302,17 +309,6 @@ def pipeline_steps(params: Params, dataset, epochs, features: Path) -> dict[str,
     }
 
 
-@contextmanager
-def policy(precision: str) -> Iterator[None]:
-    """Build layers under ``precision`` (a Keras dtype policy) inside, the previous policy after."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def measure(
     params: Params, count: int, pairs: int, matmul: dict[str, float]
 ) -> tuple[list[Timing], list[PrecisionTiming]]:
@@ -352,7 +348,7 @@ def measure(
         built = {params.train.precision: ours}
         for precision in precisions:
             if precision not in built:
-                with policy(precision):
+                with built_under(precision):
                     built[precision] = pipeline_steps(params, dataset, epochs, features)
         by_precision = [
             timing
