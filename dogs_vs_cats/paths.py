@@ -44,8 +44,13 @@ def features_file(split: str) -> Path:
 
 
 def live_dir(stage: str) -> Path:
-    """The DVCLive folder of a training stage."""
+    """The DVCLive folder of a training stage: its summary ``metrics.json`` and its ``curves.csv``."""
     return METRICS_DIR / stage
+
+
+def curves_file(log_dir: Path) -> Path:
+    """A training run's curves, one row per epoch and split (``epoch, split, loss, accuracy``): one plot."""
+    return log_dir / "curves.csv"
 
 
 def predictions_file(model: str) -> Path:
@@ -53,9 +58,7 @@ def predictions_file(model: str) -> Path:
     return EVALUATE_DIR / "predictions" / f"{model}.csv"
 
 
-def roc_file(model: str) -> Path:
-    """ROC curve points of one model."""
-    return EVALUATE_DIR / "roc" / f"{model}.csv"
+ROC_FILE = EVALUATE_DIR / "roc.csv"  # every model's ROC points, a ``model`` column naming each: one plot
 
 
 def gallery_file(model: str, right: bool = False) -> Path:

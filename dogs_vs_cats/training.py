@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,10 +11,12 @@ from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
+from dogs_vs_cats import paths
 from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
 
@@ -162,7 +165,23 @@ def fit(
         live.summary["policy"] = model.dtype_policy.name
         live.summary.update(notes or {})
         live.make_summary()
+        write_curves(history, paths.curves_file(live_dir))
+        # DVCLive's per-metric TSVs hold the same numbers, one file (so one plot in `dvc plots show`) each.
+        shutil.rmtree(live_dir / "plots", ignore_errors=True)
     return history
+
+
+def write_curves(history: dict[str, list[float]], path: Path) -> None:
+    """Keras' ``history`` as one long table, ``epoch`` (from 1, as ``best.epoch``), ``split`` (train or
+    validation), ``loss`` and ``accuracy``: the one file `dvc plots` draws a training run's curves from
+    (.dvc/plots/curves.json)."""
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    prefixes = {"train": "", "validation": "val_"}  # Keras' names for the two splits' numbers
+    table = pd.concat(
+        pd.DataFrame({"epoch": epochs, "split": split, **{m: history[prefix + m] for m in ("loss", "accuracy")}})
+        for split, prefix in prefixes.items()
+    )
+    table.to_csv(path, index=False)
 
 
 def _keras_fit(model, x, y, validation, epochs: int, patience: int | None, batch_size: int | None, live: Live):

@@ -50,10 +50,10 @@ def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> di
     }
 
 
-def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
-    """The ROC curve as ``fpr, tpr, threshold`` rows."""
+def roc_points(model: str, labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+    """One model's ROC curve as ``model, fpr, tpr, threshold`` rows (the model names its curve in the plot)."""
     fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)
-    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.clip(thresholds, 0.0, 1.0)})
+    return pd.DataFrame({"model": model, "fpr": fpr, "tpr": tpr, "threshold": np.clip(thresholds, 0.0, 1.0)})
 
 
 def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
@@ -209,7 +209,7 @@ def main() -> None:
     params = load_params()
     cfg = params.evaluate
     test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
-    results, tables = {}, {}
+    results, tables, rocs = {}, {}, []
     predicted = predict_all(params.image.batch_size, sorted(test["path"]))
     cost = costs({name: model for name, (*_, model) in predicted.items()})
     for name, (files, labels, probabilities, model) in predicted.items():
@@ -218,12 +218,13 @@ def main() -> None:
         results[name].update(intervals(labels, probabilities, cfg.threshold, cfg.bootstrap, params.seed))
         results[name].update(cost[name])
         _write_csv(table, paths.predictions_file(name))
-        _write_csv(roc_points(labels, probabilities), paths.roc_file(name))
+        rocs.append(roc_points(name, labels, probabilities))
         explain = explainer(model, paths.SAMPLE_DIR, cfg.threshold) if takes_images(model) else None
         for right in (False, True):
             sheet = gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, cfg.threshold, name, right, explain)
             _write_png(sheet, paths.gallery_file(name, right))
         print(f"evaluate: {name}: accuracy {results[name]['accuracy']:.4f}, ROC AUC {results[name]['roc_auc']:.4f}")
+    _write_csv(pd.concat(rocs), paths.ROC_FILE)
     write_json(paths.EVALUATE_METRICS, {"test_images": len(test), **results, "mcnemar": paired_tests(tables)})
 
 

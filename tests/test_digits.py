@@ -162,12 +162,14 @@ def test_the_stage_takes_one_known_dataset(workdir: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == "error: usage: python -m stages.digits_data {mnist,fashion_mnist}"
 
 
-def test_the_matrix_runs_every_dataset_the_code_knows() -> None:
+def test_the_digits_stages_run_every_dataset_the_code_knows() -> None:
     from ruamel.yaml import YAML
 
-    stages = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
+    pipeline = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())
+    (datasets,) = (entry["digits_datasets"] for entry in pipeline["vars"] if "digits_datasets" in entry)
+    assert tuple(datasets) == DIGITS_DATASETS
     for stage in ("digits_data", "digits_train", "digits_evaluate"):
-        assert tuple(stages[stage]["matrix"]["dataset"]) == DIGITS_DATASETS
+        assert pipeline["stages"][stage]["foreach"] == "${digits_datasets}"
 
 
 def offline_mnist(validation: int = 300) -> tuple[digits_io.Split, digits_io.Split, digits_io.Split]:

@@ -40,8 +40,13 @@ def imported_modules(module: str) -> set[str]:
     return found
 
 
+def dvc_yaml() -> dict:
+    return YAML(typ="safe").load((REPO / "dvc.yaml").read_text())
+
+
 def stage_entries() -> dict[str, dict]:
-    return YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
+    """Each stage's definition; for a ``foreach`` stage (the digits study's), the one it repeats."""
+    return {name: entry.get("do", entry) for name, entry in dvc_yaml()["stages"].items()}
 
 
 @pytest.mark.parametrize("stage", sorted(stage_entries()))
@@ -103,13 +108,59 @@ def test_a_digits_confusion_template_is_dvcs_own_in_label_order(dataset: str) ->
     assert template == expected  # DVC's confusion template with only the axis order changed
 
 
-def test_the_roc_template_is_dvcs_simple_one_over_the_chance_diagonal() -> None:
-    from dvc_render.vega_templates import SimpleLinearTemplate
+def _rendered(template: str, points: list[dict], **properties) -> dict:
+    """The Vega-Lite spec DVC makes of ``points`` with one of .dvc/plots/'s templates (as `dvc plots show`)."""
+    from dvc_render import VegaRenderer
 
-    template = json.loads((REPO / ".dvc/plots/roc.json").read_text())
-    line, diagonal = template.pop("layer")
-    simple = copy.deepcopy(SimpleLinearTemplate.DEFAULT_CONTENT)
-    assert line == {key: simple.pop(key) for key in ("params", "mark", "encoding")} and template == simple
+    templates = str(REPO / ".dvc/plots")
+    return VegaRenderer(points, template, template=template, template_dir=templates, **properties).get_filled_template()
+
+
+def test_the_roc_template_draws_one_curve_per_model_over_the_chance_diagonal() -> None:
+    points = [
+        {"model": model, "fpr": fpr, "tpr": tpr, "rev": "workspace"}
+        for model in ("baseline", "head")
+        for fpr, tpr in ((0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0))
+    ]
+    spec = _rendered("roc", points, x="fpr", y="tpr", x_label="false positive rate", y_label="true positive rate")
+    line, diagonal = spec["layer"]
+    encoding = line["encoding"]
+    assert (encoding["x"]["title"], encoding["y"]["title"]) == ("false positive rate", "true positive rate")
+    assert encoding["color"] == {"field": "model", "type": "nominal", "title": "model", "sort": None}  # not files
+    assert encoding["strokeDash"]["field"] == "rev"  # `dvc plots diff`: one dash per revision
+    # Points are joined in the order of fpr + tpr, which both grow along a curve (fpr alone has ties); numbers,
+    # not the strings DVC reads from a CSV ("0.5" + "1" would join as text).
+    assert line["transform"] == [{"calculate": "toNumber(datum.fpr) + toNumber(datum.tpr)", "as": "along_curve"}]
+    assert encoding["order"] == {"field": "along_curve"}
     assert diagonal["mark"]["type"] == "rule" and diagonal["data"] == {"values": [{}]}  # drawn once
     ends = {axis: diagonal["encoding"][axis]["datum"] for axis in ("x", "y", "x2", "y2")}
     assert ends == {"x": 0, "y": 0, "x2": 1, "y2": 1}
+
+
+def test_the_curves_template_draws_loss_and_accuracy_of_both_splits_by_epoch() -> None:
+    points = [
+        {"epoch": epoch, "split": split, "loss": 1 / epoch, "accuracy": 1 - 1 / epoch, "rev": "workspace"}
+        for split in ("train", "validation")
+        for epoch in (1, 2)
+    ]
+    spec = _rendered("curves", points, x="epoch", title="Baseline convnet: loss and accuracy by epoch")
+    assert spec["title"]["text"] == "Baseline convnet: loss and accuracy by epoch"
+    assert spec["repeat"] == {"column": ["loss", "accuracy"]}
+    assert spec["resolve"]["scale"]["y"] == "independent"  # a loss near 0.7 beside an accuracy near 1
+    encoding = spec["spec"]["encoding"]
+    assert encoding["x"]["field"] == "epoch" and encoding["y"]["field"] == {"repeat": "column"}
+    assert encoding["color"]["field"] == "split" and encoding["color"]["scale"]["domain"] == ["train", "validation"]
+    assert encoding["strokeDash"]["field"] == "rev"
+    assert spec["data"]["values"] == points
+
+
+def test_each_plot_is_declared_once_and_titled() -> None:
+    # DVC draws every stage-level plot (they keep the run-cache); a top-level definition would draw it again.
+    assert "plots" not in dvc_yaml()
+    plots = [plot for entry in stage_entries().values() for plot in _declared(entry.get("plots", []))]
+    templates = {path.stem for path in (REPO / ".dvc/plots").glob("*.json")} | {"confusion"}  # ours, DVC's
+    for path, options in plots:
+        if path.endswith((".png", "gallery")):  # images: DVC shows each under its file name
+            continue
+        assert options.get("title"), path
+        assert options["template"].replace("${key}", "mnist") in templates, path

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageFont
+from sklearn.metrics import auc as area_under
 from sklearn.metrics import roc_auc_score
 
 from dogs_vs_cats import stats
@@ -69,8 +70,9 @@ def test_perfect_and_constant_classifiers() -> None:
 
 
 def test_roc_points_run_from_corner_to_corner() -> None:
-    roc = evaluate.roc_points(LABELS, PROBS)
-    assert list(roc.columns) == ["fpr", "tpr", "threshold"]
+    roc = evaluate.roc_points("head", LABELS, PROBS)
+    assert list(roc.columns) == ["model", "fpr", "tpr", "threshold"]
+    assert set(roc["model"]) == {"head"}  # the model names its curve in the plot's legend
     assert (roc.iloc[0]["fpr"], roc.iloc[0]["tpr"]) == (0.0, 0.0)
     assert (roc.iloc[-1]["fpr"], roc.iloc[-1]["tpr"]) == (1.0, 1.0)
     assert roc["fpr"].is_monotonic_increasing and roc["tpr"].is_monotonic_increasing
@@ -160,6 +162,8 @@ def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -
     with inside(evaluated):
         images = image_dataset("test", LEARNABLE["image.size"], 64, shuffle=False, seed=0)
         features = load_features("test")
+    rocs = pd.read_csv(evaluated / "metrics/evaluate/roc.csv")
+    assert rocs["model"].unique().tolist() == ["baseline", "head", "frozen", "finetuned"]  # the legend's order
     for model in ("baseline", "head", "frozen", "finetuned"):
         table = pd.read_csv(evaluated / f"metrics/evaluate/predictions/{model}.csv")
         assert list(table.columns) == ["file", "label", "probability", "predicted"]
@@ -178,8 +182,9 @@ def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -
         assert confusion + section["true_positives"] == test_images
         dog = (table["label"] == "dog").to_numpy()
         assert section["roc_auc"] == pytest.approx(roc_auc_score(dog, table["probability"]))
-        roc = pd.read_csv(evaluated / f"metrics/evaluate/roc/{model}.csv")
+        roc = rocs[rocs["model"] == model]
         assert roc["tpr"].iloc[-1] == 1.0
+        assert area_under(roc["fpr"], roc["tpr"]) == pytest.approx(section["roc_auc"])  # its own curve, not another's
         with Image.open(evaluated / f"metrics/evaluate/gallery/{model}.png") as image:
             assert image.format == "PNG"
         right = int((table["label"] == table["predicted"]).sum())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from dogs_vs_cats.datasets import load_features
@@ -48,9 +49,9 @@ SAYS = {"one_device": "1 replica(s), OneDeviceStrategy", "mirrored": "2 replica(
 
 
 def losses(root: Path, stage: str, split: str = "train") -> np.ndarray:
-    """The loss of each epoch on ``split`` (train, or eval: validation), as DVCLive logged it."""
-    rows = (root / f"metrics/{stage}/plots/metrics/{split}/loss.tsv").read_text().splitlines()[1:]
-    return np.array([float(row.split("\t")[1]) for row in rows])
+    """The loss of each epoch on ``split`` (train or validation), as the stage's curves.csv logged it."""
+    curves = pd.read_csv(root / f"metrics/{stage}/curves.csv")
+    return curves.loc[curves["split"] == split, "loss"].to_numpy()
 
 
 @pytest.mark.slow
@@ -127,8 +128,8 @@ def test_multi_worker_trains_the_head_as_fit_does_and_only_the_chief_writes(trai
     # The same curves (the loss reduction, the replicas' gradient sum), the same early stop and best epoch.
     stopped = len(losses(alone, "train_head"))
     assert stopped < FULL_BATCH["head.epochs"]  # patience did stop it, so the comparison covers stopping
-    np.testing.assert_allclose(losses(chief, "train_head"), losses(alone, "train_head"), rtol=1e-3)
-    np.testing.assert_allclose(losses(chief, "train_head", "eval"), losses(alone, "train_head", "eval"), rtol=1e-3)
+    for split in ("train", "validation"):
+        np.testing.assert_allclose(losses(chief, "train_head", split), losses(alone, "train_head", split), rtol=1e-3)
     summaries = [json.loads((root / "metrics/train_head/metrics.json").read_text()) for root in (chief, alone)]
     assert summaries[0]["best"]["epoch"] == summaries[1]["best"]["epoch"]
     # The best epoch's weights were restored: the saved models score the validation features alike.

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dogs_vs_cats import paths
 from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.datasets import VARIANCE_FLOOR, feature_stats, image_dataset, load_features, write_features
@@ -79,20 +80,24 @@ def test_head_beats_every_shuffled_label_control(trained: Path) -> None:
 )
 def test_every_epoch_is_logged_for_dvc_plots(trained: Path, stage: str, epochs: int) -> None:
     live = trained / "metrics" / stage
-    for split in ("train", "eval"):
-        for metric in ("loss", "accuracy"):
-            rows = (live / f"plots/metrics/{split}/{metric}.tsv").read_text().splitlines()
-            assert rows[0] == f"step\t{metric}"
-            assert len(rows) == 1 + epochs
-            assert [row.split("\t")[0] for row in rows[1:]] == [str(epoch) for epoch in range(1, epochs + 1)]
+    curves = pd.read_csv(paths.curves_file(live))
+    assert list(curves.columns) == ["epoch", "split", "loss", "accuracy"]
+    for split in ("train", "validation"):
+        assert curves.loc[curves["split"] == split, "epoch"].tolist() == list(range(1, epochs + 1))
+    assert not (live / "plots").exists()  # DVCLive's one file per metric would be one plot per metric
     summary = json.loads((live / "metrics.json").read_text())
     assert summary["step"] == epochs
-    # The kept epoch is the one of lowest logged validation loss, counted from 1 as the curves' step is.
-    val_loss = [
-        float(row.split("\t")[1]) for row in (live / "plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
-    ]
-    assert summary["best"]["epoch"] == int(np.argmin(val_loss)) + 1
-    assert summary["best"]["val_loss"] == pytest.approx(min(val_loss))
+    # The kept epoch is the one of lowest logged validation loss, counted from 1 as the curves' epoch is.
+    validation = curves[curves["split"] == "validation"]
+    best = validation.loc[validation["loss"].idxmin()]
+    assert summary["best"]["epoch"] == best["epoch"]
+    assert (summary["best"]["val_loss"], summary["best"]["val_accuracy"]) == pytest.approx(
+        (best["loss"], best["accuracy"])
+    )
+    trained_at_best = curves[(curves["split"] == "train") & (curves["epoch"] == best["epoch"])].iloc[0]
+    assert (summary["best"]["loss"], summary["best"]["accuracy"]) == pytest.approx(
+        (trained_at_best["loss"], trained_at_best["accuracy"])
+    )
     assert not (live / "dvc.yaml").exists()  # dvc.yaml is ours; DVCLive must not rewrite it
 
 
