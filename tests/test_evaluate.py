@@ -19,6 +19,7 @@ from dogs_vs_cats import stats
 from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.datasets import image_dataset, load_features
 from dogs_vs_cats.evaluation import HEADING, LINE, MARGIN
+from dogs_vs_cats.paths import EVALUATED_MODELS
 from stages import evaluate
 from tests.conftest import LEARNABLE, image_bytes, inside
 
@@ -163,8 +164,8 @@ def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -
         images = image_dataset("test", LEARNABLE["image.size"], 64, shuffle=False, seed=0)
         features = load_features("test")
     rocs = pd.read_csv(evaluated / "metrics/evaluate/roc.csv")
-    assert rocs["model"].unique().tolist() == ["baseline", "head", "frozen", "finetuned"]  # the legend's order
-    for model in ("baseline", "head", "frozen", "finetuned"):
+    assert rocs["model"].unique().tolist() == list(EVALUATED_MODELS)  # the legend's order, the book's
+    for model in EVALUATED_MODELS:
         table = pd.read_csv(evaluated / f"metrics/evaluate/predictions/{model}.csv")
         assert list(table.columns) == ["file", "label", "probability", "predicted"]
         assert len(table) == test_images

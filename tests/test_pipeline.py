@@ -17,7 +17,7 @@ from PIL import Image
 from ruamel.yaml import YAML
 
 from dogs_vs_cats import tf_env
-from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, SPLITS
+from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS, SPLITS
 from dogs_vs_cats.paths import EVALUATED_MODELS
 from tests.conftest import REPO, TINY, write_params
 
@@ -305,7 +305,7 @@ PLOT_TITLES = {
 }
 GALLERIES = [
     *(f"metrics/evaluate/gallery/{model}{kind}.png" for model in EVALUATED_MODELS for kind in ("", "_right")),
-    *(f"metrics/digits/evaluate/{dataset}/gallery.png" for dataset in ("mnist", "fashion_mnist")),
+    *(f"metrics/digits/evaluate/{dataset}/gallery.png" for dataset in DIGITS_DATASETS),
 ]
 
 
@@ -321,7 +321,7 @@ def test_plots_show_draws_each_plot_once_and_titled(project: Path) -> None:
             assert {p["split"] for p in points} == {"train", "validation"}
             assert min(int(p["epoch"]) for p in points) == 1
     # Each dataset's confusion matrix lists its classes in label order (T-shirt/top, Trouser, ...), not A-Z.
-    for dataset in ("mnist", "fashion_mnist"):
+    for dataset in DIGITS_DATASETS:
         encoding = specs[f"metrics/digits/evaluate/{dataset}/predictions.csv"]["spec"]["encoding"]
         assert encoding["x"]["sort"] == encoding["y"]["sort"] == list(DIGITS_CLASS_NAMES[dataset])
     # The ROC curves: one per model, named by the model (not a file), over the chance diagonal, on named axes.
