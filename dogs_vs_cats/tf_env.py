@@ -4,17 +4,111 @@ Without an NVIDIA driver TensorFlow still tries CUDA and logs ``failed call to c
 which reads like a failure in a healthy CPU run's log. There, C++ logging is limited to fatal lines
 (``TF_CPP_MIN_LOG_LEVEL=3``; every error a stage can act on reaches Python as an exception). With a
 driver the level stays TensorFlow's, so a GPU's real problems show. A value the user set always wins.
+
+TensorFlow 2.21 logs its start-up lines (oneDNN, "Could not find cuda drivers") through absl before absl's
+logging is set up, so ``TF_CPP_MIN_LOG_LEVEL`` does not reach them, and its two native libraries print
+them once each. While ``import tensorflow`` runs, the process's stderr therefore goes to a temp file; the
+C++ lines below the level are dropped and everything else is written on, in order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # present exactly when the kernel driver is loaded
 
+# An absl / TensorFlow C++ log line: severity letter, MMDD, time (before absl is set up: 00:00:<epoch seconds>),
+# thread, file:line]
+NATIVE_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ")
+SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
 
 def quiet_cpu_start() -> None:
-    """On a machine without an NVIDIA driver, keep TensorFlow's C++ start-up errors out of the log."""
+    """On a machine without an NVIDIA driver, keep TensorFlow's C++ start-up errors out of the log, and
+    drop the start-up lines below ``TF_CPP_MIN_LOG_LEVEL`` that TensorFlow prints regardless of it."""
     if not NVIDIA_DRIVER.exists():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    level = min_log_level()
+    if level > 0 and "tensorflow" not in sys.modules and not any(isinstance(f, _Import) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Import(level))
+
+
+def min_log_level() -> int:
+    """``TF_CPP_MIN_LOG_LEVEL`` as TensorFlow reads it: 0 (everything) unless set to a digit."""
+    value = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip()
+    return int(value) if value.isdigit() else 0
+
+
+def kept(text: str, level: int) -> str:
+    """``text`` (stderr as written) without the C++ log lines below ``level``, absl's warning among them."""
+
+    def below(line: str) -> bool:
+        native = NATIVE_LINE.match(line)
+        if native:
+            return SEVERITY[native.group(1)] < level
+        return line.rstrip("\n") == ABSL_NOTICE and SEVERITY["W"] < level
+
+    return "".join(line for line in text.splitlines(keepends=True) if not below(line))
+
+
+@contextlib.contextmanager
+def filtered_stderr(level: int) -> Iterator[None]:
+    """File descriptor 2 (C++ and Python alike) into a temp file, then what ``kept`` leaves of it onto the
+    real stderr, even when the enclosed code raises."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = kept(capture.read().decode(errors="replace"), level)
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+
+
+class _Import(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` once, as the other finders would, and runs its import under ``filtered_stderr``."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def find_spec(self, name: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader, self.level)
+        return spec
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, level: int) -> None:
+        self.loader, self.level = loader, level
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with filtered_stderr(self.level):
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name: str):  # the rest of the loader's API (get_resource_reader, is_package, ...)
+        return getattr(self.loader, name)

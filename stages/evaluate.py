@@ -16,12 +16,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from PIL import Image
 from sklearn import metrics as skm
 
 from dogs_vs_cats import evaluation, gradcam, paths, stats
 from dogs_vs_cats.classes import CLASS_NAMES
-from dogs_vs_cats.common import PipelineError, atomic_path, run, write_json
+from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, run, write_json
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.costs import layer_costs, totals
 from dogs_vs_cats.datasets import image_dataset, labels_of, load_features, resized_pixels
@@ -159,17 +160,30 @@ def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
         print(f"evaluate: {name} computes in {model.dtype_policy.name}, the train.precision it was trained under")
         if takes_images(model):
             images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
-            probabilities = model.predict(images, verbose=0).reshape(-1)
+            inputs = images.unbatch().map(lambda pixels, _: pixels)
+            probabilities = predict_in_equal_batches(model, inputs, len(images.file_paths), batch_size)
             out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities, model)
             source = "the test images"
         else:
             features = load_features("test")
-            probabilities = model.predict(features.features, batch_size=batch_size, verbose=0)
-            out[name] = (list(features.files), features.labels.astype(int), probabilities.reshape(-1), model)
+            inputs = tf.data.Dataset.from_tensor_slices(features.features)
+            probabilities = predict_in_equal_batches(model, inputs, len(features.files), batch_size)
+            out[name] = (list(features.files), features.labels.astype(int), probabilities, model)
             source = paths.features_file("test")
         if sorted(out[name][0]) != expected:
             raise PipelineError(f"{source} do not match {paths.MANIFEST}; run dvc repro")
     return out
+
+
+def predict_in_equal_batches(model: keras.Model, inputs: tf.data.Dataset, count: int, batch_size: int) -> np.ndarray:
+    """``model``'s P(dog) of each of the ``count`` unbatched ``inputs``, in batches of one shape: the last is
+    filled up with zeros whose outputs are dropped. Keras traces its predict step once per batch shape, so a
+    short last batch traces each model twice and, by the third model, TensorFlow warns of excessive retracing."""
+    steps = -(-count // batch_size)
+    padding = tf.data.Dataset.from_tensors(tf.zeros(inputs.element_spec.shape, inputs.element_spec.dtype))
+    batches = inputs.concatenate(padding.repeat(steps * batch_size - count)).batch(batch_size)
+    batches = batches.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+    return model.predict(batches, verbose=keras_verbosity()).reshape(-1)[:count]
 
 
 def intervals(labels: np.ndarray, probabilities: np.ndarray, threshold: float, resamples: int, seed: int) -> dict:

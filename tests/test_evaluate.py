@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import keras
@@ -149,11 +151,33 @@ def test_gallery_shows_the_most_confidently_wrong_first(tmp_path: Path) -> None:
     assert pixels[:, -3:].min() == 255 and pixels[:, :-3].min() < 128
 
 
+WARNED: list[str] = []  # what the evaluated fixture's run warned of, through Python's warnings or TensorFlow's logger
+
+
+class _Recorder(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        WARNED.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def evaluated(trained: Path) -> Path:
-    with inside(trained):
-        evaluate.main()
+    recorder, tf_logger = _Recorder(logging.WARNING), logging.getLogger("tensorflow")
+    tf_logger.addHandler(recorder)
+    try:
+        with inside(trained), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            evaluate.main()
+    finally:
+        tf_logger.removeHandler(recorder)
+    WARNED.extend(str(warning.message) for warning in caught)
     return trained
+
+
+def test_evaluate_warns_of_nothing_on_a_test_split_of_uneven_batches(evaluated: Path) -> None:
+    # 50 test images in batches of 16: the short last batch used to trace each model twice, and TensorFlow
+    # warned of retracing by the third model.
+    assert 2 * LEARNABLE["sample.test_per_class"] % LEARNABLE["image.batch_size"] != 0
+    assert WARNED == []
 
 
 def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -> None:

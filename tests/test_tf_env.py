@@ -1,0 +1,47 @@
+"""TensorFlow's start-up lines: a CPU stage's log starts clean, and a user's own log level still wins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dogs_vs_cats import tf_env
+from tests.conftest import REPO
+
+STARTUP = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796217220.465476   29267 port.cc:153] oneDNN custom operations are on.\n"
+    "W0000 00:00:1796217220.465904   29267 cuda_executor.cc:31] a warning\n"
+    "E0000 00:00:1796217220.465904   29267 cuda_executor.cc:12] failed call to cuInit: INTERNAL\n"
+    "Traceback (most recent call last):\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("level", "left"),
+    [
+        (0, ["WARNING:", "I0000", "W0000", "E0000", "Traceback"]),
+        (1, ["WARNING:", "W0000", "E0000", "Traceback"]),
+        (3, ["Traceback"]),
+    ],
+)
+def test_only_native_lines_below_the_level_are_dropped(level: int, left: list[str]) -> None:
+    assert [line.split()[0] for line in tf_env.kept(STARTUP, level).splitlines()] == left
+
+
+def _import_tensorflow(env: dict[str, str]) -> subprocess.CompletedProcess:
+    code = "import stages, tensorflow, sys; print('python line', file=sys.stderr)"
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(REPO), **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(tf_env.NVIDIA_DRIVER.exists(), reason="with a GPU driver TensorFlow's own log level applies")
+def test_a_stage_importing_tensorflow_on_a_cpu_logs_nothing_but_its_own_lines() -> None:
+    quiet = _import_tensorflow({})
+    assert quiet.returncode == 0 and quiet.stderr == "python line\n"
+    # The lines are real and TensorFlow's to show: a user who asks for them gets them.
+    loud = _import_tensorflow({"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert loud.returncode == 0 and any(tf_env.NATIVE_LINE.match(line) for line in loud.stderr.splitlines())
