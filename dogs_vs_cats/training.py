@@ -17,7 +17,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity
+from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, write_json
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
 
 
@@ -137,9 +137,9 @@ def fit(
 
     At most ``schedule.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
     the end (the book keeps that epoch with ModelCheckpoint); ``schedule.patience`` stops early, None never does.
-    ``notes`` go into the summary (``<log_dir>/metrics.json``) as they are, to say how the model was trained;
-    so does ``policy``, the dtype policy the model computed in (``train.precision``): accuracy is not traded
-    for speed unseen.
+    The summary (``<log_dir>/metrics.json``, ``training_summary``) holds the kept epoch and, as they are, the
+    ``notes`` that say how the model was trained, and ``policy``, the dtype policy the model computed in
+    (``train.precision``): accuracy is not traded for speed unseen.
     A ``loop`` trains instead of Keras' fit (``multi_worker.fit_binary_across_workers``); only the chief logs.
     """
     epochs, patience = schedule.epochs, schedule.patience
@@ -154,21 +154,25 @@ def fit(
             history = loop(model, x, y, validation, epochs, patience, batch_size, live)
         else:
             history = _keras_fit(model, x, y, validation, epochs, patience, batch_size, live)
-        best = int(np.argmin(history["val_loss"]))
-        live.summary["best"] = {
-            "epoch": best + 1,
-            "loss": history["loss"][best],
-            "accuracy": history["accuracy"][best],
-            "val_loss": history["val_loss"][best],
-            "val_accuracy": history["val_accuracy"][best],
-        }
-        live.summary["policy"] = model.dtype_policy.name
-        live.summary.update(notes or {})
-        live.make_summary()
+        write_json(Path(live.metrics_file), training_summary(history, model.dtype_policy.name, notes or {}))
         write_curves(history, paths.curves_file(live_dir))
         # DVCLive's per-metric TSVs hold the same numbers, one file (so one plot in `dvc plots show`) each.
         shutil.rmtree(live_dir / "plots", ignore_errors=True)
     return history
+
+
+def training_summary(history: dict[str, list[float]], policy: str, notes: dict[str, Any]) -> dict[str, Any]:
+    """What the saved model is: the kept (``best``) epoch's numbers, counted from 1, how many epochs ran, the
+    ``policy`` and the ``notes``. It replaces DVCLive's summary, whose last-epoch numbers describe weights
+    that early stopping threw away (the curves keep every epoch), so ``dvc exp show`` lists only these."""
+    best = int(np.argmin(history["val_loss"]))
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    return {
+        "best": {"epoch": best + 1, **{key: float(history[key][best]) for key in keys}},
+        "epochs": len(history["loss"]),
+        "policy": policy,
+        **notes,
+    }
 
 
 def write_curves(history: dict[str, list[float]], path: Path) -> None:

@@ -86,7 +86,8 @@ def test_every_epoch_is_logged_for_dvc_plots(trained: Path, stage: str, epochs: 
         assert curves.loc[curves["split"] == split, "epoch"].tolist() == list(range(1, epochs + 1))
     assert not (live / "plots").exists()  # DVCLive's one file per metric would be one plot per metric
     summary = json.loads((live / "metrics.json").read_text())
-    assert summary["step"] == epochs
+    # The saved model only: no last-epoch numbers (DVCLive's train.*, eval.*, step) beside the kept epoch's.
+    assert set(summary) - {"augmented", "cache_frozen"} == {"best", "epochs", "policy"} and summary["epochs"] == epochs
     # The kept epoch is the one of lowest logged validation loss, counted from 1 as the curves' epoch is.
     validation = curves[curves["split"] == "validation"]
     best = validation.loc[validation["loss"].idxmin()]
@@ -151,7 +152,7 @@ def test_train_frozen_trains_a_new_head_and_leaves_the_base_as_it_was(trained: P
     new_head = frozen.get_layer("head").get_layer("dense").get_weights()[0]
     assert not np.allclose(head, new_head)  # its own head, not train_head's
     summary = json.loads((trained / "metrics/train_frozen/metrics.json").read_text())
-    assert summary["augmented"] is True and summary["step"] == 1  # tiny: one epoch, counted from 1
+    assert summary["augmented"] is True and summary["epochs"] == 1  # tiny: one epoch, counted from 1
 
 
 def test_feature_stats_floor_dead_features() -> None:
