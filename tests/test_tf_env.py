@@ -32,16 +32,21 @@ def test_only_native_lines_below_the_level_are_dropped(level: int, left: list[st
     assert [line.split()[0] for line in tf_env.kept(STARTUP, level).splitlines()] == left
 
 
-def _import_tensorflow(env: dict[str, str]) -> subprocess.CompletedProcess:
-    code = "import stages, tensorflow, sys; print('python line', file=sys.stderr)"
-    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(REPO), **env}
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.skipif(tf_env.NVIDIA_DRIVER.exists(), reason="with a GPU driver TensorFlow's own log level applies")
 def test_a_stage_importing_tensorflow_on_a_cpu_logs_nothing_but_its_own_lines() -> None:
-    quiet = _import_tensorflow({})
+    code = "import stages, tensorflow, sys; print('python line', file=sys.stderr)"
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(REPO)}
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0 and quiet.stderr == "python line\n"
-    # The lines are real and TensorFlow's to show: a user who asks for them gets them.
-    loud = _import_tensorflow({"TF_CPP_MIN_LOG_LEVEL": "0"})
-    assert loud.returncode == 0 and any(tf_env.NATIVE_LINE.match(line) for line in loud.stderr.splitlines())
+
+
+def test_a_users_own_log_level_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TF_CPP_MIN_LOG_LEVEL=0 asks for every line: nothing is filtered, the import runs as TensorFlow's own.
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, tf_env._Import)])
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    tf_env.quiet_cpu_start()
+    assert not any(isinstance(f, tf_env._Import) for f in sys.meta_path)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf_env.quiet_cpu_start()
+    assert [f.level for f in sys.meta_path if isinstance(f, tf_env._Import)] == [2]
