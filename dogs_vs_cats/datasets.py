@@ -14,11 +14,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
-from tqdm import tqdm
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import CLASS_NAMES
-from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, remove_stale_temps, temp_dir
+from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, progress, remove_stale_temps, temp_dir
 
 
 def image_dataset(
@@ -181,13 +180,13 @@ def write_features(
                 np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
 
 
-def extract_split(model: keras.Model, dataset: tf.data.Dataset, path: Path, progress: bool = True) -> int:
+def extract_split(model: keras.Model, dataset: tf.data.Dataset, path: Path, show_progress: bool = True) -> int:
     """Run ``model`` over an unshuffled ``image_dataset`` batch by batch and stream its outputs, labels and file
-    ids into ``path`` (see ``write_features``), with a progress bar unless not ``progress``; return the number of
+    ids into ``path`` (see ``write_features``), with a progress bar unless not ``show_progress``; return the number of
     images."""
     files = dataset.file_paths
     shape = (len(files), *model.output_shape[1:])
-    with tqdm(total=len(files), desc=path.stem, unit="img", disable=not progress) as bar:
+    with progress(total=len(files), desc=path.stem, unit="img", disable=not show_progress) as bar:
 
         def batches() -> Iterator[np.ndarray]:
             for images, _ in dataset:

@@ -20,10 +20,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError, atomic_path, run
+from dogs_vs_cats.common import PipelineError, atomic_path, progress, run
 from dogs_vs_cats.config import DataConfig, load_params
 from dogs_vs_cats.images import parse_member
 from dogs_vs_cats.synthetic import write_train_zip
@@ -180,7 +178,7 @@ def zip_folder(folder: Path, target: Path) -> None:
             "other names, dotfiles, symlinks); put the images there"
         )
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
-        for file, member in tqdm(files, desc=f"zipping {folder}", unit="file"):
+        for file, member in progress(files, desc=f"zipping {folder}", unit="file"):
             archive.write(file, member)
     if left_out:
         print(f"download: left out {left_out} files of {folder} that are not cat.N.jpg/dog.N.jpg regular files")
@@ -218,7 +216,7 @@ def check_download(target: Path, what: str) -> None:
 
 
 def _copy(src: Any, out: Any, size: int | None, desc: str) -> None:
-    with tqdm(total=size, desc=desc, unit="B", unit_scale=True, unit_divisor=1024) as bar:
+    with progress(total=size, desc=desc, unit="B", unit_scale=True, unit_divisor=1024) as bar:
         while chunk := src.read(CHUNK):
             out.write(chunk)
             bar.update(len(chunk))
@@ -237,7 +235,7 @@ def download(cfg: DataConfig, target: Path) -> None:
         what = f"data.petimages_url {cfg.petimages_url}"
     else:
         total = 2 * cfg.synthetic.per_class
-        with tqdm(total=total, desc="drawing synthetic cats and dogs", unit="img") as bar:
+        with progress(total=total, desc="drawing synthetic cats and dogs", unit="img") as bar:
             write_train_zip(target, cfg.synthetic.per_class, cfg.synthetic.size, cfg.synthetic.seed, bar.update)
         what = "the synthetic generator"
     check_download(target, what)

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import CLASS_NAMES, SPLITS
-from dogs_vs_cats.common import PipelineError, atomic_path, run, write_json
+from dogs_vs_cats.common import PipelineError, atomic_path, progress, run, write_json
 from dogs_vs_cats.config import SampleConfig, load_params
 from dogs_vs_cats.images import BadImage, Photo, is_unsafe, output_name, parse_member, read_member, to_rgb_jpeg
 
@@ -130,7 +129,7 @@ def draw(archive: zipfile.ZipFile, cfg: SampleConfig, seed: int, out_dir: Path) 
     pools = candidates(archive.namelist(), seed, tally)
     seen: set[str] = set()
     rows = []
-    with tqdm(total=needed * len(CLASS_NAMES), desc="sampling", unit="img") as bar:
+    with progress(total=needed * len(CLASS_NAMES), desc="sampling", unit="img") as bar:
         for label in CLASS_NAMES:
             slots = [split for split, count in counts.items() for _ in range(count)]
             # zip() asks for a slot first, so no candidate is read once every slot is filled.

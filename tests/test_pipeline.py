@@ -38,9 +38,11 @@ def copy_ignore(folder: str, names: list[str]) -> set[str]:
 def sh(args: list[str], cwd: Path) -> str:
     """Run a command as a user would, with this interpreter's bin first on PATH; fail loudly with its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True)
+    # Decoded as written: text mode would turn a progress bar's carriage returns into line ends.
+    out, err = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{out}\n{err}"
+    return out + err
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +205,8 @@ def test_declared_metrics_are_results_never_timings(project: Path) -> None:
 
 
 def test_a_piped_repro_logs_one_line_per_epoch_not_a_progress_bar(project: Path) -> None:
-    log = (project / "repro.log").read_text()
-    assert "\x08" not in log  # Keras' interactive bar redraws with backspaces
+    log = (project / "repro.log").read_bytes().decode()  # not read_text: it would read each \r as a line end
+    assert "\x08" not in log and "\r" not in log  # Keras' interactive bar redraws with backspaces, tqdm's with \r
     epochs = [line for line in log.splitlines() if "val_loss" in line]
     assert epochs and all("\r" not in line and len(line) < 300 for line in epochs)
     # A healthy run on a machine without a GPU logs no error-level line (TensorFlow's failed cuInit was one),
@@ -213,9 +215,12 @@ def test_a_piped_repro_logs_one_line_per_epoch_not_a_progress_bar(project: Path)
         assert not re.search(r"^E\d{4} |\berror\b", log, re.M | re.I), re.search(
             r"^.*(^E\d{4} |error).*$", log, re.M | re.I
         )
-        # nor TensorFlow's start-up lines, which its two native libraries print once each (tests/test_tf_env.py)
+        # nor TensorFlow's start-up lines, which its two native libraries print once each (tests/test_logs.py)
         assert not re.search(r"^[IWE]\d{4} |^WARNING: All log messages before absl", log, re.M)
         assert log.count("on the CPU (no GPU)") == 6  # train_baseline, train_head, train_frozen, finetune, digits x2
+    # evaluate says how far it is: one line for each model's pass over the test split.
+    evaluate = log.split("Running stage 'evaluate':")[1].split("Running stage")[0]
+    assert len(re.findall(r"^\d+/\d+ - .*/step$", evaluate, re.M)) == len(EVALUATED_MODELS), evaluate
     # One line an epoch of every training stage that ran, as many as DVCLive logged.
     trained = ("train_baseline", "train_head", "train_frozen", "finetune", "digits/mnist", "digits/fashion_mnist")
     curves = [pd.read_csv(project / f"metrics/{stage}/curves.csv") for stage in trained]

@@ -302,7 +302,9 @@ def pipeline_steps(params: Params, dataset, epochs, features: Path) -> dict[str,
 
     return {
         "extract_features": Step(
-            extractor, lambda: extract_split(extractor, dataset, features, progress=False), forward_flops(extractor)
+            extractor,
+            lambda: extract_split(extractor, dataset, features, show_progress=False),
+            forward_flops(extractor),
         ),
         "baseline_step": Step(baseline, one_epoch(baseline), train_flops(baseline)),
         "finetune_step": Step(finetuned, one_epoch(finetuned), train_flops(finetuned)),

@@ -1,14 +1,16 @@
-"""TensorFlow's start-up lines: a CPU stage's log starts clean, and a user's own log level still wins."""
+"""What a stage prints when DVC pipes it: no TensorFlow start-up lines on a CPU (a user's own log level still
+wins), and progress as lines, not carriage-return redraws."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 
 import pytest
 
-from dogs_vs_cats import tf_env
+from dogs_vs_cats import common, tf_env
 from tests.conftest import REPO
 
 STARTUP = (
@@ -50,3 +52,14 @@ def test_a_users_own_log_level_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     tf_env.quiet_cpu_start()
     assert [f.level for f in sys.meta_path if isinstance(f, tf_env._Import)] == [2]
+
+
+def test_progress_through_a_pipe_is_a_few_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    piped = io.StringIO()  # not a terminal, as stderr under dvc repro
+    monkeypatch.setattr(sys, "stderr", piped)
+    with common.progress(total=5000, desc="sampling", unit="img") as bar:
+        for _ in range(5000):
+            bar.update(1)
+    lines = piped.getvalue().splitlines()
+    assert "\r" not in piped.getvalue() and len(lines) <= 3, lines  # the start, the end, one per 30 s between
+    assert lines[-1].startswith("sampling: 5000/5000 img [")
