@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 
 from dogs_vs_cats import evaluation, paths
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES
-from dogs_vs_cats.common import atomic_path, run, write_json
+from dogs_vs_cats.common import atomic_path, keras_verbosity, run, write_json
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.digits_io import CLASSES, Split, dataset_arg, load_split
 from dogs_vs_cats.digits_model import batches
@@ -69,7 +69,9 @@ def main() -> None:
     test = load_split(dataset, "test")
     model = load_saved(paths.digits_model(dataset))
     print(f"digits_evaluate: {dataset}: the model computes in {model.dtype_policy.name}, as it was trained")
-    probabilities = model.predict(batches(test, params.digits.batch_size, shuffle=False, seed=0), verbose=0)
+    probabilities = model.predict(
+        batches(test, params.digits.batch_size, shuffle=False, seed=0), verbose=keras_verbosity()
+    )
     labels = test.y.astype(int)
     results = score(labels, probabilities, names)
     table = predictions_table(labels, probabilities, names)
