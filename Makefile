@@ -30,9 +30,11 @@ test-fast: setup
 	python -m pytest -m "not slow"
 
 # configs/$(SCENARIO).yaml (demo: generated 96 px images, a random VGG16) as an experiment; params.yaml stays.
+# The flags are read first: a scenario that does not exist stops here, not in a run of the default params.
 SCENARIO ?= demo
 demo: setup
-	eval dvc exp run --temp --name $(SCENARIO)-$$(date +%Y%m%d-%H%M%S) "$$(python -m tools.scenarios $(SCENARIO))"
+	flags="$$(python -m tools.scenarios $(SCENARIO))" && \
+	eval dvc exp run --temp --name $(SCENARIO)-$$(date +%Y%m%d-%H%M%S) "$$flags"
 	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|frozen|finetuned)\.(accuracy|roc_auc)$$|^metrics/digits/[a-z_]+\.json:accuracy$$'
 
 lint: setup

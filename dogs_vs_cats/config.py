@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import SPLITS
-from dogs_vs_cats.typed_yaml import ConfigError, check, parse, read_yaml
+from dogs_vs_cats.typed_yaml import ConfigError, Renamed, check, parse, read_yaml
 
 Source = Literal["kaggle", "archive", "petimages", "synthetic"]
 Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
@@ -28,6 +28,11 @@ DigitsNetwork = Literal["book", "strong"]
 Optimizer = Literal["rmsprop", "adam"]
 Decay = Literal["constant", "cosine", "step"]
 
+
+# DVC 3.67's run-cache leaves every params key named like these out of a stage's cache key
+# (treeverse/dvc#10296): a changed value would restore the old value's outputs. No key may carry them.
+DVC_IGNORED_KEYS = frozenset({"size", "nfiles"})
+SIDE = Renamed("side", "DVC's run-cache ignores keys named size, treeverse/dvc#10296")
 
 SEED_LIMIT = 2**32  # NumPy and keras.utils.set_random_seed take seeds below 2**32
 
@@ -94,16 +99,18 @@ class Trains:
 @dataclass(frozen=True)
 class SyntheticConfig:
     per_class: int
-    size: int
+    side: int
     seed: int
+
+    RENAMED: ClassVar[dict[str, Renamed]] = {"size": SIDE}
 
     def __post_init__(self) -> None:
         _at_least(self.per_class, "data.synthetic.per_class")
         _seed(self.seed, "data.synthetic.seed")
         check(
-            self.size >= 8,
-            "data.synthetic.size",
-            f"is {self.size}; use at least 8 (pixels)",
+            self.side >= 8,
+            "data.synthetic.side",
+            f"is {self.side}; use at least 8 (pixels)",
         )
 
 
@@ -149,14 +156,16 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    size: int
+    side: int
     batch_size: int
+
+    RENAMED: ClassVar[dict[str, Renamed]] = {"size": SIDE}
 
     def __post_init__(self) -> None:
         check(
-            self.size >= 32,
-            "image.size",
-            f"is {self.size}; use at least 32 (VGG16's smallest input)",
+            self.side >= 32,
+            "image.side",
+            f"is {self.side}; use at least 32 (VGG16's smallest input)",
         )
         _at_least(self.batch_size, "image.batch_size")
 
@@ -395,9 +404,9 @@ def load_params(path: Path = paths.PARAMS, overrides: Mapping[str, Any] | None =
             node = raw
             for key in parents:
                 node = node.get(key) if isinstance(node, dict) else None
-            if not isinstance(node, dict) or leaf not in node:
+            if not isinstance(node, dict):
                 raise ConfigError(f"unknown key {dotted}; remove it or fix its spelling")
-            node[leaf] = value
+            node[leaf] = value  # a new leaf is parse's to refuse, with the keys known there
         return parse(Params, raw)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

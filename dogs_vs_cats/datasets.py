@@ -87,7 +87,7 @@ def _cache_file(split: str, nbytes: int) -> str:
     if free < nbytes * DISK_MARGIN:
         raise PipelineError(
             f"{split}: no space for its {nbytes / 2**30:.1f} GiB of decoded images, neither in memory nor in "
-            f"{paths.CACHE_DIR} ({free / 2**30:.1f} GiB free); free disk space there, or lower image.size"
+            f"{paths.CACHE_DIR} ({free / 2**30:.1f} GiB free); free disk space there, or lower image.side"
         )
     scratch = temp_dir(paths.CACHE_DIR, split)
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -24,18 +25,30 @@ CARD = "MODEL_CARD.md"
 
 
 def in_float32(model: keras.Model) -> keras.Model:
-    """``model`` computing in float32: a model trained under mixed precision, rebuilt layer by layer with its
-    weights, so that the exported files do not carry bfloat16 or float16 operations a runtime may lack."""
-    if model.dtype_policy.name == "float32":
-        return model
+    """``model`` rebuilt from its config to compute in float32 throughout, with its weights and nothing else.
+
+    Every dtype policy in the config, nested models' included (a loaded model's extractor and head keep the
+    policy they were trained under, which ``clone_model`` does not reach), becomes float32, so the exported
+    files carry no bfloat16 or float16 operation a runtime may lack. The rebuild has no optimizer: a SavedModel
+    of the loaded model would store its optimizer's slots too (RMSprop's: every weight twice).
+    """
+    config = _float32_policies(keras.saving.serialize_keras_object(model))
+    config.pop("compile_config", None)  # compiled, it would carry an optimizer
     with built_under("float32"):
-        clone = keras.models.clone_model(
-            model,
-            clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"}),
-            recursive=True,
-        )
+        clone = keras.saving.deserialize_keras_object(config)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def _float32_policies(node: Any) -> Any:
+    """A serialized Keras config with every dtype policy made float32."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "DTypePolicy":
+            return {**node, "config": {**node["config"], "name": "float32"}}
+        return {key: _float32_policies(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_float32_policies(item) for item in node]
+    return node
 
 
 def saved_model(model: keras.Model, folder: Path) -> None:
@@ -71,7 +84,12 @@ class LiteModel:
     def __init__(self, flatbuffer: bytes) -> None:
         with warnings.catch_warnings():  # tf.lite.Interpreter warns it will move to the ai-edge-litert package
             warnings.simplefilter("ignore")
-            self.interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+            # TFLite's built-in kernels without the XNNPACK delegate, whose creation prints an INFO line to
+            # stderr that no log level silences; the file is the same, and any runtime may delegate it.
+            self.interpreter = tf.lite.Interpreter(
+                model_content=flatbuffer,
+                experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            )
         (self.input,) = self.interpreter.get_input_details()
         (self.output,) = self.interpreter.get_output_details()
         self.shape: tuple[int, ...] | None = None

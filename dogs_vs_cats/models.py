@@ -102,7 +102,7 @@ def build_baseline(image_size: int, cfg: BaselineConfig, augment: keras.Sequenti
     if conv_output_size(image_size, cfg) < 1:
         raise ConfigError(
             f"{paths.PARAMS}: baseline.filters has {len(cfg.filters)} {cfg.padding} convolutions, too many for "
-            f"image.size {image_size}; set baseline.padding: same, a larger image.size, or fewer filters"
+            f"image.side {image_size}; set baseline.padding: same, a larger image.side, or fewer filters"
         )
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = augment(inputs)
@@ -122,7 +122,7 @@ def build_extractor(image_size: int, cfg: FeaturesConfig) -> keras.Model:
     """Preprocessing + the pretrained convolutional base without its top: raw pixels in, features out."""
     spec = BASES[cfg.base]
     if image_size < spec.min_size:
-        raise ConfigError(f"{paths.PARAMS}: image.size {image_size} is below {cfg.base}'s minimum {spec.min_size}")
+        raise ConfigError(f"{paths.PARAMS}: image.side {image_size} is below {cfg.base}'s minimum {spec.min_size}")
     base = _pretrained(cfg, include_top=False, input_shape=(image_size, image_size, 3))
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = ImagenetPreprocess(spec.preprocess, name="preprocess")(inputs)

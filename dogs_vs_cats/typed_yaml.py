@@ -13,7 +13,7 @@ import reprlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -23,6 +23,14 @@ from dogs_vs_cats.common import PipelineError
 
 class ConfigError(PipelineError):
     """A key of ``params.yaml`` is unknown, missing, of the wrong type or impossible."""
+
+
+class Renamed(NamedTuple):
+    """A key's new name and why it changed: a dataclass's ``RENAMED`` maps old names to these, so a file that
+    still says the old name gets one line naming the new one."""
+
+    new: str
+    why: str
 
 
 def check(ok: bool, key: str, problem: str) -> None:
@@ -72,6 +80,10 @@ def parse(cls: type, raw: Any, prefix: str = "") -> Any:
     unknown = sorted((key for key in raw if key not in fields), key=str)  # YAML keys may be numbers too
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        renamed = getattr(cls, "RENAMED", {}).get(unknown[0])
+        if renamed:
+            new = f"{prefix}.{renamed.new}" if prefix else renamed.new
+            raise ConfigError(f"{key} is now {new}; rename the key ({renamed.why})")
         raise ConfigError(f"unknown key {key}; remove it or fix its spelling (known here: {', '.join(fields)})")
     values = {}
     for name in fields:

@@ -236,7 +236,7 @@ def download(cfg: DataConfig, target: Path) -> None:
     else:
         total = 2 * cfg.synthetic.per_class
         with progress(total=total, desc="drawing synthetic cats and dogs", unit="img") as bar:
-            write_train_zip(target, cfg.synthetic.per_class, cfg.synthetic.size, cfg.synthetic.seed, bar.update)
+            write_train_zip(target, cfg.synthetic.per_class, cfg.synthetic.side, cfg.synthetic.seed, bar.update)
         what = "the synthetic generator"
     check_download(target, what)
 

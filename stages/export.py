@@ -10,16 +10,20 @@ accuracy; ``metrics/export.json`` records both.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from dogs_vs_cats import export, paths
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
-from dogs_vs_cats.common import PipelineError, atomic_path, run, write_json
+from dogs_vs_cats.common import PipelineError, atomic_path, one_line, run, write_json
 from dogs_vs_cats.config import Params, load_params
 from dogs_vs_cats.datasets import image_dataset
 from dogs_vs_cats.digits_io import load_split
@@ -27,6 +31,7 @@ from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.models import load_saved, predicted_labels
 
 TOLERANCE = 1e-4  # the largest difference from the Keras model's output an exported float32 model may have
+FLOAT16_TOLERANCE = 0.05  # the same for the file with float16 weights, on a probability from 0 to 1
 CATS_DOGS = "cats_dogs"
 
 
@@ -35,8 +40,9 @@ class Checked:
     """What the exported files of one model computed on its test split, against the Keras model."""
 
     test_images: int
-    accuracy: float  # the Keras model's
-    float32_max_abs_difference: float  # the larger of the SavedModel's and the float32 TFLite's
+    accuracy: float  # the trained model's, in the precision it was trained and evaluated in
+    float32_max_abs_difference: float  # the SavedModel's and the float32 TFLite's, from the trained model's
+    float16_max_abs_difference: float  # the float16 TFLite's, from the trained model's
     float16_accuracy: float
     float32_bytes: int
     float16_bytes: int
@@ -48,50 +54,118 @@ def accuracy_of(outputs: np.ndarray, labels: np.ndarray, threshold: float) -> fl
     return float(np.mean(predicted == labels))
 
 
-def export_one(model: keras.Model, test, folder: Path, threshold: float) -> Checked:
-    """Write ``model``'s SavedModel and TFLite files into ``folder`` and check them on ``test`` batches."""
-    model = export.in_float32(model)
+def largest_difference(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """The largest absolute difference; NaN when either holds a NaN (``max`` and ``>`` would let it pass)."""
+    return float(np.max(np.abs(outputs - reference)))
+
+
+def outputs_on(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], test) -> tuple[dict, np.ndarray]:
+    """Each predictor's outputs on the ``test`` batches, and the labels. A short last batch is filled up with
+    zeros whose outputs are dropped: one batch shape, so Keras traces each model's predict step once."""
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
+    labels, full = [], None
+    for x, y in test:
+        x = np.asarray(x, dtype="float32")
+        full = full or len(x)
+        padded = np.concatenate([x, np.zeros((full - len(x), *x.shape[1:]), x.dtype)]) if len(x) < full else x
+        for name, predict in predictors.items():
+            outputs[name].append(np.asarray(predict(padded))[: len(x)])
+        labels.append(np.asarray(y).reshape(-1))
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}, np.concatenate(labels).astype(int)
+
+
+def export_one(trained: keras.Model, test, folder: Path, threshold: float) -> Checked:
+    """Write ``trained``'s SavedModel and TFLite files into ``folder`` and check them on ``test`` batches.
+
+    The files are made from a float32 rebuild of the model. They must compute what that rebuild computes
+    (within ``TOLERANCE``, float16 weights within ``FLOAT16_TOLERANCE``), and what is reported is their
+    difference from ``trained`` itself, the model whose accuracy evaluate measured: under a mixed precision
+    policy the two differ by the rounding float32 does not do.
+    """
+    model = export.in_float32(trained)
     export.saved_model(model, folder / export.SAVED_MODEL)
     flatbuffers = {float16: export.tflite(folder / export.SAVED_MODEL, float16) for float16 in (False, True)}
     (folder / export.TFLITE).write_bytes(flatbuffers[False])
     (folder / export.TFLITE_FLOAT16).write_bytes(flatbuffers[True])
     served = export.load_saved_model(folder / export.SAVED_MODEL)
-    lite, lite16 = export.LiteModel(flatbuffers[False]), export.LiteModel(flatbuffers[True])
-    outputs: dict[str, list[np.ndarray]] = {"keras": [], "saved_model": [], "tflite": [], "float16": []}
-    labels = []
-    for x, y in test:
-        x = np.asarray(x, dtype="float32")
-        outputs["keras"].append(np.asarray(model.predict_on_batch(x)))
-        outputs["saved_model"].append(np.asarray(served.serve(x)))
-        outputs["tflite"].append(lite(x))
-        outputs["float16"].append(lite16(x))
-        labels.append(np.asarray(y).reshape(-1))
-    out = {name: np.concatenate(parts) for name, parts in outputs.items()}
-    truth = np.concatenate(labels).astype(int)
-    difference = max(float(np.abs(out[name] - out["keras"]).max()) for name in ("saved_model", "tflite"))
-    if difference > TOLERANCE:
-        raise PipelineError(
-            f"{folder}: the exported model's outputs differ from the Keras model's by {difference:.2g} "
-            f"(more than {TOLERANCE}); report it with the model's layers"
-        )
+    predictors = {
+        "trained": trained.predict_on_batch,
+        "keras": model.predict_on_batch,
+        "saved_model": served.serve,
+        "tflite": export.LiteModel(flatbuffers[False]),
+        "float16": export.LiteModel(flatbuffers[True]),
+    }
+    out, truth = outputs_on(predictors, test)
+    if not np.isfinite(out["trained"]).all():
+        raise PipelineError(f"{folder}: the model's outputs on its test split are not all finite; train it again")
+    for name, tolerance in (("saved_model", TOLERANCE), ("tflite", TOLERANCE), ("float16", FLOAT16_TOLERANCE)):
+        difference = largest_difference(out[name], out["keras"])
+        if not difference <= tolerance:  # NaN fails too
+            raise PipelineError(
+                f"{folder}: the exported {name} outputs differ from the Keras model's by {difference:.2g} "
+                f"(more than {tolerance}); report it with the model's layers"
+            )
     return Checked(
         test_images=len(truth),
-        accuracy=accuracy_of(out["keras"], truth, threshold),
-        float32_max_abs_difference=difference,
+        accuracy=accuracy_of(out["trained"], truth, threshold),
+        float32_max_abs_difference=max(
+            largest_difference(out[name], out["trained"]) for name in ("saved_model", "tflite")
+        ),
+        float16_max_abs_difference=largest_difference(out["float16"], out["trained"]),
         float16_accuracy=accuracy_of(out["float16"], truth, threshold),
         float32_bytes=len(flatbuffers[False]),
         float16_bytes=len(flatbuffers[True]),
     )
 
 
-def _metrics(path: Path) -> dict:
+def read_metrics(path: Path, stage: str, needs: tuple[str, ...]) -> dict:
+    """The metrics ``stage`` wrote at ``path``, with a number at each dotted key a model card ``needs``; read
+    before any work, so a missing or damaged file stops the stage at once with one line."""
+    again = f"run dvc repro --force {stage}"
     if not path.is_file():
-        raise PipelineError(f"{path}: not found; run dvc repro")
-    return json.loads(path.read_text())
+        raise PipelineError(f"{path}: not found; {again}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError and UnicodeDecodeError both are one
+        raise PipelineError(f"{path}: cannot read it ({one_line(error)}); {again}") from None
+    for key in needs:
+        node = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, int | float) or isinstance(node, bool):
+            raise PipelineError(f"{path}: {key} is {node!r}, not a number; {again}")
+    return data
+
+
+def cats_dogs_metrics() -> tuple[dict, dict]:
+    """What the fine-tuned model's card quotes: its test scores and its training summary."""
+    scores = read_metrics(
+        paths.EVALUATE_METRICS,
+        "evaluate",
+        tuple(
+            f"finetuned.{key}"
+            for key in ("accuracy", "accuracy_ci95.low", "accuracy_ci95.high", "log_loss", "params", "gmacs")
+        ),
+    )["finetuned"]
+    return scores, read_metrics(paths.live_dir("finetune") / "metrics.json", "finetune", ("best.epoch",))
+
+
+def digits_metrics(dataset: str) -> tuple[dict, dict]:
+    """What a digits model's card quotes: its test scores and its training summary."""
+    scores = read_metrics(
+        paths.digits_metrics(dataset), f"digits_evaluate@{dataset}", ("accuracy", "f1_macro", "log_loss")
+    )
+    needs = ("best.epoch", "train_images", "validation_images")
+    return scores, read_metrics(paths.digits_live_dir(dataset) / "metrics.json", f"digits_train@{dataset}", needs)
 
 
 def _pct(value: float) -> str:
     return f"{100 * value:.2f} %"
+
+
+def _number(value: object, spec: str) -> str:
+    """``value`` formatted, or n/a where evaluate could not compute it (a ROC AUC needs both classes)."""
+    return format(value, spec) if isinstance(value, int | float) else "n/a"
 
 
 def _exported(checked: Checked) -> list[str]:
@@ -100,18 +174,18 @@ def _exported(checked: Checked) -> list[str]:
         "## The exported files",
         f"- `{export.SAVED_MODEL}/`: a TensorFlow SavedModel; its `serve` signature takes what the Keras model takes.",
         f"- `{export.TFLITE}` ({checked.float32_bytes / 1e6:.1f} MB): TFLite, float32. On the "
-        f"{checked.test_images} test images its outputs and the SavedModel's differ from the Keras model's by at "
-        f"most {checked.float32_max_abs_difference:.1g}.",
-        f"- `{export.TFLITE_FLOAT16}` ({checked.float16_bytes / 1e6:.1f} MB): TFLite with float16 weights. Test "
-        f"accuracy {_pct(checked.float16_accuracy)}, {100 * change:+.2f} points from the Keras model's.",
+        f"{checked.test_images} test images its outputs and the SavedModel's differ from those of the model scored "
+        f"above by at most {checked.float32_max_abs_difference:.1g}.",
+        f"- `{export.TFLITE_FLOAT16}` ({checked.float16_bytes / 1e6:.1f} MB): TFLite with float16 weights; outputs "
+        f"within {checked.float16_max_abs_difference:.1g}, test accuracy {_pct(checked.float16_accuracy)}, "
+        f"{100 * change:+.2f} points from the model scored above.",
     ]
 
 
-def cats_dogs_card(params: Params, checked: Checked) -> str:
+def cats_dogs_card(params: Params, metrics: tuple[dict, dict], checked: Checked) -> str:
     """The fine-tuned model's card, from ``params`` and the metrics of the stages that made and scored it."""
-    scores = _metrics(paths.EVALUATE_METRICS)["finetuned"]
-    trained = _metrics(paths.live_dir("finetune") / "metrics.json")
-    size, base, weights = params.image.size, params.features.base, params.features.weights
+    scores, trained = metrics
+    size, base, weights = params.image.side, params.features.base, params.features.weights
     counts = params.sample.counts()
     ci = scores["accuracy_ci95"]
     limits = ["- Two classes only: any photo is called a cat or a dog, whatever it shows."]
@@ -155,7 +229,7 @@ def cats_dogs_card(params: Params, checked: Checked) -> str:
         "",
         f"## Results on the held-out test split ({checked.test_images} images)",
         f"- accuracy {_pct(scores['accuracy'])} (95 % interval {_pct(ci['low'])} to {_pct(ci['high'])})",
-        f"- ROC AUC {scores['roc_auc']:.4f}, log loss {scores['log_loss']:.4f}",
+        f"- ROC AUC {_number(scores.get('roc_auc'), '.4f')}, log loss {scores['log_loss']:.4f}",
         f"- cost: {scores['params']:,} parameters, {scores['gmacs']:.2f} GMACs an image",
         "",
         *_exported(checked),
@@ -167,10 +241,9 @@ def cats_dogs_card(params: Params, checked: Checked) -> str:
     return "\n".join(lines)
 
 
-def digits_card(params: Params, dataset: str, checked: Checked) -> str:
+def digits_card(params: Params, dataset: str, metrics: tuple[dict, dict], checked: Checked) -> str:
     """One digits model's card, from ``params`` and its stages' metrics."""
-    scores = _metrics(paths.digits_metrics(dataset))
-    trained = _metrics(paths.digits_live_dir(dataset) / "metrics.json")
+    scores, trained = metrics
     cfg = params.digits
     names = ", ".join(DIGITS_CLASS_NAMES[dataset])
     limits = ["- Ten classes only, 28x28 grayscale: any image is called one of them."]
@@ -216,34 +289,50 @@ def digits_card(params: Params, dataset: str, checked: Checked) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def disk_space_named(target: Path) -> Iterator[None]:
+    """A full disk while writing ``target`` is one line: TensorFlow's SavedModel writer says so in a
+    ``ResourceExhaustedError`` of forty lines, Python in an ``OSError``."""
+    try:
+        yield
+    except (OSError, tf.errors.ResourceExhaustedError) as error:
+        if getattr(error, "errno", None) != errno.ENOSPC and "No space left" not in str(error):
+            raise
+        raise PipelineError(f"{target}: no space left on the device; free some, then run dvc repro export") from None
+
+
 def main() -> None:
     params = load_params()
+    # Every metric the cards quote is read first: a damaged file costs a second, not the export's work.
+    metrics = {CATS_DOGS: cats_dogs_metrics(), **{dataset: digits_metrics(dataset) for dataset in DIGITS_DATASETS}}
     results = {}
-    with atomic_path(paths.EXPORT_DIR, replace=True) as out:
+    with atomic_path(paths.EXPORT_DIR, replace=True) as out, disk_space_named(paths.EXPORT_DIR):
         out.mkdir()
-        folder = out / CATS_DOGS
-        folder.mkdir()
-        test = image_dataset("test", params.image.size, params.image.batch_size, shuffle=False, seed=0)
-        checked = export_one(load_saved(paths.FINETUNED_MODEL), test, folder, params.evaluate.threshold)
-        (folder / export.CARD).write_text(cats_dogs_card(params, checked))
-        results[CATS_DOGS] = checked
-        for dataset in DIGITS_DATASETS:
-            folder = out / dataset
+        for name in metrics:
+            folder = out / name
             folder.mkdir()
-            test = batches(load_split(dataset, "test"), params.digits.batch_size, shuffle=False, seed=0)
-            checked = export_one(load_saved(paths.digits_model(dataset)), test, folder, params.evaluate.threshold)
-            (folder / export.CARD).write_text(digits_card(params, dataset, checked))
-            results[dataset] = checked
+            if name == CATS_DOGS:
+                test = image_dataset("test", params.image.side, params.image.batch_size, shuffle=False, seed=0)
+                results[name] = export_one(load_saved(paths.FINETUNED_MODEL), test, folder, params.evaluate.threshold)
+                card = cats_dogs_card(params, metrics[name], results[name])
+            else:
+                test = batches(load_split(name, "test"), params.digits.batch_size, shuffle=False, seed=0)
+                results[name] = export_one(
+                    load_saved(paths.digits_model(name)), test, folder, params.evaluate.threshold
+                )
+                card = digits_card(params, name, metrics[name], results[name])
+            (folder / export.CARD).write_text(card)
     for name, checked in results.items():
         print(
-            f"export: {name}: outputs within {checked.float32_max_abs_difference:.1g} of Keras; float16 weights "
-            f"{100 * (checked.float16_accuracy - checked.accuracy):+.2f} points of accuracy"
+            f"export: {name}: outputs within {checked.float32_max_abs_difference:.1g} of the trained model's; "
+            f"float16 weights {100 * (checked.float16_accuracy - checked.accuracy):+.2f} points of accuracy"
         )
     write_json(
         paths.EXPORT_METRICS,
         {
             name: {
                 "float32_max_abs_difference": checked.float32_max_abs_difference,
+                "float16_max_abs_difference": checked.float16_max_abs_difference,
                 "float16_accuracy_change": checked.float16_accuracy - checked.accuracy,
             }
             for name, checked in results.items()

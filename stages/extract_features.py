@@ -23,11 +23,11 @@ def main() -> None:
     params = load_params()
     seed_everything(params.seed, params.train.deterministic)  # fixes the random base when features.weights is none
     set_precision(params.train)  # the base computes in train.precision; the features are stored as float32
-    extractor = build_extractor(params.image.size, params.features)
+    extractor = build_extractor(params.image.side, params.features)
     counted, seconds = 0, 0.0
     for split in SPLITS:
         start = time.perf_counter()
-        dataset = image_dataset(split, params.image.size, params.image.batch_size, shuffle=False, seed=0)
+        dataset = image_dataset(split, params.image.side, params.image.batch_size, shuffle=False, seed=0)
         images = extract_split(extractor, dataset, paths.features_file(split))
         seconds += time.perf_counter() - start
         counted += images

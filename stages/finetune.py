@@ -25,7 +25,7 @@ def main() -> None:
     image, cfg = params.image, params.finetune
     with training_session(params, STAGE):
         # Made again under train.precision, with the saved weights: a loaded model keeps its saved precision.
-        extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
+        extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.side, params.features.base)
         head = models.load_saved(paths.HEAD_MODEL)
         model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed))
         unfrozen = models.unfreeze(extractor, cfg.unfreeze)
@@ -34,7 +34,7 @@ def main() -> None:
         if cfg.cache_frozen:
             frozen, rest = models.split_frozen(extractor, head)
             train, validation = (
-                predict_split(frozen, split, image.size, image.batch_size) for split in ("train", "validation")
+                predict_split(frozen, split, image.side, image.batch_size) for split in ("train", "validation")
             )
             # After unfreezing: compile fixes what trains.
             compile_binary(rest, cfg.learning_rate, params.train.jit_compile)
@@ -52,7 +52,7 @@ def main() -> None:
             # After unfreezing: compile fixes what trains.
             compile_binary(model, cfg.learning_rate, params.train.jit_compile)
             model.summary(show_trainable=True)
-            train, validation = training_images(image.size, image.batch_size, params.seed)
+            train, validation = training_images(image.side, image.batch_size, params.seed)
             fit(
                 model,
                 train,

@@ -17,8 +17,8 @@ def main() -> None:
     params = load_params()
     image, cfg = params.image, params.baseline
     with training_session(params, STAGE):
-        model = build_baseline(image.size, cfg, augmentation(params.augment, params.seed))
-        train, validation = training_images(image.size, image.batch_size, params.seed)
+        model = build_baseline(image.side, cfg, augmentation(params.augment, params.seed))
+        train, validation = training_images(image.side, image.batch_size, params.seed)
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()
         fit(model, train, validation=validation, log_dir=paths.live_dir(STAGE), schedule=cfg.training)

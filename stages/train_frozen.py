@@ -24,14 +24,14 @@ def main() -> None:
     params = load_params()
     image, cfg = params.image, params.frozen
     with training_session(params, STAGE):
-        extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.size, params.features.base)
+        extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.side, params.features.base)
         extractor.trainable = False
         stats = feature_stats(load_features("train").features) if cfg.normalize else None
         head = models.build_head(extractor.output_shape[1:], cfg, stats)
         model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed), name="frozen")
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary(show_trainable=True)
-        train, validation = training_images(image.size, image.batch_size, params.seed)
+        train, validation = training_images(image.side, image.batch_size, params.seed)
         fit(
             model,
             train,

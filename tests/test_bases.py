@@ -16,7 +16,7 @@ from dogs_vs_cats.models import BASES, base_of, build_extractor, unfreeze
 from stages import download, extract_features, finetune, sample, train_head
 from tests.conftest import TINY, inside, write_params
 
-# What the README's table says, at the default image.size of 180.
+# What the README's table says, at the default image.side of 180.
 DOCUMENTED = {
     "vgg16": ((5, 5, 512), 14_714_688, ["block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"]),
     "xception": (
@@ -105,7 +105,7 @@ def test_pipeline_runs_end_to_end_with_each_base(base: str, tmp_path: Path) -> N
     # vgg16 runs end to end in test_pipeline; the baseline does not depend on the base. The tiny sample (64
     # images) is enough to show each stage works with the base: nothing here asks that it learns.
     size = max(32, BASES[base].min_size)
-    write_params(tmp_path / "params.yaml", {**TINY, "features.base": base, "image.size": size, "head.epochs": 1})
+    write_params(tmp_path / "params.yaml", {**TINY, "features.base": base, "image.side": size, "head.epochs": 1})
     with inside(tmp_path):
         for stage in (download, sample, extract_features, train_head, finetune):
             stage.main()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
-from dogs_vs_cats.config import ConfigError, load_params
+from dogs_vs_cats.config import DVC_IGNORED_KEYS, ConfigError, Params, load_params
 from tests.conftest import REPO, run_stage, write_params
 
 
@@ -14,7 +17,7 @@ def test_repository_params_are_valid_and_match_the_book() -> None:
     params = load_params(REPO / "params.yaml")
     assert params.data.source == "kaggle"
     assert params.sample.counts() == {"train": 1000, "validation": 500, "test": 500}
-    assert params.image.size == 180
+    assert params.image.side == 180
     assert params.baseline.filters == (32, 64, 128, 256, 256)
     assert params.finetune.learning_rate == pytest.approx(1e-5)
 
@@ -37,12 +40,12 @@ def test_learning_rates_written_by_dvc_exp_run_are_floats(tmp_path: Path, text: 
         ({"sample.train_per_class": "many"}, "sample.train_per_class is 'many'; use a whole number"),
         ({"sample.test_per_class": 0}, "sample.test_per_class is 0; use at least 1"),
         ({"sample.train_per_class": True}, "sample.train_per_class is True; use a whole number"),
-        ({"data.synthetic.size": 2.5}, "data.synthetic.size is 2.5; use a whole number"),
+        ({"data.synthetic.side": 2.5}, "data.synthetic.side is 2.5; use a whole number"),
         ({"data.archive": ""}, "data.archive is ''; use a path (no ~)"),
         ({"data.archive": "~/train.zip"}, "data.archive is '~/train.zip'; use a path (no ~)"),
         ({"features.weights": "/tmp/vgg16.h5"}, "features.weights is /tmp/vgg16.h5, outside data/weights/; copy"),
         ({"features.weights": "data/weights/../x.h5"}, "features.weights is data/weights/../x.h5, outside"),
-        ({"image.size": 16}, "image.size is 16; use at least 32"),
+        ({"image.side": 16}, "image.side is 16; use at least 32"),
         ({"head.dropout": 1.5}, "head.dropout is 1.5"),
         ({"head.learning_rate": "fast"}, "head.learning_rate is 'fast'; use a number"),
         ({"head.patience": 0}, "head.patience is 0"),
@@ -85,6 +88,53 @@ def test_unknown_and_missing_keys_are_named(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("  unit: 256\n", ""))
     with pytest.raises(ConfigError, match=r"missing key head\.units"):
         load_params(path)
+
+
+def _leaf_keys(node: object, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix]
+    return [leaf for key, value in node.items() for leaf in _leaf_keys(value, f"{prefix}{key}.")]
+
+
+def _schema_keys(cls: type, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    return [
+        key
+        for field in dataclasses.fields(cls)
+        for key in (
+            _schema_keys(hints[field.name], f"{prefix}{field.name}.")
+            if dataclasses.is_dataclass(hints[field.name])
+            else [f"{prefix}{field.name}"]
+        )
+    ]
+
+
+def test_no_params_key_is_one_that_dvcs_run_cache_ignores() -> None:
+    # DVC 3.67 hashes a stage's run-cache key without any key named size or nfiles (treeverse/dvc#10296): a
+    # sweep over such a key restores the previous value's outputs instead of running. Every key, every depth.
+    from_file = [key.rstrip(".") for key in _leaf_keys(YAML(typ="safe").load((REPO / "params.yaml").read_text()))]
+    keys = from_file + _schema_keys(Params)
+    assert sorted(set(from_file)) == sorted(set(_schema_keys(Params)))  # the walk sees every key
+    assert not [key for key in keys if set(key.split(".")) & DVC_IGNORED_KEYS]
+
+
+@pytest.mark.parametrize(("old", "new"), [("image.size", "image.side"), ("data.synthetic.size", "data.synthetic.side")])
+def test_a_params_file_with_an_old_size_key_is_told_its_new_name(tmp_path: Path, old: str, new: str) -> None:
+    path = tmp_path / "params.yaml"
+    write_params(path, {})
+    params = YAML().load(path.read_text())
+    *parents, leaf = new.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    node.insert(list(node).index(leaf), "size", node.pop(leaf))
+    with open(path, "w") as out:
+        YAML().dump(params, out)
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value) == (
+        f"{path}: {old} is now {new}; rename the key (DVC's run-cache ignores keys named size, treeverse/dvc#10296)"
+    )
 
 
 def test_unknown_keys_of_mixed_types_are_named_not_a_traceback(tmp_path: Path) -> None:

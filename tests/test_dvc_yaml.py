@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import re
 
 import pytest
 from ruamel.yaml import YAML
@@ -164,3 +165,46 @@ def test_each_plot_is_declared_once_and_titled() -> None:
             continue
         assert options.get("title"), path
         assert options["template"].replace("${key}", "mnist") in templates, path
+
+
+def _downstream_of(stage: str) -> set[str]:
+    """``stage`` and every stage that reads, directly or not, what it writes."""
+    entries = stage_entries()
+
+    def outs(name: str) -> set[str]:
+        return {next(iter(o)) if isinstance(o, dict) else o for o in entries[name].get("outs", [])} | {
+            next(iter(m)) for m in entries[name].get("metrics", [])
+        }
+
+    found, todo = set(), [stage]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        written = outs(name)
+        todo += [other for other, entry in entries.items() if written & set(map(str, entry.get("deps", [])))]
+    return found
+
+
+@pytest.mark.parametrize("name", ["dvc.yaml", "params.yaml"])
+def test_the_opening_comment_names_every_stage_a_head_change_reruns(name: str) -> None:
+    # What users read first; it had left out export, which quotes the head in its model card.
+    opening = " ".join(line.lstrip("# ") for line in (REPO / name).read_text().splitlines()[:4])
+    said = re.search(r"head[- ]\w* ?(?:change|parameter) re-runs (?:only )?([\w, ]+?)[.:]", opening)
+    assert said, opening
+    named = set(re.split(r", | and ", said.group(1).replace(", and ", ", ")))
+    assert named == _downstream_of("train_head")
+
+
+def test_comments_name_only_params_the_stage_reads() -> None:
+    # A comment on train_frozen named head.normalize where the stage reads frozen.normalize.
+    text = (REPO / "dvc.yaml").read_text()
+    sections = set(YAML(typ="safe").load((REPO / "params.yaml").read_text()))
+    for stage, entry in stage_entries().items():
+        body = text.split(f"\n  {stage}:\n")[1].split("\n  # ")[0].split("\n\n")[0]
+        read = [str(p) for p in entry.get("params", [])]
+        for comment in re.findall(r"#(.*)", body):
+            for key in re.findall(r"\b([a-z_]+)\.[a-z_]+\b", comment):
+                if key in sections:
+                    assert any(p == key or p.startswith(f"{key}.") for p in read), (stage, comment)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from dogs_vs_cats import export
+from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.datasets import image_dataset
 from dogs_vs_cats.models import built_under, load_saved
-from stages.export import TOLERANCE, export_one
+from stages.export import FLOAT16_TOLERANCE, TOLERANCE, disk_space_named, export_one
 from tests.conftest import LEARNABLE, inside
 
 
@@ -21,7 +24,7 @@ def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     """The shared pipeline's fine-tuned model exported once, with what the stage checked."""
     folder = tmp_path_factory.mktemp("export")
     with inside(trained):
-        test = image_dataset("test", LEARNABLE["image.size"], 16, shuffle=False, seed=0)
+        test = image_dataset("test", LEARNABLE["image.side"], 16, shuffle=False, seed=0)
         checked = export_one(load_saved(Path("models/finetuned.keras")), test, folder, 0.5)
     return folder, checked
 
@@ -29,7 +32,7 @@ def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def _test_batch(trained: Path) -> tuple[np.ndarray, np.ndarray]:
     """The test split's pixels as training feeds them, and the Keras model's P(dog) for them."""
     with inside(trained):
-        images = image_dataset("test", LEARNABLE["image.size"], 64, shuffle=False, seed=0)
+        images = image_dataset("test", LEARNABLE["image.side"], 64, shuffle=False, seed=0)
         pixels = np.concatenate([x.numpy() for x, _ in images])
         return pixels, load_saved(Path("models/finetuned.keras")).predict(pixels, verbose=0)
 
@@ -58,7 +61,7 @@ def test_the_saved_model_serves_raw_photos_the_same_answer_every_call(trained: P
     infers (no augmentation, no dropout), so the same batch gets the same answer twice and Keras' answer."""
     folder, _ = exported
     files = sorted((trained / "data/sample/test").rglob("*.jpg"))[:8]
-    size = LEARNABLE["image.size"]
+    size = LEARNABLE["image.side"]
     raw = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size)), dtype="float32") for f in files])
     served = export.load_saved_model(folder / export.SAVED_MODEL)
     first, second = np.asarray(served.serve(raw)), np.asarray(served.serve(raw))
@@ -68,28 +71,118 @@ def test_the_saved_model_serves_raw_photos_the_same_answer_every_call(trained: P
     assert first.shape == (8, 1) and ((first >= 0) & (first <= 1)).all()
 
 
-def test_a_model_trained_in_bfloat16_is_exported_in_float32_with_its_weights() -> None:
+def test_a_model_trained_in_bfloat16_is_exported_in_float32_with_its_weights(tmp_path: Path) -> None:
+    # Nested, as the fine-tuned model nests the extractor and the head, and loaded from disk: a loaded model's
+    # nested models kept bfloat16 through clone_model, and the TFLite converter refused their operations.
     with built_under("mixed_bfloat16"):
+        inner_in = keras.Input((6, 6, 3))
+        inner = keras.Model(inner_in, keras.layers.Conv2D(4, 3, activation="relu")(inner_in), name="extractor")
         inputs = keras.Input((6, 6, 3))
-        hidden = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-        outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(keras.layers.Flatten()(hidden))
-        model = keras.Model(inputs, outputs)
-    clone = export.in_float32(model)
-    assert {layer.compute_dtype for layer in clone.layers} == {"float32"}
+        flat = keras.layers.Flatten()(inner(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32")(flat))
+    model.compile(optimizer="rmsprop", loss="binary_crossentropy")
+    model.save(tmp_path / "model.keras")
+    loaded = load_saved(tmp_path / "model.keras")
+    clone = export.in_float32(loaded)
+    assert {layer.compute_dtype for layer in _layers(clone)} == {"float32"}
+    assert {layer.compute_dtype for layer in _layers(loaded)} == {"float32", "bfloat16"}  # the original is left be
     for ours, theirs in zip(clone.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     x = np.random.default_rng(0).uniform(0, 255, (4, 6, 6, 3)).astype("float32")
     np.testing.assert_allclose(clone.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)
-    assert export.in_float32(clone) is clone  # a float32 model is exported as it is
+    export.saved_model(clone, tmp_path / "saved")
+    assert export.tflite(tmp_path / "saved")  # built-in float32 ops only
+    # Only the weights travel: the optimizer's slots would be stored in the SavedModel too.
+    assert loaded.optimizer is not None and getattr(clone, "optimizer", None) is None
+
+
+def _layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return [leaf for layer in model.layers for leaf in (_layers(layer) if isinstance(layer, keras.Model) else [layer])]
+
+
+def _dense(value: float = 0.1) -> keras.Model:
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+    model.set_weights([np.full((4, 1), value, "float32"), np.zeros(1, "float32")])
+    return model
+
+
+def test_a_model_that_outputs_nan_is_never_exported(tmp_path: Path) -> None:
+    # max(0.0, nan) is 0.0 and nan > tolerance is False: a NaN model passed every check.
+    test = [(np.ones((3, 4), "float32"), np.array([0, 1, 1]))]
+    with pytest.raises(PipelineError, match=r"outputs on its test split are not all finite; train it again"):
+        export_one(_dense(float("nan")), test, tmp_path, 0.5)
+
+
+def test_the_float16_file_is_held_to_its_tolerance(tmp_path: Path, monkeypatch) -> None:
+    other = tmp_path / "other"
+    export.saved_model(_dense(-0.3), other)
+    real = export.tflite
+    monkeypatch.setattr(export, "tflite", lambda saved, float16=False: real(other if float16 else saved, float16))
+    test = [(np.ones((3, 4), "float32"), np.array([0, 1, 1]))]
+    (tmp_path / "out").mkdir()
+    with pytest.raises(PipelineError, match=rf"exported float16 outputs differ .* \(more than {FLOAT16_TOLERANCE}\)"):
+        export_one(_dense(), test, tmp_path / "out", 0.5)
+
+
+def test_a_healthy_export_prints_no_warning_and_no_tflite_info(tmp_path: Path, capfd) -> None:
+    # Uneven batches traced Keras' predict step twice a model (TensorFlow's retracing warning by the third
+    # model) and TFLite's XNNPACK delegate announced itself on stderr.
+    rng = np.random.default_rng(0)
+    test = [(rng.uniform(0, 1, (n, 4)).astype("float32"), rng.integers(0, 2, n)) for n in (8, 8, 3)]
+    capfd.readouterr()
+    for n in range(4):
+        (tmp_path / str(n)).mkdir()
+        export_one(_dense(0.1 * n), test, tmp_path / str(n), 0.5)
+    err = capfd.readouterr().err
+    assert "retracing" not in err and "XNNPACK" not in err and "WARNING" not in err, err
+
+
+def test_missing_or_damaged_metrics_stop_export_before_any_work(workdir: Path) -> None:
+    from tests.conftest import call_stage
+
+    metrics = workdir / "metrics"
+    (metrics / "finetune").mkdir(parents=True)
+    (metrics / "evaluate.json").write_text(
+        '{"finetuned": {"accuracy": 0.5, "accuracy_ci95": {"low": 0.4, "high": 0.6}, "log_loss": 0.7,'
+        ' "params": 10, "gmacs": 0.1, "roc_auc": null}}'
+    )
+    (metrics / "finetune/metrics.json").write_text('{"best": {"epoch": 1, "loss"')
+    result = call_stage("export", workdir)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: metrics/finetune/metrics.json: cannot read it (")
+    assert result.stderr.rstrip().endswith("run dvc repro --force finetune") and result.stderr.count("\n") == 1
+    (metrics / "finetune/metrics.json").write_text('{"best": {"loss": 0.1}}')
+    result = call_stage("export", workdir)
+    assert result.stderr == (
+        "error: metrics/finetune/metrics.json: best.epoch is None, not a number; run dvc repro --force finetune\n"
+    )
+    assert not (workdir / "models/export").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        tf.errors.ResourceExhaustedError(None, None, "models/export/x/variables.data: No space left on device"),
+    ],
+)
+def test_a_full_disk_is_one_line(error: Exception) -> None:
+    with pytest.raises(PipelineError) as raised, disk_space_named(Path("models/export")):
+        raise error
+    assert str(raised.value) == "models/export: no space left on the device; free some, then run dvc repro export"
+
+
+def test_other_write_errors_stay_tracebacks() -> None:
+    with pytest.raises(PermissionError), disk_space_named(Path("models/export")):
+        raise PermissionError(errno.EACCES, "Permission denied")
 
 
 def test_an_export_that_computes_something_else_stops_the_stage(tmp_path: Path, monkeypatch) -> None:
-    from dogs_vs_cats.common import PipelineError
-
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
     real = export.LiteModel.__call__
     monkeypatch.setattr(export.LiteModel, "__call__", lambda self, batch: real(self, batch) + 2 * TOLERANCE)
     test = [(np.ones((3, 4), "float32"), np.array([0, 1, 1]))]
-    with pytest.raises(PipelineError, match=r"the exported model's outputs differ from the Keras model's by 0\.0002"):
+    with pytest.raises(PipelineError, match=r"the exported tflite outputs differ from the Keras model's by 0\.0002"):
         export_one(model, test, tmp_path, 0.5)

@@ -35,3 +35,24 @@ def test_setup_pins_pip_too() -> None:
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^PIP := pip==\d+(\.\d+)+$", makefile, re.M)
     assert "--upgrade pip" not in makefile
+
+
+def test_make_demo_stops_when_the_scenario_does_not_exist(tmp_path: Path) -> None:
+    # Before: the failed $(...) inside eval was ignored and `dvc exp run` ran the default params (with Kaggle
+    # credentials, the real multi-hour study). A stand-in dvc records whether it was called at all.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    called = tmp_path / "dvc-called"
+    (bin_dir / "dvc").write_text(f'#!/bin/sh\necho "$@" >> {called}\n')
+    (bin_dir / "dvc").chmod(0o755)
+    (tmp_path / "installed.stamp").touch()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    make = ["make", "-f", str(REPO / "Makefile"), "demo", "STAMP=installed.stamp"]
+    result = subprocess.run([*make, "SCENARIO=tinny"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "no scenario 'tinny'" in result.stderr
+    assert not called.exists()
+    # The control: a scenario that exists reaches dvc, with its flags.
+    result = subprocess.run([*make, "SCENARIO=tiny"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert called.read_text().startswith("exp run --temp --name tiny-") and "-S image.side=32" in called.read_text()

@@ -47,7 +47,7 @@ def test_preprocess_layer_matches_keras_preprocess_input(mode: str, reference) -
 
 
 def test_book_baseline_has_the_books_shape_and_size() -> None:
-    model = build_baseline(BOOK.image.size, BOOK.baseline, augmentation(BOOK.augment, 0))
+    model = build_baseline(BOOK.image.side, BOOK.baseline, augmentation(BOOK.augment, 0))
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128, 256, 256]
     assert convs[-1].output.shape[1:] == (7, 7, 256)
@@ -57,7 +57,7 @@ def test_book_baseline_has_the_books_shape_and_size() -> None:
 
 
 def test_baseline_too_deep_for_the_image_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"too many for image.size 32; set baseline.padding: same"):
+    with pytest.raises(ConfigError, match=r"too many for image.side 32; set baseline.padding: same"):
         build_baseline(32, BOOK.baseline, augmentation(NO_AUGMENT, 0))
     same = BaselineConfig((32, 64, 128, 256, 256), 3, "same", 0.5, 1e-3, 1, None)
     assert build_baseline(32, same, augmentation(NO_AUGMENT, 0)).output_shape == (None, 1)

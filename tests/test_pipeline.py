@@ -35,13 +35,14 @@ def copy_ignore(folder: str, names: list[str]) -> set[str]:
     return ignored
 
 
-def sh(args: list[str], cwd: Path) -> str:
-    """Run a command as a user would, with this interpreter's bin first on PATH; fail loudly with its output."""
+def sh(args: list[str], cwd: Path, fails: bool = False) -> str:
+    """Run a command as a user would, with this interpreter's bin first on PATH; fail loudly with its output
+    unless it succeeds (or, with ``fails``, unless it fails)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True)
     # Decoded as written: text mode would turn a progress bar's carriage returns into line ends.
     out, err = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{out}\n{err}"
+    assert (result.returncode != 0) == fails, f"{' '.join(args)} exited {result.returncode}:\n{out}\n{err}"
     return out + err
 
 
@@ -258,6 +259,35 @@ def test_second_repro_does_nothing(project: Path) -> None:
     out = sh(["dvc", "repro"], project)
     assert "Data and pipelines are up to date." in out
     assert "Running stage" not in out
+
+
+def _input_side(model: Path) -> int:
+    import keras
+
+    return keras.models.load_model(model, compile=False).input_shape[1]
+
+
+def test_an_image_side_change_retrains_through_the_run_cache(project: Path) -> None:
+    # DVC's run-cache leaves keys named size out of its key (treeverse/dvc#10296): under the old name
+    # image.size, `dvc repro` restored the 32 px model for 48 px ("cached - skipping run") and let an
+    # invalid value through unvalidated. `dvc repro`, not `dvc status`: only repro consults the run-cache.
+    params = project / "params.yaml"
+    original = params.read_text()
+    model = project / "models/baseline.keras"
+    assert _input_side(model) == TINY["image.side"] == 32
+    try:
+        write_params(params, {"image.side": 48}, base=params)
+        out = sh(["dvc", "repro", "--single-item", "train_baseline"], project)
+        assert ran(out) == ["train_baseline"] and "skipping run" not in out
+        assert _input_side(model) == 48
+        write_params(params, {"image.side": 8}, base=params)
+        out = sh(["dvc", "repro", "--single-item", "train_baseline"], project, fails=True)
+        assert "image.side is 8; use at least 32" in out
+    finally:
+        params.write_text(original)
+    # Back at 32 px the run-cache rightly restores the first run's model without training.
+    out = sh(["dvc", "repro", "--single-item", "train_baseline"], project)
+    assert ran(out) == [] and _input_side(model) == 32
 
 
 def test_a_seed_change_resamples_without_downloading_again(project: Path) -> None:
@@ -528,7 +558,7 @@ def test_the_demo_scenario_differs_from_tiny_only_in_size() -> None:
     demo, tiny = scenarios.load("demo"), scenarios.load("tiny")
     assert demo["data.source"] == tiny["data.source"] == "synthetic"
     assert demo["features.weights"] == tiny["features.weights"] == "none"
-    assert demo["image.size"] == 96 and scenarios.set_flags({"baseline.filters": [8, 16], "head.normalize": True}) == [
+    assert demo["image.side"] == 96 and scenarios.set_flags({"baseline.filters": [8, 16], "head.normalize": True}) == [
         "-S",
         "baseline.filters=[8,16]",
         "-S",

@@ -1,7 +1,7 @@
 """``python -m tools.bench`` (``make bench``): how fast each step runs on this machine, against the book's way
 and under each precision, and how near that is to what the machine can do.
 
-At the configured ``image.size``, ``image.batch_size`` and ``train.precision``, on generated images and random
+At the configured ``image.side``, ``image.batch_size`` and ``train.precision``, on generated images and random
 weights, it times four steps the pipeline's way and the book's way in alternating pairs (ours, book, ours,
 book... after a warm-up), and prints the median images/s of each, the median ratio of the pairs and its range,
 and says "not distinguishable" when the range holds 1; the load average at the start and the end says whether
@@ -285,7 +285,7 @@ def pipeline_steps(params: Params, dataset, epochs, features: Path) -> dict[str,
     """The heavy steps the pipeline's way, their models built under the global policy in force: extraction with
     ``features.base`` streamed to ``features`` batch by batch as ``extract_features`` does, and one epoch of
     ``fit`` of the baseline and of fine-tuning on images decoded once, as the training stages do."""
-    size = params.image.size
+    size = params.image.side
     extractor = build_extractor(size, FeaturesConfig(params.features.base, "none"))
     baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
     compile_binary(baseline, params.baseline.learning_rate, params.train.jit_compile)
@@ -317,7 +317,7 @@ def measure(
     """Time every step ours and the book's way at ``train.precision``, and the heavy steps ours under each
     precision of ``matmul`` (its rates by policy) in rounds, ``pairs`` times, on ``count`` generated images at the
     configured size."""
-    size, batch_size = params.image.size, params.image.batch_size
+    size, batch_size = params.image.side, params.image.batch_size
     seed_everything(params.seed, params.train.deterministic)
     set_precision(params.train)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -533,7 +533,7 @@ def main() -> None:
         print("\n".join(estimate_lines(params, precision, rates)))
     print(load_line("end", end_load, cores))
     result = {
-        "image_size": params.image.size,
+        "image_size": params.image.side,
         "batch_size": params.image.batch_size,
         "precision": params.train.precision,
         "pairs": pairs,
