@@ -1,5 +1,5 @@
 """DVC pipeline stages; DVC runs each as ``python -m stages.<name>`` (dvc.yaml)."""
 
-from dogs_vs_cats.tf_env import quiet_cpu_start
+from dogs_vs_cats.startup import start_program
 
-quiet_cpu_start()  # before any stage imports TensorFlow
+start_program()  # under python -m stages.<name> only, before the program's imports; any other import does nothing

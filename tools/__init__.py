@@ -1,5 +1,5 @@
-"""Tools people run by hand (python -m tools.<name>): predict, report, bench, anatomy, scenarios."""
+"""Tools people run by hand (python -m tools.<name>): predict, report, bench, anatomy, scenarios, compare."""
 
-from dogs_vs_cats.tf_env import quiet_cpu_start
+from dogs_vs_cats.startup import start_program
 
-quiet_cpu_start()  # before any tool imports TensorFlow
+start_program()  # under python -m tools.<name> only, before the program's imports; any other import does nothing
