@@ -14,19 +14,17 @@ import sys
 ENDINGS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}  # the one line each signal ends a program with
 
 
-def start_program() -> None:
-    """Ready this process for the stage or tool ``python -m`` is starting: SIGINT and SIGTERM end it with one
-    line, a closed stderr is /dev/null, and TensorFlow's start-up noise is filtered. A package imported any
-    other way (a test, a notebook) changes nothing."""
+def start_program() -> bool:
+    """Ready this process for the stage or tool ``python -m`` is starting (SIGINT and SIGTERM end it with one
+    line, a closed stderr is /dev/null) and say so; False, changing nothing, when a package was imported any
+    other way (a test, a notebook)."""
     if sys.argv[0] != "-m":  # "-m" exactly while python -m looks for the module it runs (Python's documentation)
-        return
+        return False
     _open_stderr()
     for signum in ENDINGS:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # one a parent ignored (nohup) stays ignored
             signal.signal(signum, _end_at_once)
-    from dogs_vs_cats.tf_env import quiet_cpu_start  # after the handlers: every import before them is a window
-
-    quiet_cpu_start()
+    return True
 
 
 def _end_at_once(signum: int, frame: object) -> None:

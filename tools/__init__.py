@@ -2,4 +2,7 @@
 
 from dogs_vs_cats.startup import start_program
 
-start_program()  # under python -m tools.<name> only, before the program's imports; any other import does nothing
+if start_program():  # python -m tools.<name>, before the program's imports; any other import does nothing
+    from dogs_vs_cats.tf_env import quiet_cpu_start
+
+    quiet_cpu_start()
