@@ -16,6 +16,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dogs_vs_cats.startup import ENDINGS
+
 
 class PipelineError(Exception):
     """A problem the user can fix (bad params, missing input, no credentials); printed as one line."""
@@ -32,20 +34,26 @@ def _terminate(signum: int, frame: object) -> None:
 def run(main: Callable[[], None]) -> None:
     """Run a stage's ``main`` and turn a PipelineError into one line on stderr and exit status 1.
 
-    SIGINT and SIGTERM unwind the stack, so every ``atomic_path`` removes its temporary output.
+    SIGINT and SIGTERM unwind the stack, so every ``atomic_path`` removes its temporary output, then end the
+    program with one line and exit status 128 + the signal's number.
     """
-    signal.signal(signal.SIGTERM, _terminate)
+    for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate)):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handler)
     try:
         main()
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+        _end(signal.SIGINT)
     except Terminated:
-        print("error: terminated", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        _end(signal.SIGTERM)
+
+
+def _end(signum: int) -> None:
+    print(f"error: {ENDINGS[signum]}", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 @contextlib.contextmanager

@@ -7,8 +7,8 @@ driver the level stays TensorFlow's, so a GPU's real problems show. A value the 
 
 TensorFlow 2.21 logs its start-up lines (oneDNN, "Could not find cuda drivers") through absl before absl's
 logging is set up, so ``TF_CPP_MIN_LOG_LEVEL`` does not reach them, and its two native libraries print
-them once each. While ``import tensorflow`` runs, the process's stderr therefore goes to a temp file; the
-C++ lines below the level are dropped and everything else is written on, in order.
+them once each. While ``import tensorflow`` runs, the process's stderr therefore goes through a filter process
+that drops the C++ lines below the level and writes everything else on, in order, even when the import dies.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import importlib.machinery
 import importlib.util
 import os
 import re
+import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import BinaryIO
 
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # present exactly when the kernel driver is loaded
 
@@ -62,25 +63,48 @@ def kept(text: str, level: int) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if not below(line))
 
 
+DRAIN_SECONDS = 10  # at most this long for the filter to pass on the rest, so nothing it writes comes later
+
+
 @contextlib.contextmanager
 def filtered_stderr(level: int) -> Iterator[None]:
-    """File descriptor 2 (C++ and Python alike) into a temp file, then what ``kept`` leaves of it onto the
-    real stderr, even when the enclosed code raises."""
+    """File descriptor 2 (C++ and Python alike) through a filter process onto the real stderr: each line as it
+    comes, less those ``kept`` drops. A process of its own, so what a dying import wrote still arrives: on a CPU
+    without the instructions it was built for, TensorFlow writes one fatal line saying so and aborts."""
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            text = kept(capture.read().decode(errors="replace"), level)
-            if text:
-                sys.stderr.write(text)
-                sys.stderr.flush()
+    real = os.dup(2)
+    read, write = os.pipe()
+    try:
+        # Its own session: Ctrl-C at the terminal reaches the program, never the filter, which ends when the
+        # last writer of the pipe is gone (the program restores fd 2 below, or dies).
+        lines = subprocess.Popen(
+            [sys.executable, "-I", __file__, str(level)], stdin=read, stdout=real, stderr=real, start_new_session=True
+        )
+    except BaseException:
+        os.close(write)
+        os.close(real)
+        raise
+    finally:
+        os.close(read)
+    os.dup2(write, 2)
+    os.close(write)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)
+        os.close(real)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a process the import started may hold the pipe
+            lines.wait(DRAIN_SECONDS)
+
+
+def pass_on(level: int, source: BinaryIO, sink: BinaryIO) -> None:
+    """The filter process: ``source``'s lines, less those ``kept`` drops, to ``sink`` one by one."""
+    for line in source:
+        text = kept(line.decode(errors="surrogateescape"), level)
+        if text:
+            sink.write(text.encode(errors="surrogateescape"))
+            sink.flush()
 
 
 class _Import(importlib.abc.MetaPathFinder):
@@ -112,3 +136,7 @@ class _FilteredLoader(importlib.abc.Loader):
 
     def __getattr__(self, name: str):  # the rest of the loader's API (get_resource_reader, is_package, ...)
         return getattr(self.loader, name)
+
+
+if __name__ == "__main__":  # filtered_stderr's filter
+    pass_on(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)

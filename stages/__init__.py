@@ -1,5 +1,8 @@
 """DVC pipeline stages; DVC runs each as ``python -m stages.<name>`` (dvc.yaml)."""
 
-from dogs_vs_cats.tf_env import quiet_cpu_start
+from dogs_vs_cats.startup import start_program
 
-quiet_cpu_start()  # before any stage imports TensorFlow
+if start_program():  # python -m stages.<name>, before the program's imports; any other import does nothing
+    from dogs_vs_cats.tf_env import quiet_cpu_start
+
+    quiet_cpu_start()

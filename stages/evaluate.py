@@ -52,8 +52,12 @@ def score(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> di
 
 
 def roc_points(model: str, labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
-    """One model's ROC curve as ``model, fpr, tpr, threshold`` rows (the model names its curve in the plot)."""
-    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)
+    """One model's ROC curve as ``model, fpr, tpr, threshold`` rows (the model names its curve in the plot); no
+    rows when the test split holds one class, where one of the two rates is 0/0."""
+    if len(np.unique(labels)) < 2:
+        fpr = tpr = thresholds = np.empty(0)
+    else:
+        fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)
     return pd.DataFrame({"model": model, "fpr": fpr, "tpr": tpr, "threshold": np.clip(thresholds, 0.0, 1.0)})
 
 
@@ -219,6 +223,13 @@ def paired_tests(tables: dict[str, pd.DataFrame]) -> dict[str, dict]:
     return {f"{a}_vs_{b}": stats.mcnemar(right[a], right[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
 
 
+def summary(name: str, result: dict) -> str:
+    """The log line of one model's scores; the ROC AUC is n/a when the test split holds one class."""
+    auc = result["roc_auc"]
+    auc_text = f"{auc:.4f}" if auc is not None else "n/a (the test split holds one class)"
+    return f"evaluate: {name}: accuracy {result['accuracy']:.4f}, ROC AUC {auc_text}"
+
+
 def main() -> None:
     params = load_params()
     cfg = params.evaluate
@@ -237,7 +248,7 @@ def main() -> None:
         for right in (False, True):
             sheet = gallery(table, paths.SAMPLE_DIR, cfg.gallery_size, cfg.threshold, name, right, explain)
             _write_png(sheet, paths.gallery_file(name, right))
-        print(f"evaluate: {name}: accuracy {results[name]['accuracy']:.4f}, ROC AUC {results[name]['roc_auc']:.4f}")
+        print(summary(name, results[name]))
     _write_csv(pd.concat(rocs), paths.ROC_FILE)
     write_json(paths.EVALUATE_METRICS, {"test_images": len(test), **results, "mcnemar": paired_tests(tables)})
 

@@ -81,6 +81,30 @@ def test_roc_points_run_from_corner_to_corner() -> None:
     assert roc["fpr"].is_monotonic_increasing and roc["tpr"].is_monotonic_increasing
 
 
+@pytest.mark.parametrize("label", [0, 1])
+def test_a_test_split_of_one_class_is_scored_with_the_auc_undefined(label: int) -> None:
+    # What main() computes and writes per model, on a split of cats only (or dogs only): the AUC, its interval
+    # and the ROC curve are undefined, so null in evaluate.json, n/a in the log, and no rows; the rest stands.
+    labels = np.full(len(PROBS), label)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's "only one class present" warnings too
+        result = evaluate.score(labels, PROBS, 0.5)
+        result.update(evaluate.intervals(labels, PROBS, 0.5, resamples=50, seed=0))
+        roc = evaluate.roc_points("head", labels, PROBS)
+        tables = {
+            name: evaluate.predictions_table(list(map(str, range(len(PROBS)))), labels, PROBS, t)
+            for name, t in (("a", 0.5), ("b", 0.35))
+        }
+        tests = evaluate.paired_tests(tables)
+    assert result["roc_auc"] is None and result["roc_auc_ci95"] is None
+    assert result["accuracy"] == pytest.approx(np.mean((PROBS >= 0.5) == label))
+    assert json.loads(json.dumps({**result, "mcnemar": tests}, allow_nan=False))["roc_auc"] is None
+    assert roc.empty and list(roc.columns) == ["model", "fpr", "tpr", "threshold"]
+    assert tests["a_vs_b"]["only_a"] + tests["a_vs_b"]["only_b"] > 0
+    assert evaluate.summary("head", result).endswith(", ROC AUC n/a (the test split holds one class)")
+    assert evaluate.summary("head", evaluate.score(LABELS, PROBS, 0.5)).endswith(", ROC AUC 0.8333")
+
+
 def _sample(root: Path) -> tuple[Path, Path]:
     sample_dir = root / "sample"
     rows = []

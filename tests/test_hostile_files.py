@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import zipfile
@@ -213,6 +214,31 @@ def test_a_scenario_that_extends_itself_is_one_line(tmp_path: Path, monkeypatch:
         scenarios.load("loop")
     with pytest.raises(PipelineError, match=r"must map dotted params\.yaml keys"):
         scenarios.load("list")
+
+
+@pytest.mark.parametrize("name", ["../params", "sub/tiny", "tiny.yaml", ".tiny", "/etc/passwd"])
+def test_a_scenario_is_a_plain_name_of_a_file_in_configs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    configs = tmp_path / "configs"
+    monkeypatch.setattr(scenarios, "CONFIGS_DIR", configs)
+    for path in (configs / "tiny.yaml", configs / "sub/tiny.yaml", configs / "tiny.yaml.yaml", configs / ".tiny.yaml"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("seed: 1\n")
+    (tmp_path / "params.yaml").write_text("seed: 2\n")  # beside configs/, not in it
+    with pytest.raises(PipelineError, match=r"no scenario .* use one of tiny$"):
+        scenarios.load(name)
+    (configs / "child.yaml").write_text(f"extends: {json.dumps(name)}\n")  # extends: goes through the same check
+    with pytest.raises(PipelineError, match="no scenario"):
+        scenarios.load("child")
+
+
+def test_two_scenario_names_are_a_usage_line(tmp_path: Path) -> None:
+    ran = call_stage("scenarios", tmp_path, ("tiny", "demo"))
+    assert ran.returncode == 2 and ran.stdout == ""
+    assert ran.stderr.splitlines()[0].startswith("usage: python -m tools.scenarios")
+    assert len(ran.stderr.splitlines()) == 2 and "Traceback" not in ran.stderr  # usage, and what was wrong
+    assert call_stage("scenarios", tmp_path, ("tiny",)).stdout.startswith("-S ")
 
 
 # ---- tools given files that are not what they need ----

@@ -279,6 +279,30 @@ def test_a_signal_removes_the_partial_output(tmp_path: Path, signum: int, status
     assert list((tmp_path / "data").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("signum", "status", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_a_signal_while_tensorflow_is_imported_is_one_line(tmp_path: Path, signum: int, status: int, word: str) -> None:
+    # Ctrl-C in a stage's first second: before run(), in the middle of its imports. It was a 99-line traceback
+    # (SIGINT) or a silent death (SIGTERM).
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "stages.evaluate"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    maps, deadline = Path(f"/proc/{stage.pid}/maps"), time.monotonic() + 60
+    while "tensorflow" not in maps.read_text() and time.monotonic() < deadline:  # TensorFlow's libraries load
+        time.sleep(0.005)
+    stage.send_signal(signum)
+    sent = time.monotonic()
+    _, stderr = stage.communicate(timeout=60)
+    assert (stage.returncode, stderr) == (status, f"error: {word}\n")
+    assert time.monotonic() - sent < 20
+
+
 def test_temp_folders_of_killed_runs_are_removed_when_the_stage_next_runs(workdir: Path) -> None:
     download.main()
     data = workdir / "data"

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from dogs_vs_cats import common, tf_env
-from tests.conftest import REPO
+from tests.conftest import REPO, run_stage
 
 STARTUP = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
@@ -34,12 +36,53 @@ def test_only_native_lines_below_the_level_are_dropped(level: int, left: list[st
     assert [line.split()[0] for line in tf_env.kept(STARTUP, level).splitlines()] == left
 
 
+def _env(**changes: str) -> dict[str, str]:
+    """This process's environment without a TF_CPP_MIN_LOG_LEVEL of the user's, the repository importable."""
+    return {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(REPO), **changes}
+
+
 @pytest.mark.skipif(tf_env.NVIDIA_DRIVER.exists(), reason="with a GPU driver TensorFlow's own log level applies")
-def test_a_stage_importing_tensorflow_on_a_cpu_logs_nothing_but_its_own_lines() -> None:
-    code = "import stages, tensorflow, sys; print('python line', file=sys.stderr)"
-    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(REPO)}
-    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert quiet.returncode == 0 and quiet.stderr == "python line\n"
+def test_a_stage_importing_tensorflow_on_a_cpu_logs_nothing_but_its_own_lines(tmp_path: Path) -> None:
+    # evaluate imports TensorFlow first thing, then stops at the missing params.yaml: its line is all there is.
+    quiet = run_stage("evaluate", tmp_path, env=_env())
+    assert quiet.returncode == 1 and quiet.stderr.startswith("error: params.yaml: not found")
+    assert len(quiet.stderr.splitlines()) == 1, quiet.stderr
+
+
+def test_importing_a_package_of_programs_changes_nothing() -> None:
+    # Only python -m stages.<name> (or tools.<name>) readies the process; a test's or notebook's import does not.
+    code = (
+        "import signal, sys, stages, tools; from dogs_vs_cats import tf_env; "
+        "print(any(isinstance(f, tf_env._Import) for f in sys.meta_path), "
+        "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
+    )
+    imported = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert imported.stdout == "False True\n", imported.stderr
+
+
+FATAL = "F0000 00:00:1.0 1 cpu_feature_guard.cc:1] The TensorFlow library was compiled to use AVX instructions"
+
+
+def test_what_a_dying_tensorflow_import_wrote_reaches_stderr(tmp_path: Path) -> None:
+    # A stand-in for TensorFlow on a CPU without AVX: a line below the level, the fatal line, then abort().
+    written = f"I0000 00:00:1.0 1 port.cc:1] dropped\n{FATAL}\n".encode()
+    (tmp_path / "tensorflow.py").write_text(f"import os\nos.write(2, {written!r})\nos.abort()\n")
+    code = "from dogs_vs_cats import tf_env; tf_env.quiet_cpu_start(); import tensorflow"
+    env = _env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", TF_CPP_MIN_LOG_LEVEL="3")
+    died = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert died.returncode == -signal.SIGABRT
+    assert died.stderr == FATAL + "\n"
+
+
+def test_a_closed_stderr_changes_no_output_and_no_exit_status(tmp_path: Path) -> None:
+    def closed(*args: str) -> subprocess.CompletedProcess:
+        command = ["sh", "-c", 'exec "$0" -m "$@" 2>&-', sys.executable, *args]
+        return subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+
+    helped = closed("tools.predict", "--help")  # imports TensorFlow first
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m tools.predict")
+    refused = closed("tools.scenarios", "nosuch")  # its error line goes nowhere, not to stdout
+    assert refused.returncode == 1 and refused.stdout == ""
 
 
 def test_a_users_own_log_level_wins(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,8 @@
-"""Tools people run by hand (python -m tools.<name>): predict, report, bench, anatomy, scenarios."""
+"""Tools people run by hand (python -m tools.<name>): predict, report, bench, anatomy, scenarios, compare."""
 
-from dogs_vs_cats.tf_env import quiet_cpu_start
+from dogs_vs_cats.startup import start_program
 
-quiet_cpu_start()  # before any tool imports TensorFlow
+if start_program():  # python -m tools.<name>, before the program's imports; any other import does nothing
+    from dogs_vs_cats.tf_env import quiet_cpu_start
+
+    quiet_cpu_start()

@@ -16,10 +16,12 @@ import sys
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import DIGITS_DATASETS
 from dogs_vs_cats.common import PipelineError, one_line, run
+from tools.scenarios import flag_value
 
 MODELS = tuple(paths.EVALUATED_MODELS)
 EVALUATE = paths.EVALUATE_METRICS.as_posix()
 TIMEOUT = 300  # seconds for dvc exp show: it reads git, never the network
+UNFINISHED = ("queued", "running", "failed")  # states of dvc exp show's executor for an experiment without results
 
 
 def flat(tree: object, prefix: str = "") -> dict[str, object]:
@@ -34,34 +36,64 @@ def flat(tree: object, prefix: str = "") -> dict[str, object]:
 
 def rows(shown: list[dict]) -> list[tuple[str, dict, dict, dict]]:
     """``(name, params, metrics, baseline params)`` per row of ``dvc exp show --json``: each commit, then its
-    experiments; the baseline is the commit the row is compared with (the workspace's is HEAD, the first)."""
+    experiments; the baseline is the commit the row is compared with (the workspace's is HEAD, the first). An
+    experiment that has not finished says so in its name: ``grid-c (failed)``."""
     commits = [entry for entry in shown if entry["rev"] != "workspace"]
-    head = _data(commits[0])[0] if commits else {}
+    head = _data(commits[0], "HEAD")[0] if commits else {}
     out = []
     for entry in shown:
-        params, metrics = _data(entry)
         if entry["rev"] == "workspace":
-            out.append(("workspace", params, metrics, head))
+            out.append(("workspace", *_data(entry, "workspace"), head))
             continue
-        out.append((entry.get("name") or entry["rev"][:7], params, metrics, params))
+        name = entry.get("name") or entry["rev"][:7]
+        params, metrics = _data(entry, name)
+        out.append((name, params, metrics, params))
         for experiment in entry.get("experiments") or []:
             revision = experiment["revs"][0]
             name = experiment.get("name") or revision.get("name") or revision["rev"][:7]
-            out.append((name, *_data(revision), params))
+            state = (experiment.get("executor") or {}).get("state")
+            if state in UNFINISHED:  # no results, and DVC's error says only "Experiment run failed"
+                out.append((f"{name} ({state})", _params(revision.get("data") or {}, name), {}, params))
+            else:
+                out.append((name, *_data(revision, name), params))
     return out
 
 
-def _data(entry: dict) -> tuple[dict, dict]:
+def _data(entry: dict, name: str) -> tuple[dict, dict]:
+    """The params (dotted keys) and metrics (per file) of one revision; a PipelineError when DVC could not read them."""
+    if entry.get("error"):
+        raise PipelineError(f"dvc exp show, {name}: {_message(entry['error'])}; fix the file and run this again")
     data = entry.get("data") or {}
-    params = flat((data.get("params") or {}).get(paths.PARAMS.as_posix(), {}).get("data", {}))
     metrics = {path: (value or {}).get("data", {}) for path, value in (data.get("metrics") or {}).items()}
-    return params, metrics
+    return _params(data, name), metrics
+
+
+def _params(data: dict, name: str) -> dict:
+    read = (data.get("params") or {}).get(paths.PARAMS.as_posix()) or {}
+    if read.get("error"):
+        raise PipelineError(f"{paths.PARAMS} of {name}: {_message(read['error'])}; fix the file and run this again")
+    return flat(read.get("data") or {})
+
+
+def _message(error: object) -> str:
+    said = (error.get("msg") or error.get("type")) if isinstance(error, dict) else error
+    return one_line(said or "unreadable")
 
 
 def changed(params: dict, base: dict) -> str:
-    """The params that differ from ``base``, as ``key=value``; "-" for none."""
-    keys = sorted(key for key in set(params) | set(base) if params.get(key) != base.get(key))
-    return ", ".join(f"{key}={params.get(key)}" for key in keys) or "-"
+    """The params that differ from ``base``, as ``dvc exp run -S`` sets them: ``key=value``, ``+key=value`` for a
+    key ``base`` lacks, ``~key`` for one only ``base`` has; "-" for none."""
+    keys = sorted(key for key in set(params) | set(base) if params.get(key, _ABSENT) != base.get(key, _ABSENT))
+    return ", ".join(_override(key, params, base) for key in keys) or "-"
+
+
+_ABSENT = object()  # a key one side lacks, unlike a key set to null
+
+
+def _override(key: str, params: dict, base: dict) -> str:
+    if key not in params:
+        return f"~{key}"
+    return f"{'' if key in base else '+'}{key}={flag_value(params[key])}"
 
 
 def _model_cell(result: object) -> str:
@@ -87,7 +119,7 @@ def table(shown: list[dict]) -> str:
         for dataset in DIGITS_DATASETS:
             accuracy = metrics.get(paths.digits_metrics(dataset).as_posix(), {}).get("accuracy")
             cells.append(f"{accuracy:.4f}" if isinstance(accuracy, int | float) else "-")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")  # a | would end the cell
     return "\n".join(lines)
 
 

@@ -6,9 +6,10 @@ A scenario maps dotted ``params.yaml`` keys to values; ``extends: <name>`` start
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from dogs_vs_cats.typed_yaml import yaml_problem
 
 # Beside stages/, wherever the command runs from: the tests run stages in temporary folders.
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+NAME = re.compile(r"[A-Za-z0-9_-]+")  # a file's name in CONFIGS_DIR without .yaml: no folder, no dots
 
 
 def load(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -27,8 +29,8 @@ def load(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
     if name in _chain:
         raise PipelineError(f"scenario {name!r} extends itself ({' -> '.join((*_chain, name))}); break the loop")
     path = CONFIGS_DIR / f"{name}.yaml"
-    if not isinstance(name, str) or not path.is_file():
-        known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    if not isinstance(name, str) or not NAME.fullmatch(name) or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml") if NAME.fullmatch(p.stem)))
         raise PipelineError(f"no scenario {name!r} in {CONFIGS_DIR}; use one of {known}")
     try:
         overrides = YAML(typ="safe").load(path.read_text())
@@ -42,16 +44,19 @@ def load(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def set_flags(overrides: dict[str, Any]) -> list[str]:
     """``dvc exp run -S`` flags that set ``overrides``; values in the YAML form DVC parses them in."""
-    flags = []
-    for key, value in overrides.items():
-        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        flags += ["-S", f"{key}={text}"]
-    return flags
+    return [flag for key, value in overrides.items() for flag in ("-S", f"{key}={flag_value(value)}")]
 
 
-def main() -> None:
-    (name,) = sys.argv[1:] or ["tiny"]
-    print(shlex.join(set_flags(load(name))))
+def flag_value(value: Any) -> str:
+    """``value`` as ``dvc exp run -S key=...`` takes it: a string as it is, anything else in flow YAML
+    (``true``, ``[8,16]``, ``null``)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.scenarios", description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?", default="tiny", help=f"a scenario: the name of a file in {CONFIGS_DIR}")
+    print(shlex.join(set_flags(load(parser.parse_args(argv).name))))
 
 
 if __name__ == "__main__":
