@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import fingerprint_pb2
 
 from dogs_vs_cats.models import built_under
 
@@ -57,15 +58,23 @@ def saved_model(model: keras.Model, folder: Path) -> None:
     The endpoint calls the model with ``training=False`` itself: ``model.export()``'s default one leaves
     ``training`` unset, and Keras 3's random augmentation layers default it to True, so the exported model
     would flip, rotate and zoom every image it serves and apply dropout (a random answer each call).
+
+    Written with ``tf.saved_model.save`` over the model's TensorFlow variables alone, not Keras'
+    ``ExportArchive``, which stores every weight twice (its Keras variables and their TensorFlow values) in an
+    order that changes from run to run. With the fingerprint's random ``uuid`` cleared, the same model gives the
+    same bytes, so ``dvc repro`` shows export unchanged when nothing changed.
     """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serve",
+    module = tf.Module()
+    module.variables_in_model_order = [variable.value for variable in model.variables]
+    module.serve = tf.function(
         lambda x: model(x, training=False),
         input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="inputs")],
     )
-    archive.write_out(str(folder), verbose=False)
+    tf.saved_model.save(module, str(folder), signatures={"serve": module.serve})
+    fingerprint = folder / "fingerprint.pb"
+    proto = fingerprint_pb2.FingerprintDef.FromString(fingerprint.read_bytes())
+    proto.ClearField("uuid")
+    fingerprint.write_bytes(proto.SerializeToString(deterministic=True))
 
 
 def tflite(saved: Path, float16: bool = False) -> bytes:
