@@ -38,11 +38,36 @@ class Photo:
     height: int
 
 
+# Why an image is left out: the keys of metrics/data.json's "skipped", every one always there, and the words
+# of predict's error lines. BadImage's reasons, and sample's own (unsafe_path, name_clash).
+SKIP_REASONS = (
+    "unsafe_path",
+    "not_a_file",
+    "too_large",
+    "corrupt_member",
+    "encrypted",
+    "unsupported_compression",
+    "empty",
+    "not_image",
+    "truncated",
+    "undecodable",
+    "unsupported_range",
+    "name_clash",
+)
+
+
+def known_reason(reason: str) -> str:
+    """``reason``, if it is one of SKIP_REASONS; any other is a bug (metrics/data.json would not count it)."""
+    if reason not in SKIP_REASONS:
+        raise ValueError(f"{reason!r} is not one of images.SKIP_REASONS")
+    return reason
+
+
 class BadImage(Exception):
-    """A member that cannot be used; ``reason`` is the key counted in ``metrics/data.json``."""
+    """A member that cannot be used; ``reason``, one of SKIP_REASONS, is the key counted in ``metrics/data.json``."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(known_reason(reason))
         self.reason = reason
 
 

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from dogs_vs_cats.images import BadImage, is_unsafe, parse_member, to_rgb_jpeg
+from dogs_vs_cats.images import SKIP_REASONS, BadImage, is_unsafe, parse_member, to_rgb_jpeg
 from tests.conftest import image_bytes
 
 
@@ -88,3 +88,9 @@ def test_bad_members_raise_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(BadImage) as error:
         to_rgb_jpeg(data)
     assert error.value.reason == reason
+
+
+def test_a_reason_outside_the_one_list_is_a_bug() -> None:
+    assert len(set(SKIP_REASONS)) == len(SKIP_REASONS)
+    with pytest.raises(ValueError, match=r"'unreadable' is not one of images\.SKIP_REASONS"):
+        BadImage("unreadable")
