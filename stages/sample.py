@@ -2,9 +2,9 @@
 
 Members are read straight from the zip (4,000 of 25,000 need not be unpacked). Per class, candidates are
 shuffled with the seed and taken in that order; a member that is unsafe, too large, cannot be
-decompressed, or is empty, not an image, truncated, undecodable or outside its mode's range is skipped
-and the next candidate takes its place; a byte-identical copy of an image already taken is dropped, so no
-image lands in two splits.
+decompressed, or is empty, not an image, truncated, undecodable (by Pillow, or in full by TensorFlow's
+decoder, which training uses) or outside its mode's range is skipped and the next candidate takes its
+place; a byte-identical copy of an image already taken is dropped, so no image lands in two splits.
 Only a zip whose central directory cannot be read is fatal.
 """
 
