@@ -17,6 +17,8 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dogs_vs_cats.tf_env import silenced_stderr
+
 EXIF_ORIENTATION = 0x0112
 JPEG_QUALITY = 95  # re-encoded images (PNG, CMYK, grayscale, rotated) stay visually lossless
 # What a photo can be. Kaggle's largest is about 0.5 MB and 0.3 megapixels; a 50 MP phone photo is about
@@ -38,11 +40,37 @@ class Photo:
     height: int
 
 
+# Why an image is left out: the keys of metrics/data.json's "skipped", every one always there, and the words
+# of predict's error lines. BadImage's reasons, and sample's own (unsafe_path, name_clash).
+SKIP_REASONS = (
+    "unsafe_path",
+    "not_a_file",
+    "too_large",
+    "corrupt_member",
+    "encrypted",
+    "unsupported_compression",
+    "empty",
+    "not_image",
+    "truncated",
+    "undecodable",
+    "unsupported_range",
+    "undecodable_by_tensorflow",
+    "name_clash",
+)
+
+
+def known_reason(reason: str) -> str:
+    """``reason``, if it is one of SKIP_REASONS; any other is a bug (metrics/data.json would not count it)."""
+    if reason not in SKIP_REASONS:
+        raise ValueError(f"{reason!r} is not one of images.SKIP_REASONS")
+    return reason
+
+
 class BadImage(Exception):
-    """A member that cannot be used; ``reason`` is the key counted in ``metrics/data.json``."""
+    """A member that cannot be used; ``reason``, one of SKIP_REASONS, is the key counted in ``metrics/data.json``."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(known_reason(reason))
         self.reason = reason
 
 
@@ -151,18 +179,35 @@ def read_image(data: bytes) -> Image.Image:
 
 
 def to_rgb_jpeg(data: bytes) -> Photo:
-    """Decode ``data`` fully and return it as an upright 3-channel JPEG; raise BadImage if it cannot be used.
+    """Decode ``data`` fully and return it as an upright 3-channel JPEG that training's decoder reads in full;
+    raise BadImage if it cannot be used.
 
     A plain upright RGB JPEG is kept byte for byte; anything else (PNG named .jpg, CMYK, grayscale,
     alpha, an EXIF rotation) is converted and re-encoded, so every sampled file decodes to RGB anywhere.
     """
     with _decoded(data) as image:
         if is_plain_jpeg(image):
-            return Photo(data, image.width, image.height)
-        rgb = upright_rgb(image)
-        out = io.BytesIO()
-        rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
-        return Photo(out.getvalue(), rgb.width, rgb.height)
+            photo = Photo(data, image.width, image.height)
+        else:
+            rgb = upright_rgb(image)
+            out = io.BytesIO()
+            rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+            photo = Photo(out.getvalue(), rgb.width, rgb.height)
+    check_training_decodes(photo.data)  # the bytes training will read
+    return photo
+
+
+def check_training_decodes(data: bytes) -> None:
+    """Raise BadImage (``undecodable_by_tensorflow``) unless ``data`` decodes in full as the training datasets
+    decode it: ``keras.utils.image_dataset_from_directory`` calls TensorFlow's decoder on the whole file, 3
+    channels, first frame. Pillow goes on past damaged JPEG data that this decoder refuses."""
+    import tensorflow as tf  # here, not at the top: reading archives and names needs no TensorFlow
+
+    try:
+        with silenced_stderr():  # its libjpeg prints "Corrupt JPEG data: ..." naming no file; our caller names it
+            tf.image.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.InvalidArgumentError:
+        raise BadImage("undecodable_by_tensorflow") from None
 
 
 @contextlib.contextmanager

@@ -107,6 +107,23 @@ def pass_on(level: int, source: BinaryIO, sink: BinaryIO) -> None:
             sink.flush()
 
 
+@contextlib.contextmanager
+def silenced_stderr() -> Iterator[None]:
+    """File descriptor 2 to the null device while the enclosed code runs, for native code that writes straight
+    onto it whatever ``TF_CPP_MIN_LOG_LEVEL`` says: TensorFlow's libjpeg prints ``Corrupt JPEG data: ...``,
+    naming no file. Python's own errors still rise as exceptions, for the caller to report."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 class _Import(importlib.abc.MetaPathFinder):
     """Finds ``tensorflow`` once, as the other finders would, and runs its import under ``filtered_stderr``."""
 

@@ -2,8 +2,9 @@
 
 Members are read straight from the zip (4,000 of 25,000 need not be unpacked). Per class, candidates are
 shuffled with the seed and taken in that order; a member that is unsafe, too large, cannot be
-decompressed, or is empty, not an image, truncated or undecodable is skipped and the next candidate takes
-its place; a byte-identical copy of an image already taken is dropped, so no image lands in two splits.
+decompressed, or is empty, not an image, truncated, undecodable (by Pillow, or in full by TensorFlow's
+decoder, which training uses) or outside its mode's range is skipped and the next candidate takes its
+place; a byte-identical copy of an image already taken is dropped, so no image lands in two splits.
 Only a zip whose central directory cannot be read is fatal.
 """
 
@@ -23,7 +24,17 @@ from dogs_vs_cats import paths
 from dogs_vs_cats.classes import CLASS_NAMES, SPLITS
 from dogs_vs_cats.common import PipelineError, atomic_path, progress, run, write_json
 from dogs_vs_cats.config import SampleConfig, load_params
-from dogs_vs_cats.images import BadImage, Photo, is_unsafe, output_name, parse_member, read_member, to_rgb_jpeg
+from dogs_vs_cats.images import (
+    SKIP_REASONS,
+    BadImage,
+    Photo,
+    is_unsafe,
+    known_reason,
+    output_name,
+    parse_member,
+    read_member,
+    to_rgb_jpeg,
+)
 
 MANIFEST_COLUMNS = [
     "split",
@@ -34,19 +45,6 @@ MANIFEST_COLUMNS = [
     "width",
     "height",
 ]
-# Why a member was left out, as counted in metrics/data.json.
-SKIP_REASONS = (
-    "unsafe_path",
-    "too_large",
-    "corrupt_member",
-    "encrypted",
-    "unsupported_compression",
-    "empty",
-    "not_image",
-    "truncated",
-    "undecodable",
-    "name_clash",
-)
 
 
 @dataclass
@@ -56,6 +54,9 @@ class Tally:
     skipped: collections.Counter[str]
     duplicates_dropped: int = 0
     candidates_read: int = 0
+
+    def skip(self, reason: str) -> None:
+        self.skipped[known_reason(reason)] += 1
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:
@@ -79,7 +80,7 @@ def candidates(names: list[str], seed: int, tally: Tally) -> dict[str, list[tupl
         if parsed is None:
             continue
         if is_unsafe(name):
-            tally.skipped["unsafe_path"] += 1
+            tally.skip("unsafe_path")
             continue
         label, number = parsed
         by_label[label].append((name, number))
@@ -101,7 +102,7 @@ def usable(
         try:
             data = read_member(archive, archive.getinfo(member))
         except BadImage as bad:
-            tally.skipped[bad.reason] += 1
+            tally.skip(bad.reason)
             continue
         digest = hashlib.sha256(data).hexdigest()
         if digest in seen:
@@ -110,11 +111,11 @@ def usable(
         try:
             photo = to_rgb_jpeg(data)
         except BadImage as bad:
-            tally.skipped[bad.reason] += 1
+            tally.skip(bad.reason)
             continue
         name = output_name(label, number)
         if name in names:  # e.g. a folder archive with cat.1.jpg in two subfolders
-            tally.skipped["name_clash"] += 1
+            tally.skip("name_clash")
             continue
         seen.add(digest)
         names.add(name)
@@ -174,8 +175,10 @@ def main() -> None:
         manifest.to_csv(out_dir / paths.MANIFEST.name, index=False, lineterminator="\n")
     metrics = summary(manifest, tally)
     write_json(paths.DATA_METRICS, metrics)
+    skipped = {reason: n for reason, n in metrics["skipped"].items() if n}
+    reasons = f" ({', '.join(f'{reason} {n}' for reason, n in skipped.items())})" if skipped else ""
     print(
-        f"sample: {metrics['images']} images from {source}; skipped {sum(tally.skipped.values())}, "
+        f"sample: {metrics['images']} images from {source}; skipped {sum(skipped.values())}{reasons}, "
         f"duplicates dropped {tally.duplicates_dropped}"
     )
 

@@ -93,6 +93,31 @@ def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (4
     return buffer.getvalue()
 
 
+def damaged_jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A JPEG that Pillow decodes in full and TensorFlow's decoder (training's) refuses: a marker (0xFFFE, a
+    comment) in the middle of its compressed data. Pillow's libjpeg ends the scan there and goes on;
+    TensorFlow's fails with ``jpeg::Uncompress failed``. Both are checked here, so the fixture cannot quietly
+    stop being what the tests need."""
+    import numpy as np
+    import tensorflow as tf
+
+    noise = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG", quality=90)
+    good = buffer.getvalue()
+    start_of_scan = good.index(b"\xff\xda")
+    scan = start_of_scan + 2 + int.from_bytes(good[start_of_scan + 2 : start_of_scan + 4], "big")
+    middle = (scan + len(good) - 2) // 2  # halfway between the scan header and the end-of-image marker
+    damaged = good[:middle] + b"\xff\xfe" + good[middle:]
+    with Image.open(io.BytesIO(damaged)) as image:
+        image.load()  # no error, and no LOAD_TRUNCATED_IMAGES needed
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", size)
+    tf.image.decode_image(good, channels=3, expand_animations=False)  # the undamaged original decodes
+    with pytest.raises(tf.errors.InvalidArgumentError, match="jpeg::Uncompress failed"):
+        tf.image.decode_image(damaged, channels=3, expand_animations=False)
+    return damaged
+
+
 def make_zip(path: Path, members: dict[str, bytes]) -> Path:
     """A zip with exactly these members (names are written as given, even unsafe ones)."""
     with zipfile.ZipFile(path, "w") as archive:

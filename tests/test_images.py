@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from dogs_vs_cats.images import BadImage, is_unsafe, parse_member, to_rgb_jpeg
-from tests.conftest import image_bytes
+from dogs_vs_cats.images import SKIP_REASONS, BadImage, is_unsafe, parse_member, read_image, to_rgb_jpeg
+from tests.conftest import damaged_jpeg, image_bytes
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,20 @@ def test_bad_members_raise_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(BadImage) as error:
         to_rgb_jpeg(data)
     assert error.value.reason == reason
+
+
+def test_a_jpeg_pillow_reads_but_training_cannot_is_refused_in_silence(capfd: pytest.CaptureFixture) -> None:
+    data = damaged_jpeg()
+    capfd.readouterr()  # what making it printed
+    read_image(data)  # Pillow alone goes on past the damage
+    with pytest.raises(BadImage) as error:
+        to_rgb_jpeg(data)
+    assert error.value.reason == "undecodable_by_tensorflow"
+    # TensorFlow's libjpeg prints "Corrupt JPEG data: ..." on stderr, naming no file; the caller names it.
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_reason_outside_the_one_list_is_a_bug() -> None:
+    assert len(set(SKIP_REASONS)) == len(SKIP_REASONS)
+    with pytest.raises(ValueError, match=r"'unreadable' is not one of images\.SKIP_REASONS"):
+        BadImage("unreadable")

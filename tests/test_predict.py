@@ -18,13 +18,14 @@ import pytest
 from PIL import Image
 
 from dogs_vs_cats.datasets import image_dataset
-from tests.conftest import LEARNABLE, call_stage, image_bytes, inside, run_stage
+from tests.conftest import LEARNABLE, call_stage, damaged_jpeg, image_bytes, inside, run_stage
 from tools import predict
 
 
 @pytest.fixture
 def photos(trained: Path, tmp_path: Path) -> Path:
-    """Five readable images of different kinds (two of them real test images) and one corrupt file."""
+    """Five readable images of different kinds (two of them real test images), one truncated file and one whose
+    damaged data only Pillow reads."""
     folder = tmp_path / "photos"
     (folder / "nested").mkdir(parents=True)
     cat = sorted((trained / "data/sample/test/cat").iterdir())[0]
@@ -37,6 +38,7 @@ def photos(trained: Path, tmp_path: Path) -> Path:
     exif[0x0112] = 6
     (folder / "cmyk_rotated.jpg").write_bytes(image_bytes(mode="CMYK", size=(64, 20), exif=exif))
     (folder / "broken.jpg").write_bytes(image_bytes()[:150])
+    (folder / "damaged.jpg").write_bytes(damaged_jpeg())  # Pillow reads it, TensorFlow's decoder does not
     (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
     return folder
 
@@ -50,7 +52,7 @@ def test_every_image_gets_a_line_and_a_corrupt_one_an_error(
     assert len(lines) == 5
     by_name = {Path(line.split("\t")[0]).name: line.split("\t") for line in lines}
     assert set(by_name) == {"cat.jpg", "dog.jpg", "gray.jpg", "alpha.png", "cmyk_rotated.jpg"}
-    with inside(trained), pytest.raises(SystemExit):  # exit status 1: broken.jpg
+    with inside(trained), pytest.raises(SystemExit):  # exit status 1: broken.jpg, damaged.jpg
         predict.main([str(photos), "--format", "json"])
     for row in json.loads(
         capsys.readouterr().out
@@ -60,7 +62,11 @@ def test_every_image_gets_a_line_and_a_corrupt_one_an_error(
         assert label == ("dog" if dog >= 0.5 else "cat")
         assert float(probability) == pytest.approx(dog if label == "dog" else 1 - dog, abs=1e-4)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {photos / 'broken.jpg'}: cannot read image (truncated)"]
+    assert errors == [
+        f"error: {photos / 'broken.jpg'}: cannot read image (truncated)",
+        f"error: {photos / 'damaged.jpg'}: cannot read image (undecodable by tensorflow)",
+    ]
+    assert "Traceback" not in result.stderr and "Corrupt JPEG data" not in result.stderr  # libjpeg's own lines
 
 
 def test_json_and_csv_are_machine_readable(trained: Path, photos: Path, capsys: pytest.CaptureFixture) -> None:
@@ -241,6 +247,21 @@ def test_only_regular_files_are_read_and_never_too_much(tmp_path: Path) -> None:
         f"{big}: cannot read image (too large)",
         f"{tmp_path}: cannot read image (not a file)",
     ]
+
+
+def test_a_photo_training_cannot_decode_is_one_line_and_the_rest_are_read(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    good, damaged, other = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.png"
+    good.write_bytes(image_bytes())
+    damaged.write_bytes(damaged_jpeg())
+    other.write_bytes(image_bytes("PNG"))
+    capfd.readouterr()  # what making the damaged one printed
+    errors: list[str] = []
+    batches = list(predict.load_batches([good, damaged, other], 32, 4, errors))
+    assert [[file.name for file in files] for files, _ in batches] == [["a.jpg", "c.png"]]
+    assert errors == [f"{damaged}: cannot read image (undecodable by tensorflow)"]
+    assert capfd.readouterr().err == ""  # libjpeg's own "Corrupt JPEG data" lines name no file
 
 
 def test_an_empty_folder_is_an_error_not_silence(trained: Path, tmp_path: Path) -> None:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from dogs_vs_cats import synthetic
+from dogs_vs_cats import images, synthetic
+from dogs_vs_cats.classes import SPLITS
 from dogs_vs_cats.common import PipelineError
 from stages import download, sample
-from tests.conftest import image_bytes, kaggle_members, make_zip, run_stage, write_params
+from tests.conftest import damaged_jpeg, image_bytes, kaggle_members, make_zip, run_stage, write_params
 
 COUNTS = {"sample.train_per_class": 4, "sample.validation_per_class": 2, "sample.test_per_class": 2}
 
@@ -113,6 +116,42 @@ def test_every_bad_member_is_counted_when_all_are_needed(workdir: Path) -> None:
     assert str(error.value).startswith("too few usable cat images: sample.* asks for 4 per class")
     assert "the archive has 3" in str(error.value)
     assert "(skipped: {'empty': 1, 'not_image': 1, 'truncated': 1}, duplicates: 0)" in str(error.value)
+
+
+# Five usable images per class, all of them asked for: the sampler reads every candidate.
+ALL_OF_FIVE = {"sample.train_per_class": 3, "sample.validation_per_class": 1, "sample.test_per_class": 1}
+
+
+def test_what_sample_admits_training_decodes(workdir: Path) -> None:
+    # Pillow decodes these two in full; TensorFlow's decoder, the one training uses, refuses them.
+    _raw(
+        workdir,
+        kaggle_members(5) | {"train/cat.50.jpg": damaged_jpeg(seed=0), "train/dog.50.jpg": damaged_jpeg(seed=1)},
+    )
+    write_params(workdir / "params.yaml", ALL_OF_FIVE)
+    sample.main()
+    manifest = _manifest(workdir)
+    assert len(manifest) == 10
+    assert not set(manifest["source_member"]) & {"train/cat.50.jpg", "train/dog.50.jpg"}
+    metrics = json.loads((workdir / "metrics/data.json").read_text())
+    assert {reason: n for reason, n in metrics["skipped"].items() if n} == {"undecodable_by_tensorflow": 2}
+    from dogs_vs_cats.datasets import image_dataset
+
+    for split in SPLITS:  # the training datasets read every sampled image to the end
+        dataset = image_dataset(split, 16, 4, shuffle=False, seed=0, root=workdir / "data/sample")
+        assert sum(len(labels) for _, labels in dataset) == (manifest["split"] == split).sum()
+
+
+def test_every_skip_reason_is_counted_in_the_metrics_and_the_log(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    out_of_range = io.BytesIO()  # a float image beyond 0..1, named .jpg: Pillow reads it by its content
+    Image.fromarray(np.full((8, 8), 3.0, dtype=np.float32)).save(out_of_range, format="TIFF")
+    _raw(workdir, kaggle_members(5) | {"train/cat.50.jpg": out_of_range.getvalue(), "train/dog.50.jpg": b""})
+    write_params(workdir / "params.yaml", ALL_OF_FIVE)
+    sample.main()
+    skipped = json.loads((workdir / "metrics/data.json").read_text())["skipped"]
+    assert list(skipped) == list(images.SKIP_REASONS)  # zero counts too: `dvc metrics diff` keeps its columns
+    assert {reason: n for reason, n in skipped.items() if n} == {"empty": 1, "unsupported_range": 1}
+    assert "; skipped 2 (empty 1, unsupported_range 1), duplicates dropped 0" in capsys.readouterr().out
 
 
 def test_exact_duplicates_never_land_in_two_splits(workdir: Path) -> None:

@@ -2,8 +2,9 @@
 
 PATHs are files, folders (searched recursively for images) or globs. Each image gets one line: path,
 ``cat``/``dog`` and the probability of that label. Preprocessing comes from the saved model; here images
-are only decoded (any mode, EXIF orientation applied) and resized as in training. An unreadable file gets
-one error line on stderr, the others are still classified, and the exit status is then 1.
+are only decoded (any mode, EXIF orientation applied) and resized as in training. An unreadable file (a JPEG
+that TensorFlow's decoder, training's, refuses among them) gets one error line on stderr, the others are
+still classified, and the exit status is then 1.
 
 ``--imagenet`` instead runs the pretrained network with its ImageNet top (``features.base`` and
 ``features.weights`` from params.yaml) and prints each image's top-5 ImageNet classes; ``--base
@@ -40,7 +41,7 @@ from dogs_vs_cats.common import PipelineError, atomic_path, output_dir, replacea
 from dogs_vs_cats.config import FeaturesConfig, load_params
 from dogs_vs_cats.datasets import resized_pixels
 from dogs_vs_cats.digits_io import CLASSES, SIDE
-from dogs_vs_cats.images import BadImage, is_high_depth, read_file, read_image
+from dogs_vs_cats.images import BadImage, check_training_decodes, is_high_depth, read_file, read_image
 from dogs_vs_cats.models import BASES, build_imagenet_classifier, load_saved, predicted_labels, takes_images
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -109,7 +110,10 @@ def readable_images(files: list[Path], errors: list[str]) -> Iterator[tuple[Path
     for file in files:
         try:
             data = read_file(file)  # regular files only, at most MAX_FILE_BYTES
-            yield file, read_image(data), data
+            image = read_image(data)
+            if image.info["plain_jpeg"]:  # resized_pixels decodes it with TensorFlow, as training does
+                check_training_decodes(data)
+            yield file, image, data
         except BadImage as bad:
             errors.append(f"{file}: cannot read image ({bad.reason.replace('_', ' ')})")
         except OSError as error:
