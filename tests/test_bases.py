@@ -83,7 +83,7 @@ def test_base_extracts_features_and_survives_save_and_load(base: str, tmp_path: 
 
 
 def test_an_image_below_the_base_minimum_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"image\.size 64 is below xception.s minimum 71"):
+    with pytest.raises(ConfigError, match=r"image\.side 64 is below xception.s minimum 71"):
         build_extractor(64, FeaturesConfig("xception", "none"))
 
 
