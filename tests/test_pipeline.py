@@ -223,6 +223,50 @@ def test_each_notebook_runs_headless_on_the_pipelines_outputs(
         assert f"{unreadable}: cannot read" in text
 
 
+# Before any test below commits the project's dvc.lock: a clone of it is a fresh clone, without results.
+@pytest.mark.slow
+def test_after_make_demo_the_dogs_vs_cats_notebook_shows_the_demos_experiment(
+    project: Path, kernel_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`make demo` leaves its results in a DVC experiment and the workspace without any: the notebook applies the
+    newest one (`dvc exp apply`) and shows it, where `dvc repro evaluate` would have asked Kaggle for the data."""
+    clone = _clone(project, tmp_path / "clone")
+    write_params(clone / "params.yaml", {"data.source": "kaggle"}, base=clone / "params.yaml")  # the repository's
+    sh(["git", "commit", "-q", "-am", "params.yaml as the repository has it: the data from Kaggle"], clone)
+    # The experiment make demo runs, on the tiny config; with the project's cache, DVC restores every stage.
+    sh(["dvc", "cache", "dir", "--local", str(project / ".dvc/cache")], clone)
+    name = "demo-20260102-030405"  # as make demo names it
+    flags = ["-S", "data.source=synthetic"]
+    sh(["dvc", "exp", "run", "--temp", "--name", name, *flags], clone)
+    assert not (clone / "dvc.lock").exists()
+    errors, figures, text = outputs_of(execute(clone, "dogs_vs_cats.ipynb", {}))
+    assert not errors
+    assert f"dvc exp apply {name}" in text
+    assert len(figures) == FIGURES["dogs_vs_cats.ipynb"]
+    evaluated = json.loads((project / "metrics/evaluate.json").read_text())
+    assert json.loads((clone / "metrics/evaluate.json").read_text()) == evaluated  # the experiment's, restored
+
+
+@pytest.mark.slow
+def test_without_results_or_kaggle_credentials_the_dogs_vs_cats_notebook_stops_with_one_line(
+    project: Path, kernel_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from nbclient.exceptions import CellExecutionError
+
+    clone = _clone(project, tmp_path / "clone")
+    write_params(clone / "params.yaml", {"data.source": "kaggle"}, base=clone / "params.yaml")
+    kernel_env.setenv("HOME", str(tmp_path))  # no ~/.kaggle
+    for variable in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+        kernel_env.delenv(variable, raising=False)
+    with pytest.raises(CellExecutionError) as stopped:
+        execute(clone, "dogs_vs_cats.ipynb", {})
+    errors, figures, text = outputs_of(stopped.value.cells)
+    assert [error.ename for error in errors] == ["SystemExit"] and not figures
+    assert "make demo" in errors[0].evalue and "Kaggle" in errors[0].evalue
+    assert "\n" not in errors[0].evalue
+    assert "Running stage" not in text  # it stopped before DVC tried to download
+
+
 def _keys(data: object) -> list[str]:
     if isinstance(data, dict):
         return [k for key, value in data.items() for k in (str(key), *_keys(value))]
