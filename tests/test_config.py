@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
@@ -173,3 +174,34 @@ def test_a_stage_stops_with_one_line_before_any_work(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == ("error: params.yaml: sample.validation_per_class is -5; use at least 1")
     assert not (tmp_path / "data").exists()
+
+
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    """The dotted keys of ``tree``'s values that are not sections."""
+    return {
+        leaf
+        for key, value in tree.items()
+        for leaf in (_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"})
+    }
+
+
+def _documented(table: str) -> set[str]:
+    """The keys the first column of docs/params.md's table names: `head.units`, then `.dropout` for a key
+    beside the last full one, and `.augment.{rotation,shift}` for each name in the braces."""
+    keys = set()
+    for row in re.findall(r"^\| (.+?) \|", table, re.M):
+        parent = ""
+        for name in re.findall(r"`([^`]+)`", row):
+            if not name.startswith("."):
+                parent = name.rsplit(".", 1)[0] + "." if "." in name else ""
+                name = "." + name.removeprefix(parent)
+            head, _, braced = name.partition("{")
+            keys |= {f"{parent}{head[1:]}{leaf}" for leaf in braced.rstrip("}").split(",")}
+    return keys
+
+
+def test_every_key_of_params_yaml_is_in_the_params_reference() -> None:
+    keys = _leaves(YAML(typ="safe").load((REPO / "params.yaml").read_text()))
+    documented = _documented((REPO / "docs/params.md").read_text())
+    assert {"seed", "digits.augment.zoom", "digits.data.files", "head.patience"} <= documented  # each form is read
+    assert keys - documented == set(), "add these keys to docs/params.md's table"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 import keras
@@ -13,10 +14,10 @@ from PIL import Image
 
 from dogs_vs_cats import export
 from dogs_vs_cats.common import PipelineError
-from dogs_vs_cats.datasets import image_dataset
+from dogs_vs_cats.datasets import image_dataset, resized_pixels
 from dogs_vs_cats.models import built_under, load_saved
 from stages.export import FLOAT16_TOLERANCE, TOLERANCE, disk_space_named, export_one
-from tests.conftest import LEARNABLE, inside
+from tests.conftest import LEARNABLE, REPO, inside
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +227,26 @@ def test_the_same_model_gives_the_same_saved_model_bytes_each_weight_once(tmp_pa
     assert sum(int(np.prod(shape)) for shape in stored) == 3 * 3 * 3 * 4 + 4 + 144 + 1  # the model's weights
     served = export.load_saved_model(tmp_path / "first")
     assert served.serve(np.ones((2, 8, 8, 3), "float32")).shape == (2, 1)
+
+
+def test_the_snippet_in_docs_export_md_serves_a_photo_resized_as_the_pipeline_does(tmp_path: Path, capsys) -> None:
+    """docs/export.md's Python, run as written against a small SavedModel that the stage's own function wrote: for
+    a photo larger than the model's input (so that each resize filter gives other pixels), it prints what the Keras
+    model says of the pipeline's resize of the photo."""
+    (snippet,) = re.findall(r"^```python\n(.*?)^```", (REPO / "docs/export.md").read_text(), re.M | re.S)
+    side = 12
+    inputs = keras.Input((side, side, 3))
+    pixels = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    initializer = keras.initializers.RandomUniform(-0.1, 0.1, seed=0)
+    model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid", kernel_initializer=initializer)(pixels))
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8))
+    with inside(tmp_path):
+        saved = Path("models/export/cats_dogs/saved_model")
+        export.saved_model(model, saved)
+        Path("models/export/mnist").mkdir(parents=True)
+        Path("models/export/mnist/model.tflite").write_bytes(export.tflite(saved))
+        photo.save("my_cat.png")  # lossless: the test compares resizes, not two JPEG decoders' rounding
+        exec(compile(snippet.replace("my_cat.jpg", "my_cat.png"), "docs/export.md", "exec"), {})
+    printed = float(capsys.readouterr().out.strip().strip("[]"))
+    expected = model.predict(resized_pixels(photo, side)[np.newaxis], verbose=0)[0, 0]
+    assert printed == pytest.approx(float(expected), abs=1e-5)

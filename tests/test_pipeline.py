@@ -161,31 +161,110 @@ def test_notebooks_are_committed_without_outputs() -> None:
         assert sum("parameters" in cell.metadata.get("tags", []) for cell in book.cells) == 1, name
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_each_notebook_runs_headless_on_the_pipelines_outputs(project: Path, name: str, monkeypatch) -> None:
+@pytest.fixture
+def kernel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The environment a notebook's kernel starts with: dvc on PATH, as a user has it, and inline figures."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    return monkeypatch
+
+
+def execute(root: Path, name: str, settings: dict[str, object]) -> list:
+    """The code cells of ``root``'s ``notebooks/<name>``, executed headless from that folder as a user runs it, with
+    ``settings`` added to its parameter cell. An error stops it, as in Jupyter: nbclient's CellExecutionError,
+    with the cells run so far in ``error.cells``."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # dvc, as a user has
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    book = nbformat.read(project / "notebooks" / name, as_version=4)
+    book = nbformat.read(root / "notebooks" / name, as_version=4)
     (cell,) = [cell for cell in book.cells if "parameters" in cell.metadata.get("tags", [])]
-    cell.source += "".join(f"\n{key} = {value!r}" for key, value in OFFLINE.get(name, {}).items())
-    before = sh(["git", "status", "--porcelain"], project)
-    NotebookClient(
-        book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(project / "notebooks")}}
-    ).execute()
-    outputs = [output for cell in book.cells if cell.cell_type == "code" for output in cell.outputs]
-    assert not [output for output in outputs if output.output_type == "error"]
+    cell.source += "".join(f"\n{key} = {value!r}" for key, value in settings.items())
+    cells = [cell for cell in book.cells if cell.cell_type == "code"]
+    client = NotebookClient(
+        book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root / "notebooks")}}
+    )
+    try:
+        client.execute()
+    except CellExecutionError as error:
+        error.cells = cells
+        raise
+    return cells
+
+
+def outputs_of(cells: list) -> tuple[list, list, str]:
+    """What executed cells showed: their errors, their figures and their printed text."""
+    outputs = [output for cell in cells for output in cell.outputs]
+    errors = [output for output in outputs if output.output_type == "error"]
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
+    return errors, figures, "".join(output.get("text", "") for output in outputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_each_notebook_runs_headless_on_the_pipelines_outputs(
+    project: Path, name: str, kernel_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = dict(OFFLINE.get(name, {}))
+    if name == "pretrained.ipynb":  # an unreadable photo first: its error is shown, the others are still explained
+        unreadable = tmp_path / "unreadable.jpg"
+        unreadable.write_bytes(b"not a photo")
+        settings["PHOTOS"] = [str(unreadable), "data/sample/test/cat", "data/sample/test/dog"]
+    before = sh(["git", "status", "--porcelain"], project)
+    errors, figures, text = outputs_of(execute(project, name, settings))
+    assert not errors
     assert len(figures) == FIGURES[name], name
     assert sh(["git", "status", "--porcelain"], project) == before  # it read the pipeline's outputs, changed nothing
-    text = "".join(output.get("text", "") for output in outputs)
     if name == "colab.ipynb":
         assert "$ dvc repro" in text and "PUSH is off" in text
     if name == "digits.ipynb":
         assert "by hand: {'params': " in text  # the course's arithmetic, asserted equal to the library's count
+    if name == "pretrained.ipynb":
+        assert f"{unreadable}: cannot read" in text
+
+
+# Before any test below commits the project's dvc.lock: a clone of it is a fresh clone, without results.
+@pytest.mark.slow
+def test_after_make_demo_the_dogs_vs_cats_notebook_shows_the_demos_experiment(
+    project: Path, kernel_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`make demo` leaves its results in a DVC experiment and the workspace without any: the notebook applies the
+    newest one (`dvc exp apply`) and shows it, where `dvc repro evaluate` would have asked Kaggle for the data."""
+    clone = _clone(project, tmp_path / "clone")
+    write_params(clone / "params.yaml", {"data.source": "kaggle"}, base=clone / "params.yaml")  # the repository's
+    sh(["git", "commit", "-q", "-am", "params.yaml as the repository has it: the data from Kaggle"], clone)
+    # The experiment make demo runs, on the tiny config; with the project's cache, DVC restores every stage.
+    sh(["dvc", "cache", "dir", "--local", str(project / ".dvc/cache")], clone)
+    name = "demo-20260102-030405"  # as make demo names it
+    flags = ["-S", "data.source=synthetic"]
+    sh(["dvc", "exp", "run", "--temp", "--name", name, *flags], clone)
+    assert not (clone / "dvc.lock").exists()
+    errors, figures, text = outputs_of(execute(clone, "dogs_vs_cats.ipynb", {}))
+    assert not errors
+    assert f"dvc exp apply {name}" in text
+    assert len(figures) == FIGURES["dogs_vs_cats.ipynb"]
+    evaluated = json.loads((project / "metrics/evaluate.json").read_text())
+    assert json.loads((clone / "metrics/evaluate.json").read_text()) == evaluated  # the experiment's, restored
+
+
+@pytest.mark.slow
+def test_without_results_or_kaggle_credentials_the_dogs_vs_cats_notebook_stops_with_one_line(
+    project: Path, kernel_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from nbclient.exceptions import CellExecutionError
+
+    clone = _clone(project, tmp_path / "clone")
+    write_params(clone / "params.yaml", {"data.source": "kaggle"}, base=clone / "params.yaml")
+    kernel_env.setenv("HOME", str(tmp_path))  # no ~/.kaggle
+    for variable in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+        kernel_env.delenv(variable, raising=False)
+    with pytest.raises(CellExecutionError) as stopped:
+        execute(clone, "dogs_vs_cats.ipynb", {})
+    errors, figures, text = outputs_of(stopped.value.cells)
+    assert [error.ename for error in errors] == ["SystemExit"] and not figures
+    assert "make demo" in errors[0].evalue and "Kaggle" in errors[0].evalue
+    assert "\n" not in errors[0].evalue
+    assert "Running stage" not in text  # it stopped before DVC tried to download
 
 
 def _keys(data: object) -> list[str]:
