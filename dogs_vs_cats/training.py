@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,7 @@ def _keras_fit(model, x, y, validation, epochs: int, patience: int | None, batch
     keep_best = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience or epochs, restore_best_weights=True
     )
+    print(f"{Path(live.dir).name}: at most {epochs} epochs over {_amount(x)} and {_amount(validation)}")
     return model.fit(
         x,
         y,
@@ -200,9 +202,57 @@ def _keras_fit(model, x, y, validation, epochs: int, patience: int | None, batch
         epochs=epochs,
         batch_size=batch_size,
         shuffle=y is not None,  # a tf.data dataset shuffles itself
-        callbacks=[keep_best, DVCLiveCallback(live=live)],
-        verbose=keras_verbosity(),
+        callbacks=[keep_best, DVCLiveCallback(live=live), EpochClock(epochs)],
+        # Piped, EpochClock's line is the epoch's one line; on a terminal it follows Keras' live bar.
+        verbose=1 if keras_verbosity() == 1 else 0,
     ).history
+
+
+def _amount(data: Any) -> str:
+    """How much ``data`` holds: images (arrays, an ``image_dataset``'s files) or, for other datasets, batches."""
+    if isinstance(data, tuple):
+        data = data[0]
+    if hasattr(data, "file_paths"):
+        return f"{len(data.file_paths):,} images"
+    if hasattr(data, "__len__"):
+        return f"{len(data):,} images"
+    return f"{int(data.cardinality()):,} batches"
+
+
+EPOCH_NUMBERS = ("loss", "accuracy", "val_loss", "val_accuracy")  # Keras' logs, in the order a reader wants
+
+
+class EpochClock(keras.callbacks.Callback):
+    """One line an epoch: its numbers, how long it took and how long the rest of the stage may take (the mean
+    epoch so far times the epochs left; early stopping may end it sooner)."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs, self.started, self.durations = epochs, 0.0, []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.durations.append(time.monotonic() - self.started)
+        left = (self.epochs - epoch - 1) * float(np.mean(self.durations))
+        logs = logs or {}
+        numbers = " ".join(f"{key} {logs[key]:.4f}" for key in EPOCH_NUMBERS if key in logs)
+        print(
+            f"epoch {epoch + 1}/{self.epochs} in {duration(self.durations[-1])}: {numbers}; "
+            + (f"about {duration(left)} left" if epoch + 1 < self.epochs else "the last"),
+            flush=True,
+        )
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a person reads a wait: 42 s, 5.0 min, 3 h 55 min."""
+    if seconds < 90:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min"
 
 
 def save_model(model: keras.Model, path: Path) -> None:

@@ -220,3 +220,37 @@ def test_features_of_the_wrong_count_leave_no_file(tmp_path: Path, count: int) -
     with pytest.raises(PipelineError, match=r"test\.npz: .*(features written, 3 expected|does not fit)"):
         write_features(path, _batches(count, (1, 2)), (3, 2), np.zeros(3), np.array(["a", "b", "c"]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_left(tmp_path: Path, capsys) -> None:
+    import re
+
+    from dogs_vs_cats.config import HeadConfig, Schedule
+    from dogs_vs_cats.training import duration
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6)).astype("float32"), rng.integers(0, 2, 40).astype("float32")
+    model = build_head((6,), HeadConfig(False, 4, 0.0, 1e-3, 8, 3, None))
+    compile_binary(model, 1e-3)
+    with inside(tmp_path):
+        fit(
+            model,
+            x,
+            y,
+            validation=(x[:10], y[:10]),
+            log_dir=Path("metrics/head"),
+            schedule=Schedule("head", 1e-3, 3, None),
+            batch_size=8,
+        )
+    lines = capsys.readouterr().out.splitlines()  # pytest's stdout is no terminal: the piped log
+    assert lines[0] == "head: at most 3 epochs over 40 images and 10 images"
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 3 and len(lines) == 4, lines  # one line an epoch, no Keras line beside it
+    number = r"\d+\.\d{4}"
+    for n, line in enumerate(epochs, 1):
+        assert re.fullmatch(
+            rf"epoch {n}/3 in [\d.]+ s: loss {number} accuracy {number} val_loss {number} val_accuracy {number}; "
+            + ("about [\\d.]+ s left" if n < 3 else "the last"),
+            line,
+        ), line
+    assert [duration(s) for s in (4.25, 42, 300, 14100)] == ["4.2 s", "42 s", "5.0 min", "3 h 55 min"]
