@@ -7,6 +7,7 @@ import io
 import os
 import re
 import stat
+import sys
 import warnings
 import zipfile
 import zlib
@@ -17,9 +18,13 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dogs_vs_cats.tf_env import silenced_stderr
+from dogs_vs_cats.tf_env import captured_stderr
 
 EXIF_ORIENTATION = 0x0112
+# libjpeg's warnings (jerror.h), printed on stderr while it decodes. Where the data ends early or is damaged it
+# fills the rows it lost with gray and says so; junk after the last scan (many Kaggle photos) loses nothing.
+LIBJPEG_WARNING = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG|Inconsistent progression|Invalid SOS)")
+HARMLESS_LIBJPEG_WARNING = re.compile(r"extraneous bytes before marker")
 JPEG_QUALITY = 95  # re-encoded images (PNG, CMYK, grayscale, rotated) stay visually lossless
 # What a photo can be. Kaggle's largest is about 0.5 MB and 0.3 megapixels; a 50 MP phone photo is about
 # 20 MB. Anything beyond is refused unread or undecoded: a small file can declare a huge size.
@@ -200,14 +205,22 @@ def to_rgb_jpeg(data: bytes) -> Photo:
 def check_training_decodes(data: bytes) -> None:
     """Raise BadImage (``undecodable_by_tensorflow``) unless ``data`` decodes in full as the training datasets
     decode it: ``keras.utils.image_dataset_from_directory`` calls TensorFlow's decoder on the whole file, 3
-    channels, first frame. Pillow goes on past damaged JPEG data that this decoder refuses."""
+    channels, first frame. Pillow goes on past damaged JPEG data that this decoder refuses; and where the
+    compressed data ends early (a truncated file with its end marker put back) both decoders fill the missing
+    rows with gray, and only libjpeg's warning on stderr tells: such a file is refused too."""
     import tensorflow as tf  # here, not at the top: reading archives and names needs no TensorFlow
 
     try:
-        with silenced_stderr():  # its libjpeg prints "Corrupt JPEG data: ..." naming no file; our caller names it
+        with captured_stderr() as lines:
             tf.image.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.InvalidArgumentError:
         raise BadImage("undecodable_by_tensorflow") from None
+    warnings_ = [line for line in lines if LIBJPEG_WARNING.match(line)]
+    for line in lines:
+        if line not in warnings_:
+            print(line, file=sys.stderr)  # TensorFlow's own log, at the level the user set
+    if any(not HARMLESS_LIBJPEG_WARNING.search(line) for line in warnings_):
+        raise BadImage("undecodable_by_tensorflow")
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -108,20 +109,23 @@ def pass_on(level: int, source: BinaryIO, sink: BinaryIO) -> None:
 
 
 @contextlib.contextmanager
-def silenced_stderr() -> Iterator[None]:
-    """File descriptor 2 to the null device while the enclosed code runs, for native code that writes straight
+def captured_stderr() -> Iterator[list[str]]:
+    """File descriptor 2 into a scratch file while the enclosed code runs, for native code that writes straight
     onto it whatever ``TF_CPP_MIN_LOG_LEVEL`` says: TensorFlow's libjpeg prints ``Corrupt JPEG data: ...``,
-    naming no file. Python's own errors still rise as exceptions, for the caller to report."""
+    naming no file. The yielded list holds those lines once the block ends, for the caller to judge and name the
+    file; none reach the terminal. Python's own errors still rise as exceptions."""
+    lines: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+    with tempfile.TemporaryFile() as scratch:
+        try:
+            os.dup2(scratch.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            scratch.seek(0)
+            lines.extend(scratch.read().decode(errors="replace").splitlines())
 
 
 class _Import(importlib.abc.MetaPathFinder):

@@ -118,6 +118,29 @@ def damaged_jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
     return damaged
 
 
+def truncated_jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A JPEG cut at two thirds with its end-of-image marker put back: Pillow and TensorFlow both decode it
+    without error, filling the missing rows with gray, and TensorFlow's libjpeg prints "Corrupt JPEG data:
+    premature end of data segment" on stderr. Both are checked here."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dogs_vs_cats.tf_env import captured_stderr
+
+    noise = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG", quality=90)
+    good = buffer.getvalue()
+    cut = good[: len(good) * 2 // 3] + b"\xff\xd9"
+    with Image.open(io.BytesIO(cut)) as image:
+        image.load()
+    with captured_stderr() as lines:
+        decoded = tf.image.decode_image(cut, channels=3, expand_animations=False)
+    assert decoded.shape == (size[1], size[0], 3)
+    assert any("premature end of data segment" in line for line in lines), lines
+    return cut
+
+
 def make_zip(path: Path, members: dict[str, bytes]) -> Path:
     """A zip with exactly these members (names are written as given, even unsafe ones)."""
     with zipfile.ZipFile(path, "w") as archive:

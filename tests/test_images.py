@@ -7,8 +7,16 @@ import io
 import pytest
 from PIL import Image
 
-from dogs_vs_cats.images import SKIP_REASONS, BadImage, is_unsafe, parse_member, read_image, to_rgb_jpeg
-from tests.conftest import damaged_jpeg, image_bytes
+from dogs_vs_cats.images import (
+    SKIP_REASONS,
+    BadImage,
+    check_training_decodes,
+    is_unsafe,
+    parse_member,
+    read_image,
+    to_rgb_jpeg,
+)
+from tests.conftest import damaged_jpeg, image_bytes, truncated_jpeg
 
 
 @pytest.mark.parametrize(
@@ -99,6 +107,24 @@ def test_a_jpeg_pillow_reads_but_training_cannot_is_refused_in_silence(capfd: py
     assert error.value.reason == "undecodable_by_tensorflow"
     # TensorFlow's libjpeg prints "Corrupt JPEG data: ..." on stderr, naming no file; the caller names it.
     assert capfd.readouterr() == ("", "")
+
+
+def test_a_jpeg_whose_rows_the_decoder_made_up_is_refused_in_silence(capfd: pytest.CaptureFixture) -> None:
+    data = truncated_jpeg()
+    capfd.readouterr()
+    read_image(data)  # Pillow fills the missing rows without a word
+    with pytest.raises(BadImage) as error:
+        check_training_decodes(data)
+    assert error.value.reason == "undecodable_by_tensorflow"
+    assert capfd.readouterr() == ("", "")
+
+
+def test_junk_after_a_jpeg_s_data_loses_no_pixel_and_is_kept(capfd: pytest.CaptureFixture) -> None:
+    good = image_bytes()
+    padded = good[:-2] + b"\x00" * 99 + good[-2:]  # like many Kaggle photos: bytes between the scan and the end
+    check_training_decodes(padded)
+    check_training_decodes(good)
+    assert capfd.readouterr().err == ""
 
 
 def test_a_reason_outside_the_one_list_is_a_bug() -> None:

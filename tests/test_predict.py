@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from dogs_vs_cats.datasets import image_dataset
-from tests.conftest import LEARNABLE, call_stage, damaged_jpeg, image_bytes, inside, run_stage
+from tests.conftest import LEARNABLE, call_stage, damaged_jpeg, image_bytes, inside, run_stage, truncated_jpeg
 from tools import predict
 
 
@@ -39,6 +39,7 @@ def photos(trained: Path, tmp_path: Path) -> Path:
     (folder / "cmyk_rotated.jpg").write_bytes(image_bytes(mode="CMYK", size=(64, 20), exif=exif))
     (folder / "broken.jpg").write_bytes(image_bytes()[:150])
     (folder / "damaged.jpg").write_bytes(damaged_jpeg())  # Pillow reads it, TensorFlow's decoder does not
+    (folder / "rows_missing.jpg").write_bytes(truncated_jpeg())  # both decode it, filling rows with gray
     (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
     return folder
 
@@ -65,6 +66,7 @@ def test_every_image_gets_a_line_and_a_corrupt_one_an_error(
     assert errors == [
         f"error: {photos / 'broken.jpg'}: cannot read image (truncated)",
         f"error: {photos / 'damaged.jpg'}: cannot read image (undecodable by tensorflow)",
+        f"error: {photos / 'rows_missing.jpg'}: cannot read image (undecodable by tensorflow)",
     ]
     assert "Traceback" not in result.stderr and "Corrupt JPEG data" not in result.stderr  # libjpeg's own lines
 

@@ -18,7 +18,7 @@ from dogs_vs_cats import images, synthetic
 from dogs_vs_cats.classes import SPLITS
 from dogs_vs_cats.common import PipelineError
 from stages import download, sample
-from tests.conftest import damaged_jpeg, image_bytes, kaggle_members, make_zip, run_stage, write_params
+from tests.conftest import damaged_jpeg, image_bytes, kaggle_members, make_zip, run_stage, truncated_jpeg, write_params
 
 COUNTS = {"sample.train_per_class": 4, "sample.validation_per_class": 2, "sample.test_per_class": 2}
 
@@ -123,18 +123,17 @@ ALL_OF_FIVE = {"sample.train_per_class": 3, "sample.validation_per_class": 1, "s
 
 
 def test_what_sample_admits_training_decodes(workdir: Path) -> None:
-    # Pillow decodes these two in full; TensorFlow's decoder, the one training uses, refuses them.
-    _raw(
-        workdir,
-        kaggle_members(5) | {"train/cat.50.jpg": damaged_jpeg(seed=0), "train/dog.50.jpg": damaged_jpeg(seed=1)},
-    )
+    # Pillow decodes these two in full; TensorFlow's decoder, the one training uses, refuses them. The third
+    # both decoders read, filling its missing rows with gray.
+    damaged = {"train/cat.50.jpg": damaged_jpeg(seed=0), "train/dog.50.jpg": damaged_jpeg(seed=1)}
+    _raw(workdir, kaggle_members(5) | damaged | {"train/cat.51.jpg": truncated_jpeg()})
     write_params(workdir / "params.yaml", ALL_OF_FIVE)
     sample.main()
     manifest = _manifest(workdir)
     assert len(manifest) == 10
-    assert not set(manifest["source_member"]) & {"train/cat.50.jpg", "train/dog.50.jpg"}
+    assert not set(manifest["source_member"]) & {"train/cat.50.jpg", "train/dog.50.jpg", "train/cat.51.jpg"}
     metrics = json.loads((workdir / "metrics/data.json").read_text())
-    assert {reason: n for reason, n in metrics["skipped"].items() if n} == {"undecodable_by_tensorflow": 2}
+    assert {reason: n for reason, n in metrics["skipped"].items() if n} == {"undecodable_by_tensorflow": 3}
     from dogs_vs_cats.datasets import image_dataset
 
     for split in SPLITS:  # the training datasets read every sampled image to the end
