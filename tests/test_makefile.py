@@ -52,6 +52,11 @@ def test_make_demo_stops_when_the_scenario_does_not_exist(tmp_path: Path) -> Non
     assert result.returncode != 0
     assert "no scenario 'tinny'" in result.stderr
     assert not called.exists()
+    for empty in ("SCENARIO=", "SCENARIO= "):  # no name is no scenario, not the tools' default
+        result = subprocess.run([*make, empty], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode != 0
+        assert "the following arguments are required: name" in result.stderr
+        assert not called.exists()
     # The control: a scenario that exists reaches dvc, with its flags.
     result = subprocess.run([*make, "SCENARIO=tiny"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

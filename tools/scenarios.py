@@ -55,7 +55,7 @@ def flag_value(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.scenarios", description=__doc__.splitlines()[0])
-    parser.add_argument("name", nargs="?", default="tiny", help=f"a scenario: the name of a file in {CONFIGS_DIR}")
+    parser.add_argument("name", help=f"a scenario: the name of a file in {CONFIGS_DIR}")
     print(shlex.join(set_flags(load(parser.parse_args(argv).name))))
 
 
