@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,29 @@ def run(main: Callable[[], None]) -> None:
         _end(signal.SIGINT)
     except Terminated:
         _end(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the enclosed code ends, then raise what ``run`` would have raised.
+
+    For third-party code that catches everything: Keras' ``load_model`` reads the weights inside a bare
+    ``except:`` that falls back to another reader, so a Ctrl-C there was swallowed and the stage went on to
+    exit 0. Only for code that ends within seconds; outside ``run``'s handlers it changes nothing."""
+    raising = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _terminate}
+    held = [signum for signum, handler in raising.items() if signal.getsignal(signum) is handler]
+    if threading.current_thread() is not threading.main_thread():
+        held = []  # only the main thread receives signals, and only it may set handlers
+    arrived: list[int] = []
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        for signum in held:
+            signal.signal(signum, raising[signum])
+    if arrived:
+        raise KeyboardInterrupt if arrived[0] == signal.SIGINT else Terminated
 
 
 def _end(signum: int) -> None:

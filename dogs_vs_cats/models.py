@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError, one_line
+from dogs_vs_cats.common import PipelineError, one_line, signals_deferred
 from dogs_vs_cats.config import (
     Base,
     BaselineConfig,
@@ -314,7 +314,8 @@ def load_saved(path: Path) -> keras.Model:
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise PipelineError(f"{path}: not a .keras model file (a zip); name one a stage saved, e.g. models/*.keras")
     try:
-        return keras.models.load_model(path)
+        with signals_deferred():  # Keras catches everything while it reads the weights, Ctrl-C too
+            return keras.models.load_model(path)
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:  # a truncated or edited file
         reason = one_line(error)
         raise PipelineError(f"{path}: cannot load the model ({reason}); save it again with dvc repro") from None

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from keras.src.saving import saving_lib
 
 from dogs_vs_cats.augmentation import augmentation
+from dogs_vs_cats.common import run
 from dogs_vs_cats.config import AugmentConfig, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig, load_params
 from dogs_vs_cats.models import (
     ImagenetPreprocess,
@@ -17,6 +21,7 @@ from dogs_vs_cats.models import (
     build_extractor,
     build_finetune,
     build_head,
+    load_saved,
     unfreeze,
 )
 from tests.conftest import REPO
@@ -24,6 +29,7 @@ from tests.conftest import REPO
 BOOK = load_params(REPO / "params.yaml")
 RANDOM_VGG16 = FeaturesConfig("vgg16", "none")
 NO_AUGMENT = AugmentConfig("none", 0.0, 0.0)
+NO_AUGMENT_LAYERS = augmentation(NO_AUGMENT, 0)
 VGG16_NOTOP_PARAMS = 14_714_688  # keras.applications.VGG16(include_top=False).count_params()
 
 
@@ -153,6 +159,31 @@ def test_every_model_survives_save_and_load(tmp_path: Path) -> None:
     head = build_head(features.shape[1:], HeadConfig(True, 8, 0.5, 1e-3, 4, 1, None), (flat.mean(0), flat.var(0)))
     _round_trip(head, features, tmp_path)
     _round_trip(build_finetune(extractor, head, augmentation(BOOK.augment, 0)), pixels, tmp_path)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_keras_reads_the_weights_ends_the_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, signum: int, status: int
+) -> None:
+    # Keras reads model.weights.h5 inside a bare `except:` with a fallback reader: a signal raised there was
+    # swallowed, and export, evaluate, finetune or predict went on to exit 0.
+    path = tmp_path / "m.keras"
+    build_baseline(32, BaselineConfig((8,), 3, "same", 0.5, 1e-3, 1, None), NO_AUGMENT_LAYERS).save(path)
+    reader = saving_lib.is_memory_sufficient
+
+    def interrupted_read(model: keras.Model) -> bool:
+        os.kill(os.getpid(), signum)  # arrives while Keras' bare except is on the stack
+        return reader(model)
+
+    monkeypatch.setattr(saving_lib, "is_memory_sufficient", interrupted_read)
+    loaded = []
+    with pytest.raises(SystemExit) as ended:
+        run(lambda: loaded.append(load_saved(path)))
+    assert ended.value.code == status and not loaded
+    assert capsys.readouterr().err.count("\n") == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # run's handlers are back
+    monkeypatch.setattr(saving_lib, "is_memory_sufficient", reader)
+    assert load_saved(path).count_params() > 0  # the control: the same file loads
 
 
 def test_augmentation_is_active_only_in_training() -> None:
