@@ -59,13 +59,14 @@ def saved_model(model: keras.Model, folder: Path) -> None:
     ``training`` unset, and Keras 3's random augmentation layers default it to True, so the exported model
     would flip, rotate and zoom every image it serves and apply dropout (a random answer each call).
 
-    Written with ``tf.saved_model.save`` over the model's TensorFlow variables alone, not Keras'
-    ``ExportArchive``, which stores every weight twice (its Keras variables and their TensorFlow values) in an
-    order that changes from run to run. With the fingerprint's random ``uuid`` cleared, the same model gives the
+    Written with ``tf.saved_model.save`` over the model's weights alone, not Keras' ``ExportArchive``, which
+    stores every weight twice (its Keras variables and their TensorFlow values) in an order that changes from
+    run to run. Random layers' seed states are left out too: serving never draws from them, and the float32
+    rebuild draws them afresh in each run. With the fingerprint's random ``uuid`` cleared, the same model gives the
     same bytes, so ``dvc repro`` shows export unchanged when nothing changed.
     """
     module = tf.Module()
-    module.variables_in_model_order = [variable.value for variable in model.variables]
+    module.variables_in_model_order = [variable.value for variable in model.weights]
     module.serve = tf.function(
         lambda x: model(x, training=False),
         input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="inputs")],
