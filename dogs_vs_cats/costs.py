@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-OPTIMIZER_SLOTS = 1  # RMSprop, the pipeline's optimizer, keeps one value per trainable weight
-
 
 @dataclass(frozen=True)
 class LayerCost:
@@ -33,6 +31,12 @@ def _count(weights: list) -> int:
 
 def _shape(tensor) -> tuple[int, ...]:
     return tuple(int(d) for d in tensor.shape[1:])
+
+
+def takes_images(model: keras.Model) -> bool:
+    """True for a model fed raw RGB images (baseline, fine-tuned), False for one fed features (the head)."""
+    shape = model.input_shape
+    return len(shape) == 4 and shape[-1] == 3
 
 
 def macs(layer: keras.layers.Layer) -> int:
@@ -78,21 +82,13 @@ def layer_costs(model: keras.Model) -> list[LayerCost]:
     return costs
 
 
-def totals(costs: list[LayerCost], batch_size: int) -> dict[str, float | int]:
-    """Parameters, GMACs and memory of the whole model.
-
-    Training memory is an estimate: float32 weights, their gradients and ``OPTIMIZER_SLOTS`` optimizer
-    values for each trainable weight, plus every layer's output for the batch, kept for the backward pass.
-    """
-    trainable = sum(c.trainable for c in costs)
-    frozen = sum(c.frozen for c in costs)
-    activations = sum(c.activation_bytes for c in costs)
-    weights = 4 * (trainable + frozen) + 4 * (1 + OPTIMIZER_SLOTS) * trainable
+def totals(costs: list[LayerCost]) -> dict[str, float | int]:
+    """Parameters, GMACs and activation memory per image of the whole model (``dogs_vs_cats.memory`` turns
+    them into what training and prediction need)."""
     return {
-        "params": trainable + frozen,
-        "trainable": trainable,
-        "frozen": frozen,
+        "params": sum(c.trainable + c.frozen for c in costs),
+        "trainable": sum(c.trainable for c in costs),
+        "frozen": sum(c.frozen for c in costs),
         "gmacs": sum(c.macs for c in costs) / 1e9,
-        "activation_mb_per_image": activations / 1e6,
-        "training_memory_gb": (weights + batch_size * activations) / 1e9,
+        "activation_mb_per_image": sum(c.activation_bytes for c in costs) / 1e6,
     }

@@ -281,12 +281,6 @@ def unfreeze(extractor: keras.Model, which: str) -> list[str]:
     return names
 
 
-def takes_images(model: keras.Model) -> bool:
-    """True for a model fed raw RGB images (baseline, fine-tuned), False for one fed features (the head)."""
-    shape = model.input_shape
-    return len(shape) == 4 and shape[-1] == 3
-
-
 def predicted_labels(dog_probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """Labels (0 cat / 1 dog) for P(dog): a dog from ``threshold`` up, the one place the threshold is applied."""
     return (np.asarray(dog_probabilities) >= threshold).astype(int)

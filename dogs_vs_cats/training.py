@@ -20,6 +20,8 @@ from dvclive.keras import DVCLiveCallback
 from dogs_vs_cats import paths
 from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, write_json
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
+from dogs_vs_cats.costs import takes_images
+from dogs_vs_cats.memory import check_fits
 
 
 @contextlib.contextmanager
@@ -130,11 +132,15 @@ def fit(
     validation,
     log_dir: Path,
     schedule: Schedule,
-    batch_size: int | None = None,
+    batch_size: int,
+    batch_key: str,
     notes: dict[str, Any] | None = None,
     loop: Loop | None = None,
 ) -> dict[str, list[float]]:
     """Fit ``model`` on a dataset ``x`` or arrays ``x``, ``y``; log each epoch with DVCLive in ``log_dir``.
+
+    First, whether it fits: ``model`` at ``batch_size`` (the params key ``batch_key``; a dataset ``x`` is
+    batched so already) against the memory this process can use, or one line with what would fit.
 
     At most ``schedule.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
     the end (the book keeps that epoch with ModelCheckpoint); ``schedule.patience`` stops early, None never does.
@@ -144,6 +150,10 @@ def fit(
     A ``loop`` trains instead of Keras' fit (``multi_worker.fit_binary_across_workers``); only the chief logs.
     """
     epochs, patience = schedule.epochs, schedule.patience
+    side_key = "image.side" if takes_images(model) else None
+    check_fits(model, batch_size, batch_key, f"training {log_dir.name}", side_key=side_key)
+    if y is None:
+        batch_size = None  # the dataset's own batches
     if not is_chief():  # another worker of multi_worker: the same training, no outputs
         return loop(model, x, y, validation, epochs, patience, batch_size, None)
     # DVCLive writes into a temp folder that replaces the last run's only when training ends well: an

@@ -32,6 +32,8 @@ def main() -> None:
             validation=batches(validation, cfg.batch_size, shuffle=False, seed=params.seed),
             log_dir=paths.digits_live_dir(dataset),
             schedule=cfg.training,
+            batch_size=cfg.batch_size,
+            batch_key="digits.batch_size",
             notes={"network": cfg.network, "train_images": len(train.y), "validation_images": len(validation.y)},
         )
         save_model(model, paths.digits_model(dataset))

@@ -24,10 +24,10 @@ from dogs_vs_cats import evaluation, gradcam, paths, stats
 from dogs_vs_cats.classes import CLASS_NAMES
 from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, run, write_json
 from dogs_vs_cats.config import load_params
-from dogs_vs_cats.costs import layer_costs, totals
+from dogs_vs_cats.costs import layer_costs, takes_images, totals
 from dogs_vs_cats.datasets import image_dataset, labels_of, load_features, resized_pixels
 from dogs_vs_cats.images import read_image
-from dogs_vs_cats.models import load_saved, predicted_labels, takes_images
+from dogs_vs_cats.models import load_saved, predicted_labels
 
 THUMBNAIL = 128  # gallery tile side, pixels
 
@@ -204,10 +204,10 @@ def intervals(labels: np.ndarray, probabilities: np.ndarray, threshold: float, r
 def costs(loaded: dict[str, keras.Model]) -> dict[str, dict[str, float | int]]:
     """Parameters and GMACs per image of classifying one image with each of the ``loaded`` models (the head's
     include the base that makes its features), so a sweep can weigh accuracy against cost."""
-    base = totals(layer_costs(load_saved(paths.BASE_MODEL)), batch_size=1)
+    base = totals(layer_costs(load_saved(paths.BASE_MODEL)))
     out = {}
     for name, model in loaded.items():
-        own = totals(layer_costs(model), batch_size=1)
+        own = totals(layer_costs(model))
         with_base = name == "head"
         out[name] = {
             "params": own["params"] + (base["params"] if with_base else 0),

@@ -30,7 +30,12 @@ def main() -> None:
         model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed))
         unfrozen = models.unfreeze(extractor, cfg.unfreeze)
         print(f"finetune: training {', '.join(unfrozen)} and the head")
-        schedule = {"log_dir": paths.live_dir(STAGE), "schedule": cfg.training}
+        schedule = {
+            "log_dir": paths.live_dir(STAGE),
+            "schedule": cfg.training,
+            "batch_size": image.batch_size,
+            "batch_key": "image.batch_size",
+        }
         if cfg.cache_frozen:
             frozen, rest = models.split_frozen(extractor, head)
             train, validation = (
@@ -44,7 +49,6 @@ def main() -> None:
                 train.features,
                 train.labels,
                 validation=(validation.features, validation.labels),
-                batch_size=image.batch_size,
                 notes={"cache_frozen": True, "augmented": False},
                 **schedule,
             )

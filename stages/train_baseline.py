@@ -21,7 +21,15 @@ def main() -> None:
         train, validation = training_images(image.side, image.batch_size, params.seed)
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()
-        fit(model, train, validation=validation, log_dir=paths.live_dir(STAGE), schedule=cfg.training)
+        fit(
+            model,
+            train,
+            validation=validation,
+            log_dir=paths.live_dir(STAGE),
+            schedule=cfg.training,
+            batch_size=image.batch_size,
+            batch_key="image.batch_size",
+        )
         save_model(model, paths.BASELINE_MODEL)
 
 

@@ -38,6 +38,8 @@ def main() -> None:
             validation=validation,
             log_dir=paths.live_dir(STAGE),
             schedule=cfg.training,
+            batch_size=image.batch_size,
+            batch_key="image.batch_size",
             notes={"augmented": params.augment.active()},
         )
         save_model(model, paths.FROZEN_MODEL)

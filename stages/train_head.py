@@ -32,6 +32,7 @@ def main() -> None:
             log_dir=paths.live_dir(STAGE),
             schedule=cfg.training,
             batch_size=cfg.batch_size,
+            batch_key="head.batch_size",
             loop=multi_worker.fit_binary_across_workers if across_workers else None,
         )
         save_model(model, paths.HEAD_MODEL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import keras
@@ -21,13 +22,13 @@ def test_the_course_example_costs_what_the_course_says() -> None:
     assert conv.trainable == (5 * 5 * 3 + 1) * 200 == 15_200
     assert conv.macs == 5 * 5 * 3 * 200 * 150 * 100 == 225_000_000
     assert conv.activation_bytes == 200 * 150 * 100 * 4 == 12_000_000
-    line = anatomy.table([conv], batch_size=100).splitlines()[1]
+    line = anatomy.table(model, batch_size=100).splitlines()[1]
     assert line.split()[-2:] == ["12.00", "1200.0"]  # MB per image, and 1.2 GB for a batch of 100
 
 
 def test_vgg16_at_224_px_has_its_known_size_and_cost() -> None:
     vgg16 = keras.applications.VGG16(weights=None, include_top=True)
-    total = cost_of.totals(cost_of.layer_costs(vgg16), batch_size=1)
+    total = cost_of.totals(cost_of.layer_costs(vgg16))
     assert total["params"] == 138_357_544 == vgg16.count_params()
     assert total["gmacs"] == pytest.approx(15.5, rel=0.01)
 
@@ -49,7 +50,7 @@ def test_nested_models_are_opened_and_frozen_weights_told_apart() -> None:
     outer = keras.Model(inputs, keras.layers.Dense(1)(x))
     costs = cost_of.layer_costs(outer)
     assert [c.kind for c in costs] == ["Conv2D", "Flatten", "Dense"]
-    total = cost_of.totals(costs, batch_size=2)
+    total = cost_of.totals(costs)
     assert (total["trainable"], total["frozen"]) == (6 * 6 * 4 + 1, 3 * 3 * 3 * 4 + 4)
     assert total["gmacs"] == pytest.approx((6 * 6 * 4 * 27 + 144) / 1e9)
 
@@ -63,6 +64,9 @@ def test_the_command_prints_a_table_and_refuses_a_wrong_call_in_one_line(
     assert lines[0].split()[:2] == ["layer", "output"] and lines[0].endswith("MB/8")
     assert any(line.startswith("block5_conv3 ") for line in lines)
     assert lines[-1].startswith("total: 14,714,688 parameters (14,714,688 trainable, 0 frozen), ")
+    assert re.search(
+        r"; at batch 8 training needs about [\d.]+ GB, predicting [\d.]+ GB; this process can use ", lines[-1]
+    )
     for args, error in [
         (["--base", "vgg19"], "error: --base vgg19: unknown; use one of vgg16, xception, resnet50, efficientnetv2b0"),
         (["m.keras", "--base", "vgg16"], "error: name a saved model (models/finetuned.keras) or --base NAME, not both"),

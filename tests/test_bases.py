@@ -115,11 +115,11 @@ def test_pipeline_runs_end_to_end_with_each_base(base: str, tmp_path: Path) -> N
         test = image_dataset("test", size, 8, shuffle=False, seed=0)
         pixels = next(iter(test))[0].numpy()
         maps, dog = gradcam.heatmaps(tuned, pixels)
-        base_cost = costs.totals(costs.layer_costs(keras.models.load_model("models/base.keras")), 1)
+        base_cost = costs.totals(costs.layer_costs(keras.models.load_model("models/base.keras")))
     assert json.loads((tmp_path / "metrics/features.json").read_text())["base"] == base
     assert base_of(tuned.get_layer("extractor")).name == BASES[base].model_name
     assert maps.shape == (8, size, size) and np.isfinite(maps).all() and 0.0 <= maps.min() <= maps.max() <= 1.0
     assert ((dog >= 0) & (dog <= 1)).all()
-    cost = costs.totals(costs.layer_costs(tuned), 1)
+    cost = costs.totals(costs.layer_costs(tuned))
     assert cost["params"] == tuned.count_params() and base_cost["params"] < cost["params"]
     assert 0 < base_cost["gmacs"] < cost["gmacs"]

@@ -65,6 +65,7 @@ def test_head_beats_every_shuffled_label_control(trained: Path) -> None:
                 log_dir=Path(f"metrics/shuffled_head_{seed}"),
                 schedule=dataclasses.replace(params.head.training, patience=None),
                 batch_size=params.head.batch_size,
+                batch_key="head.batch_size",
             )
             controls.append(_accuracy(head, test.features, test.labels))
     assert real >= HEAD_LEARNED, (real, controls)
@@ -241,6 +242,7 @@ def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_lef
             log_dir=Path("metrics/head"),
             schedule=Schedule("head", 1e-3, 3, None),
             batch_size=8,
+            batch_key="head.batch_size",
         )
     lines = capsys.readouterr().out.splitlines()  # pytest's stdout is no terminal: the piped log
     assert lines[0] == "head: at most 3 epochs over 40 images and 10 images"

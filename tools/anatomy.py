@@ -4,7 +4,9 @@ The course's arithmetic, for every layer: a 5x5 convolution with 200 filters on 
 (5*5*3+1)*200 = 15,200 parameters, does 5*5*3*200*150*100 = 225 M multiply-adds per image, and outputs
 200*150*100 values = 12 MB per image in float32 (1.2 GB for a batch of 100). Per layer it prints the
 output shape, parameters (trainable / frozen), multiply-adds (MACs) per image and activation memory per
-image and per batch; then the totals and an estimate of the memory training takes at that batch size.
+image and per batch; then the totals, the memory training and prediction take at that batch size (the
+estimate every training stage and ``predict`` check before they start, ``dogs_vs_cats.memory``) and the
+memory this process can use.
 
 The arithmetic is ``dogs_vs_cats.costs``, which ``evaluate`` records as each model's params and GMACs.
 """
@@ -14,14 +16,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import keras
+
 from dogs_vs_cats.common import PipelineError, run
 from dogs_vs_cats.config import FeaturesConfig
-from dogs_vs_cats.costs import LayerCost, layer_costs, totals
+from dogs_vs_cats.costs import layer_costs, totals
+from dogs_vs_cats.memory import GB, footprint, usable_memory
 from dogs_vs_cats.models import BASES, build_extractor, load_saved
 
 
-def table(costs: list[LayerCost], batch_size: int) -> str:
+def table(model: keras.Model, batch_size: int) -> str:
     """The per-layer table and the totals, as ``python -m tools.anatomy`` prints them."""
+    costs = layer_costs(model)
     header = f"{'layer':<28}{'output':>18}{'trainable':>12}{'frozen':>11}{'MACs/image':>15}{'MB/image':>10}"
     lines = [header + f"{f'MB/{batch_size}':>11}"]
     for c in costs:
@@ -29,11 +35,14 @@ def table(costs: list[LayerCost], batch_size: int) -> str:
         mb = c.activation_bytes / 1e6
         row = f"{c.name[:27]:<28}{shape:>18}{c.trainable:>12,}{c.frozen:>11,}{c.macs:>15,}"
         lines.append(row + f"{mb:>10.2f}{mb * batch_size:>11.1f}")
-    total = totals(costs, batch_size)
+    total = totals(costs)
+    training, predicting = (footprint(model, training=mode).at(batch_size) for mode in (True, False))
+    usable = usable_memory()
     lines.append(
         f"total: {total['params']:,} parameters ({total['trainable']:,} trainable, {total['frozen']:,} frozen), "
         f"{total['gmacs']:.3f} GMACs and {total['activation_mb_per_image']:.1f} MB of activations per image; "
-        f"training at batch {batch_size} needs about {total['training_memory_gb']:.2f} GB"
+        f"at batch {batch_size} training needs about {training / GB:.2f} GB, predicting {predicting / GB:.2f} GB; "
+        f"this process can use {usable.bytes / GB:.1f} GB ({usable.source})"
     )
     return "\n".join(lines)
 
@@ -55,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         model = build_extractor(args.size, FeaturesConfig(args.base, "none"))
     else:
         model = load_saved(args.model)
-    print(table(layer_costs(model), args.batch_size))
+    print(table(model, args.batch_size))
 
 
 if __name__ == "__main__":

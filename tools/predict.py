@@ -39,10 +39,12 @@ from dogs_vs_cats import gradcam, paths
 from dogs_vs_cats.classes import CLASS_NAMES, DIGITS_CLASS_NAMES
 from dogs_vs_cats.common import PipelineError, atomic_path, output_dir, replaceable, run
 from dogs_vs_cats.config import FeaturesConfig, load_params
+from dogs_vs_cats.costs import takes_images
 from dogs_vs_cats.datasets import resized_pixels
 from dogs_vs_cats.digits_io import CLASSES, SIDE
 from dogs_vs_cats.images import BadImage, check_training_decodes, is_high_depth, read_file, read_image
-from dogs_vs_cats.models import BASES, build_imagenet_classifier, load_saved, predicted_labels, takes_images
+from dogs_vs_cats.memory import check_fits
+from dogs_vs_cats.models import BASES, build_imagenet_classifier, load_saved, predicted_labels
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOP = 5
@@ -143,9 +145,10 @@ def classify(
 ):
     """One row per readable image: path, label, P(label), P(dog); with ``overlays`` (see ``overlay_paths``),
     each image's Grad-CAM overlay is written where it says."""
+    check_fits(model, batch_size, "image.batch_size", "predicting", training=False)
     rows = []
     for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
-        dogs = model.predict(pixels, verbose=0).reshape(-1)
+        dogs = model.predict(pixels, batch_size=batch_size, verbose=0).reshape(-1)
         if overlays is not None:
             maps, _ = gradcam.heatmaps(model, pixels, threshold)
             for file, heatmap in zip(batch_files, maps, strict=True):
@@ -267,12 +270,13 @@ def classify_imagenet(bases: list[str], weights: str, files: list[Path], batch_s
     rows = []
     for index, base in enumerate(bases):
         model = build_imagenet_classifier(FeaturesConfig(base, weights))
+        check_fits(model, batch_size, "image.batch_size", f"predicting with {base}", training=False)
         read: list[Path] = []
         outputs = []
         # Unreadable files are reported once, while the first base reads them.
         for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors if index == 0 else []):
             read += batch_files
-            outputs.append(model.predict(pixels, verbose=0))
+            outputs.append(model.predict(pixels, batch_size=batch_size, verbose=0))
         if not read:
             return []
         for file, top in zip(read, imagenet_names(np.concatenate(outputs)), strict=True):

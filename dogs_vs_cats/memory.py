@@ -1,0 +1,197 @@
+"""Will it fit? The lecture's memory slide as a check before hours of work.
+
+Training keeps every layer's output for the backward pass: a batch needs the batch size times the sum of the
+layers' outputs, on top of the weights, their gradients and the optimizer's values for each trainable weight.
+Prediction keeps only a layer's input and output at a time. When the estimate exceeds what this process can
+use (the tightest of the cgroup limits it runs under, what the kernel calls available, a GPU's free memory),
+the stage stops before it starts, with the lecture's four remedies worked out for the configured model:
+a smaller batch, a lower resolution, 16-bit numbers, fewer layers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from dogs_vs_cats.common import PipelineError
+from dogs_vs_cats.costs import layer_costs
+
+PROC = Path("/proc")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Values each optimizer keeps per trainable weight, beside the weight and its gradient.
+OPTIMIZER_SLOTS = {"RMSprop": 1, "Adam": 2, "AdamW": 2, "SGD": 1}
+GB = 1e9
+# What TensorFlow itself takes once a fit or a predict starts (its traced graph, thread pools, the allocator's
+# slack), beside the model's numbers: the constant term of measured peaks (docs/memory.md).
+RUNTIME_BYTES = 100_000_000
+# The share of a float32 fit's layer-output memory that a bfloat16 one took, measured (docs/memory.md).
+HALF_PRECISION = 0.84
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes a model needs: ``fixed`` whatever the batch (weights, gradients, optimizer values), ``per_image``
+    for each image of a batch (the layer outputs kept)."""
+
+    fixed: int
+    per_image: int
+
+    def at(self, batch_size: int) -> int:
+        return self.fixed + batch_size * self.per_image
+
+
+def footprint(model: keras.Model, *, training: bool) -> Footprint:
+    """What ``model`` needs to train or to predict, for TensorFlow on a CPU.
+
+    Predicting, one layer runs at a time: its input, its output and the output before its activation (Keras
+    applies a layer's ``activation`` as a second op). Training, the backward pass needs every output from the
+    first layer that trains onwards, and makes a gradient of the same size for each: twice the outputs. Below
+    that layer (a frozen base) nothing is recorded, and the layers run as in prediction. Every output is
+    counted in float32: under ``mixed_bfloat16`` TensorFlow keeps float32 copies beside the 16-bit outputs.
+    Weights are float32 under every precision; each trainable one has a gradient and the optimizer's values
+    (RMSprop's one, Adam's two; an uncompiled model is counted as the pipeline's RMSprop). Then TensorFlow's
+    own working memory. docs/memory.md compares the estimate with measured peaks.
+    """
+    costs = layer_costs(model)
+    outputs = [4 * math.prod(shape) for shape in (model.input_shape[1:], *(c.output_shape for c in costs))]
+    first_trained = next((i for i, c in enumerate(costs) if c.trainable), None) if training else None
+    running_part = outputs if first_trained is None else outputs[: first_trained + 1]
+    running = max((a + 2 * b for a, b in itertools.pairwise(running_part)), default=outputs[0])
+    kept = 0 if first_trained is None else 2 * sum(outputs[first_trained:])
+    weights = 4 * sum(c.trainable + c.frozen for c in costs)
+    trainable = sum(c.trainable for c in costs) if training else 0
+    optimizer = getattr(model, "optimizer", None)
+    name = type(getattr(optimizer, "inner_optimizer", optimizer)).__name__ if optimizer else "RMSprop"
+    fixed = RUNTIME_BYTES + weights + 4 * (1 + OPTIMIZER_SLOTS.get(name, 2)) * trainable
+    return Footprint(fixed, max(running, kept))
+
+
+@dataclass(frozen=True)
+class Usable:
+    """How many bytes this process may still take, and which limit says so."""
+
+    bytes: int
+    source: str
+
+
+def usable_memory() -> Usable:
+    """The tightest of: each memory cgroup above this process (its limit less its use; v2 and v1), the
+    kernel's ``MemAvailable``, and on a machine with an NVIDIA GPU the first GPU's free memory."""
+    limits = [Usable(_meminfo_available(), "MemAvailable in /proc/meminfo")]
+    limits += _cgroup_headroom()
+    limits += _gpu_free()
+    return min(limits, key=lambda usable: usable.bytes)
+
+
+def _meminfo_available() -> int:
+    for line in (PROC / "meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise PipelineError(f"{PROC / 'meminfo'}: no MemAvailable line; a Linux kernel of 3.14 or later has one")
+
+
+def _cgroup_headroom() -> list[Usable]:
+    """Limit less use at every level of this process's memory cgroup, from its own up to the root."""
+    found = []
+    for line in (PROC / "self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one hierarchy, memory.max and memory.current
+            root, limit_file, usage_file = CGROUP_ROOT, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
+            root, limit_file, usage_file = CGROUP_ROOT / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        folder = root / path.lstrip("/")
+        while True:
+            limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
+            if limit is not None and usage is not None and limit < 2**60:  # "max", or v1's page-rounded 2**63
+                found.append(Usable(max(limit - usage, 0), f"{folder / limit_file} less {usage_file}"))
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+    return found
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _gpu_free() -> list[Usable]:
+    """The first NVIDIA GPU's free memory as ``nvidia-smi`` reports it (TensorFlow has no call for it)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [Usable(int(out[0]) * 2**20, "the GPU's free memory (nvidia-smi)")] if out and out[0].isdigit() else []
+
+
+def check_fits(
+    model: keras.Model,
+    batch_size: int,
+    batch_key: str,
+    what: str,
+    *,
+    training: bool = True,
+    side_key: str | None = None,
+) -> None:
+    """Stop with one line when ``model`` at ``batch_size`` needs more than this process can use.
+
+    The line says the estimate and the limit and works out the remedies: the largest ``batch_key`` that fits,
+    the largest ``side_key`` (image models: a layer's output scales with the image's area), 16-bit numbers
+    (``train.precision``; layer outputs take half the bytes), or fewer layers.
+    """
+    need = footprint(model, training=training)
+    usable = usable_memory()
+    if need.at(batch_size) <= usable.bytes:
+        return
+    remedies = []
+    largest = (usable.bytes - need.fixed) // need.per_image
+    if largest >= 1:
+        remedies.append(f"{batch_key} {largest} or less")
+    if side_key is not None and usable.bytes > need.fixed:
+        side = int(model.input_shape[1])
+        fits = math.isqrt(int(side * side * (usable.bytes - need.fixed) / (batch_size * need.per_image)))
+        if fits >= 32:
+            remedies.append(f"{side_key} {fits} or less")
+    if _computes_in_float32(model) and need.fixed + batch_size * need.per_image * HALF_PRECISION <= usable.bytes:
+        remedies.append("train.precision mixed_bfloat16 (mixed_float16 on a GPU)")
+    remedies.append("a model with fewer or smaller layers")
+    raise PipelineError(
+        f"{what} will not fit in memory: about {need.at(batch_size) / GB:.1f} GB at {batch_key} {batch_size} "
+        f"({batch_size * need.per_image / GB:.1f} GB of layer outputs, {need.fixed / GB:.1f} GB of weights"
+        f"{', gradients, optimizer values' if training else ''} and TensorFlow's own) against "
+        f"{usable.bytes / GB:.1f} GB this process can use ({usable.source}); use {', or '.join(remedies)}"
+    )
+
+
+def _computes_in_float32(model: keras.Model) -> bool:
+    return all(dtype == "float32" for dtype in _compute_dtypes(model))
+
+
+def _compute_dtypes(model: keras.Model) -> list[str]:
+    dtypes = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            dtypes += _compute_dtypes(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            dtypes.append(layer.compute_dtype or "float32")
+    return dtypes

@@ -1,0 +1,201 @@
+"""The memory check before a run: the estimate, what the process may use, and the refusal with its remedies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from dogs_vs_cats import memory
+from dogs_vs_cats.augmentation import augmentation
+from dogs_vs_cats.common import PipelineError, run
+from dogs_vs_cats.config import Params, load_params
+from dogs_vs_cats.memory import RUNTIME_BYTES, Footprint, check_fits, footprint, usable_memory
+from dogs_vs_cats.models import build_baseline
+from tests.conftest import REPO, inside
+
+MB = 1_000_000
+
+
+def _conv_net(trainable_base: bool = True) -> keras.Model:
+    """An 8x8 RGB input, a 4-filter conv (the base), a flatten and a one-unit dense layer (the head)."""
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, padding="same", name="conv")
+    conv.trainable = trainable_base
+    x = keras.layers.Flatten()(conv(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+def test_training_keeps_every_output_from_the_first_layer_that_trains() -> None:
+    image, conv_out, dense_out = 8 * 8 * 3 * 4, 8 * 8 * 4 * 4, 4  # bytes per image, float32
+    weights = 3 * 3 * 3 * 4 + 4 + 256 + 1
+    everything = footprint(_conv_net(), training=True)
+    # The input and every output, each with a gradient; weights, gradients and RMSprop's one value each.
+    assert everything.per_image == 2 * (image + conv_out + conv_out + dense_out)
+    assert everything.fixed == RUNTIME_BYTES + 4 * weights * 3
+    frozen_base = footprint(_conv_net(trainable_base=False), training=True)
+    # Below the head nothing is recorded: each layer runs as in prediction (its input, output, pre-activation).
+    assert frozen_base.per_image == max(image + 2 * conv_out, conv_out + 2 * conv_out, 2 * (conv_out + dense_out))
+    assert frozen_base.fixed == RUNTIME_BYTES + 4 * weights + 4 * 2 * 257
+    predicting = footprint(_conv_net(), training=False)
+    assert predicting == Footprint(RUNTIME_BYTES + 4 * weights, conv_out + 2 * conv_out)  # flatten: in and out
+
+
+def test_adam_keeps_two_values_a_weight() -> None:
+    model = _conv_net()
+    model.compile(optimizer="adam", loss="mse")
+    assert footprint(model, training=True).fixed == RUNTIME_BYTES + 4 * 369 * 4
+
+
+def _system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, available_mb: int, cgroup: str = "0::/job\n") -> Path:
+    """A /proc and /sys/fs/cgroup of our making: MemAvailable and the process's cgroup line."""
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal:       24683584 kB\nMemAvailable:   {available_mb * 10**6 // 1024} kB\n")
+    (proc / "self/cgroup").write_text(cgroup)
+    root.mkdir()
+    monkeypatch.setattr(memory, "PROC", proc)
+    monkeypatch.setattr(memory, "CGROUP_ROOT", root)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-nvidia-smi"))
+    return root
+
+
+def _limit(folder: Path, limit: str, usage: int, v1: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ("memory.limit_in_bytes", "memory.usage_in_bytes") if v1 else ("memory.max", "memory.current")
+    (folder / names[0]).write_text(f"{limit}\n")
+    (folder / names[1]).write_text(f"{usage}\n")
+
+
+def test_the_tightest_limit_counts_at_every_level_of_the_cgroup(tmp_path: Path, monkeypatch) -> None:
+    root = _system(tmp_path, monkeypatch, available_mb=16_000)
+    assert usable_memory().source == "MemAvailable in /proc/meminfo"  # no limit files: the kernel's number
+    _limit(root / "job", "max", 10**9)  # no limit here
+    _limit(root, str(12 * 10**9), 10 * 10**9)  # but 2 GB left above it, for everything under it
+    usable = usable_memory()
+    assert usable.bytes == 2 * 10**9 and usable.source == f"{root / 'memory.max'} less memory.current"
+    _limit(root / "job", str(3 * 10**9), 2 * 10**9)  # and 1 GB in its own
+    assert usable_memory().bytes == 10**9
+
+
+def test_cgroup_v1_and_its_unlimited_value(tmp_path: Path, monkeypatch) -> None:
+    root = _system(tmp_path, monkeypatch, available_mb=16_000, cgroup="4:memory:/job\n0::/\n")
+    _limit(root / "memory/job", "9223372036854771712", 10**9, v1=True)  # v1's "no limit"
+    assert usable_memory().bytes == 16_000 * 10**6 // 1024 * 1024
+    _limit(root / "memory/job", str(5 * 10**9), 4 * 10**9, v1=True)
+    assert usable_memory().bytes == 10**9
+
+
+def test_a_gpu_s_free_memory_is_the_limit_on_a_gpu(tmp_path: Path, monkeypatch) -> None:
+    _system(tmp_path, monkeypatch, available_mb=16_000)
+    fake = tmp_path / "no-nvidia-smi"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 3000\necho 8000\n")  # MiB free on GPUs 0 and 1
+    (fake / "nvidia-smi").chmod(0o755)
+    usable = usable_memory()
+    assert (usable.bytes, usable.source) == (3000 * 2**20, "the GPU's free memory (nvidia-smi)")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for this process: host memory
+    assert usable_memory().source == "MemAvailable in /proc/meminfo"
+
+
+def _baseline(side: int, params: Params | None = None) -> keras.Model:
+    params = params or load_params(REPO / "params.yaml")
+    return build_baseline(side, params.baseline, augmentation(params.augment, 0))
+
+
+def test_a_model_that_does_not_fit_stops_in_one_line_with_remedies_that_fit(tmp_path: Path, monkeypatch) -> None:
+    _system(tmp_path, monkeypatch, available_mb=3_000)
+    model = _baseline(150)
+    check_fits(model, 16, "image.batch_size", "training train_baseline", side_key="image.side")  # fits: silent
+    with pytest.raises(PipelineError) as refused:
+        check_fits(model, 512, "image.batch_size", "training train_baseline", side_key="image.side")
+    line = str(refused.value)
+    assert "\n" not in line
+    assert line.startswith("training train_baseline will not fit in memory: about 6.8 GB at image.batch_size 512 (")
+    assert "against 3.0 GB this process can use (MemAvailable in /proc/meminfo); use image.batch_size " in line
+    usable = usable_memory().bytes
+    need = footprint(model, training=True)
+    largest = int(line.split("use image.batch_size ")[1].split()[0])
+    assert need.at(largest) <= usable < need.at(largest + 1)  # the largest batch that fits
+    side = int(line.split("image.side ")[1].split()[0])
+    assert 32 <= side < 150 and footprint(_baseline(side), training=True).at(512) <= usable
+    assert footprint(_baseline(side + 8), training=True).at(512) > usable  # and not far below the largest
+    assert line.endswith("or a model with fewer or smaller layers")
+    assert "train.precision" not in line  # 16 bits save a sixth: 5.7 GB
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 6 * 10**9)
+    with pytest.raises(PipelineError, match=r"or train\.precision mixed_bfloat16 \(mixed_float16 on a GPU\), or"):
+        check_fits(model, 512, "image.batch_size", "training train_baseline", side_key="image.side")
+
+
+def test_a_training_stage_stops_before_it_trains(copy_of_trained: Path, trained: Path, monkeypatch, capsys) -> None:
+    from stages import train_baseline
+
+    work = copy_of_trained
+    shutil.copy(trained / "params.yaml", work / "params.yaml")
+    before = (work / "models/baseline.keras").read_bytes()
+    with inside(work):
+        params = load_params()
+    need = footprint(_baseline(params.image.side, params), training=True)
+    half = params.image.batch_size // 2
+    _system(work, monkeypatch, available_mb=(need.fixed + half * need.per_image) // 10**6)
+    with inside(work), pytest.raises(SystemExit) as ended:
+        run(train_baseline.main)
+    assert ended.value.code == 1
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1 and err.startswith("error: training train_baseline will not fit in memory: ")
+    assert f"use image.batch_size {half - 1} or less, " in err  # MemAvailable counts whole kB
+    assert "epoch" not in out  # it stopped before the first
+    assert (work / "models/baseline.keras").read_bytes() == before  # nothing half-written, nothing lost
+    assert not (work / "metrics").exists()
+
+
+def test_predict_stops_before_its_first_batch(tmp_path: Path, monkeypatch) -> None:
+    from tools import predict
+
+    _system(tmp_path, monkeypatch, available_mb=150)
+    with pytest.raises(
+        PipelineError, match=r"^predicting will not fit in memory: .* use image\.batch_size \d+ or less"
+    ):
+        predict.classify(_baseline(150), [tmp_path / "never-read.jpg"], 0.5, 4096, [])
+
+
+MEASURE = """
+import json, resource, sys
+from dogs_vs_cats import tf_env
+import keras, numpy as np, tensorflow as tf
+from dogs_vs_cats.augmentation import augmentation
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.config import Params, load_params
+from dogs_vs_cats.memory import footprint
+from dogs_vs_cats.models import build_baseline
+from dogs_vs_cats.training import compile_binary
+side, batch, policy = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+keras.mixed_precision.set_global_policy(policy)
+params = load_params()
+model = build_baseline(side, params.baseline, augmentation(params.augment, 0))
+compile_binary(model, 1e-4)
+x = np.random.default_rng(0).uniform(0, 255, (batch, side, side, 3)).astype("float32")
+data = tf.data.Dataset.from_tensors((x, np.zeros((batch, 1), "float32"))).repeat(3)
+rss = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
+model.fit(data, epochs=1, verbose=0)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"grew": peak - rss, "estimate": footprint(model, training=True).at(batch)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_the_estimate_is_within_a_quarter_of_the_measured_peak(policy: str) -> None:
+    # The process's peak resident memory during fit, less what it held before: TensorFlow on this CPU.
+    ran = subprocess.run(
+        [sys.executable, "-c", MEASURE, "96", "128", policy], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    numbers = json.loads(ran.stdout.splitlines()[-1])
+    ratio = numbers["grew"] / numbers["estimate"]
+    print(f"{policy}: grew {numbers['grew'] / MB:.0f} MB, estimated {numbers['estimate'] / MB:.0f} MB")
+    assert 0.75 <= ratio <= 1.25, numbers
