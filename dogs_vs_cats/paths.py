@@ -12,6 +12,7 @@ SAMPLE_DIR = Path("data/sample")
 MANIFEST = SAMPLE_DIR / "manifest.csv"
 FEATURES_DIR = Path("data/features")
 CACHE_DIR = Path("data/cache")  # decoded images that do not fit in memory, while a training stage runs
+WATCH_DIR = CACHE_DIR / "watch"  # each running training stage's curves so far, for tools.watch
 KAGGLE_DOWNLOAD_DIR = CACHE_DIR / "kaggle"  # the Kaggle client's download, kept after a failure so a rerun resumes
 
 MODELS_DIR = Path("models")
@@ -51,6 +52,11 @@ def live_dir(stage: str) -> Path:
 def curves_file(log_dir: Path) -> Path:
     """A training run's curves, one row per epoch and split (``epoch, split, loss, accuracy``): one plot."""
     return log_dir / "curves.csv"
+
+
+def watched_curves(name: str, pid: int) -> Path:
+    """Where the training run ``name`` (its log folder's name) in process ``pid`` keeps its curves so far."""
+    return WATCH_DIR / f"{name}.{pid}.csv"
 
 
 def predictions_file(model: str) -> Path:

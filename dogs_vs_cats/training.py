@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import shutil
 import tempfile
 import time
@@ -204,18 +206,23 @@ def _keras_fit(model, x, y, validation, epochs: int, patience: int | None, batch
     keep_best = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience or epochs, restore_best_weights=True
     )
-    print(f"{Path(live.dir).name}: at most {epochs} epochs over {_amount(x)} and {_amount(validation)}")
-    return model.fit(
-        x,
-        y,
-        validation_data=validation,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=y is not None,  # a tf.data dataset shuffles itself
-        callbacks=[keep_best, DVCLiveCallback(live=live), EpochClock(epochs)],
-        # Piped, EpochClock's line is the epoch's one line; on a terminal it follows Keras' live bar.
-        verbose=1 if keras_verbosity() == 1 else 0,
-    ).history
+    name = Path(live.dir).name
+    print(f"{name}: at most {epochs} epochs over {_amount(x)} and {_amount(validation)}")
+    watched = WatchedCurves(name)
+    try:
+        return model.fit(
+            x,
+            y,
+            validation_data=validation,
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=y is not None,  # a tf.data dataset shuffles itself
+            callbacks=[keep_best, DVCLiveCallback(live=live), EpochClock(epochs), watched],
+            # Piped, EpochClock's line is the epoch's one line; on a terminal it follows Keras' live bar.
+            verbose=1 if keras_verbosity() == 1 else 0,
+        ).history
+    finally:
+        watched.path.unlink(missing_ok=True)
 
 
 def _amount(data: Any) -> str:
@@ -253,6 +260,30 @@ class EpochClock(keras.callbacks.Callback):
             + (f"about {duration(left)} left" if epoch + 1 < self.epochs else "the last"),
             flush=True,
         )
+
+
+class WatchedCurves(keras.callbacks.Callback):
+    """The curves so far, rewritten whole after every epoch where ``python -m tools.watch`` reads them
+    (``paths.watched_curves``: scratch space, never a declared output; the caller removes the file when fit
+    ends). A file left by a killed run of the same name is removed when the next one starts."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.path, self.history = name, paths.watched_curves(name, os.getpid()), {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        for old in paths.WATCH_DIR.glob(f"{glob.escape(self.name)}.*.csv"):
+            pid = old.name[len(self.name) + 1 : -len(".csv")]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                old.unlink(missing_ok=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for key in EPOCH_NUMBERS:
+            self.history.setdefault(key, []).append(float((logs or {}).get(key, np.nan)))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")  # not *.csv: a reader never sees half a file
+        write_curves(self.history, partial)
+        os.replace(partial, self.path)
 
 
 def duration(seconds: float) -> str:

@@ -223,12 +223,27 @@ def test_features_of_the_wrong_count_leave_no_file(tmp_path: Path, count: int) -
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_left(tmp_path: Path, capsys) -> None:
+def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_left(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     import re
 
+    from dogs_vs_cats import paths, training
     from dogs_vs_cats.config import HeadConfig, Schedule
     from dogs_vs_cats.training import duration
 
+    # While it trains, tools.watch's file holds the curves so far after each epoch, and nothing else appears.
+    seen = []
+    after_epoch = training.WatchedCurves.on_epoch_end
+
+    def watched(self, epoch, logs=None):
+        after_epoch(self, epoch, logs)
+        seen.append((pd.read_csv(self.path), Path("metrics/head").exists()))
+
+    monkeypatch.setattr(training.WatchedCurves, "on_epoch_end", watched)
+    stale = tmp_path / paths.watched_curves("head", 999_999_999)  # a killed run's: no such process
+    stale.parent.mkdir(parents=True)
+    stale.write_text("epoch,split,loss,accuracy\n")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 6)).astype("float32"), rng.integers(0, 2, 40).astype("float32")
     model = build_head((6,), HeadConfig(False, 4, 0.0, 1e-3, 8, 3, None))
@@ -256,3 +271,9 @@ def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_lef
             line,
         ), line
     assert [duration(s) for s in (4.25, 42, 300, 14100)] == ["4.2 s", "42 s", "5.0 min", "3 h 55 min"]
+    assert [len(table) for table, _ in seen] == [2, 4, 6]  # each epoch: a train and a validation row
+    final = pd.read_csv(tmp_path / "metrics/head/curves.csv")
+    pd.testing.assert_frame_equal(seen[-1][0].sort_values(["split", "epoch"], ignore_index=True),
+                                  final.sort_values(["split", "epoch"], ignore_index=True))  # fmt: skip
+    assert not any(declared for _, declared in seen)  # the declared folder appears when training ends well
+    assert not list((tmp_path / paths.WATCH_DIR).iterdir())  # its own file removed, the stale one too
