@@ -22,7 +22,7 @@ Flip = Literal["horizontal", "vertical", "horizontal_and_vertical", "none"]
 Padding = Literal["valid", "same"]
 Base = Literal["vgg16", "xception", "resnet50", "efficientnetv2b0"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
-Strategy = Literal["auto", "one_device", "mirrored", "multi_worker"]
+Strategy = Literal["auto", "one_device", "mirrored"]
 DigitsSource = Literal["keras", "files", "offline"]
 DigitsNetwork = Literal["book", "strong"]
 Optimizer = Literal["rmsprop", "adam"]
@@ -33,6 +33,11 @@ Decay = Literal["constant", "cosine", "step"]
 # (treeverse/dvc#10296): a changed value would restore the old value's outputs. No key may carry them.
 DVC_IGNORED_KEYS = frozenset({"size", "nfiles"})
 SIDE = Renamed("side", "DVC's run-cache ignores keys named size, treeverse/dvc#10296")
+MULTI_WORKER_RETIRED = (
+    "is retired: it trained only train_head, the stage of seconds, as Keras 3's fit fails under "
+    "MultiWorkerMirroredStrategy (keras-team/keras#20585); use auto, one_device or mirrored (the GPUs of one "
+    "machine), and run experiments on many machines instead (docs/experiments-and-scaling.md)"
+)
 
 SEED_LIMIT = 2**32  # NumPy and keras.utils.set_random_seed take seeds below 2**32
 
@@ -312,10 +317,11 @@ class TrainConfig:
     jit_compile: bool
     deterministic: bool
     strategy: Strategy
-    cluster_timeout: float
 
-    def __post_init__(self) -> None:
-        _positive(self.cluster_timeout, "train.cluster_timeout")
+    RETIRED: ClassVar[dict[str, str]] = {
+        "strategy=multi_worker": MULTI_WORKER_RETIRED,
+        "cluster_timeout": "served train.strategy multi_worker, which is retired; remove the key",
+    }
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,8 @@ import contextlib
 import glob
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,18 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, write_json
+from dogs_vs_cats.common import atomic_path, keras_verbosity, write_json
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
 from dogs_vs_cats.costs import takes_images
 from dogs_vs_cats.memory import check_fits
 
 
 @contextlib.contextmanager
-def training_session(
-    params: Params, stage: str, multi_worker: Callable[[], tf.distribute.Strategy] | None = None
-) -> Iterator[tf.distribute.Strategy]:
-    """What every training stage opens with, in this order: the ``train.strategy`` (before any TensorFlow op, as
-    ``multi_worker`` needs), the seed, ``train.precision`` for the layers built next; then the strategy's scope,
-    inside which the stage builds, compiles, fits and saves."""
-    strategy = distribution(params.train, stage, multi_worker)
+def training_session(params: Params, stage: str) -> Iterator[tf.distribute.Strategy]:
+    """What every training stage opens with, in this order: the ``train.strategy``, the seed,
+    ``train.precision`` for the layers built next; then the strategy's scope, inside which the stage builds,
+    compiles, fits and saves."""
+    strategy = distribution(params.train, stage)
     seed_everything(params.seed, params.train.deterministic)
     set_precision(params.train)
     with strategy.scope():
@@ -61,56 +58,28 @@ def set_precision(cfg: TrainConfig) -> None:
     )
 
 
-def distribution(
-    cfg: TrainConfig, stage: str, multi_worker: Callable[[], tf.distribute.Strategy] | None = None
-) -> tf.distribute.Strategy:
+def distribution(cfg: TrainConfig, stage: str) -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy ``train.strategy`` names; build, compile and fit inside its ``scope()``.
 
     ``mirrored`` keeps one replica per local GPU (on a machine without one, per logical CPU device, as the
     tests make two) and splits each batch between them: the batch size in params.yaml is the global one,
     and the gradients of the replicas are summed, so the training is the one-device training, faster.
     ``auto`` is ``mirrored`` on a machine with more than one GPU, else the default single device;
-    ``one_device`` pins everything to the first GPU, or the CPU. ``multi_worker`` is
-    ``MultiWorkerMirroredStrategy`` over the machines ``TF_CONFIG`` names, made by the stage's own
-    ``multi_worker`` (``dogs_vs_cats.multi_worker.strategy``): only a stage whose fit runs that module's
-    loop can train across machines, as Keras 3's fit fails under it (keras-team/keras#20585).
+    ``one_device`` pins everything to the first GPU, or the CPU. Many machines run many experiments instead
+    (docs/experiments-and-scaling.md).
     """
-    if cfg.strategy == "multi_worker":
-        if multi_worker is None:
-            raise PipelineError(
-                "train.strategy is multi_worker, which only train_head supports: Keras' fit "
-                f"fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); run {stage} with mirrored or auto"
-            )
-        strategy = multi_worker()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    if cfg.strategy == "mirrored" or (cfg.strategy == "auto" and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+    elif cfg.strategy == "one_device":
+        strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
     else:
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        if cfg.strategy == "mirrored" or (cfg.strategy == "auto" and len(gpus) > 1):
-            strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
-        elif cfg.strategy == "one_device":
-            strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
-        else:
-            strategy = tf.distribute.get_strategy()
-    name = "MultiWorkerMirroredStrategy" if cfg.strategy == "multi_worker" else type(strategy).__name__  # not its alias
-    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
-    where = f"on {', '.join(gpus)}" if gpus else "on the CPU (no GPU)"
+        strategy = tf.distribute.get_strategy()
+    where = f"on {', '.join(device.name for device in gpus)}" if gpus else "on the CPU (no GPU)"
+    name = type(strategy).__name__
     print(f"train.strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replica(s), {name}, {where}")
     return strategy
-
-
-def is_chief() -> bool:
-    """Whether this process writes the stage's outputs: always, but under ``multi_worker`` only the chief
-    (the task ``chief``, else worker 0) does; the other workers train in step and write nothing."""
-    resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    if "chief" in resolver.cluster_spec().as_dict():
-        return resolver.task_type == "chief"
-    return resolver.task_type == "worker" and resolver.task_id == 0
-
-
-# A training loop in place of Keras' fit: (model, x, y, validation, epochs, patience, batch_size, live) -> history.
-Loop = Callable[..., dict[str, list[float]]]
 
 
 def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
@@ -137,7 +106,6 @@ def fit(
     batch_size: int,
     batch_key: str,
     notes: dict[str, Any] | None = None,
-    loop: Loop | None = None,
 ) -> dict[str, list[float]]:
     """Fit ``model`` on a dataset ``x`` or arrays ``x``, ``y``; log each epoch with DVCLive in ``log_dir``.
 
@@ -149,24 +117,18 @@ def fit(
     The summary (``<log_dir>/metrics.json``, ``training_summary``) holds the kept epoch and, as they are, the
     ``notes`` that say how the model was trained, and ``policy``, the dtype policy the model computed in
     (``train.precision``): accuracy is not traded for speed unseen.
-    A ``loop`` trains instead of Keras' fit (``multi_worker.fit_binary_across_workers``); only the chief logs.
     """
     epochs, patience = schedule.epochs, schedule.patience
     side_key = "image.side" if takes_images(model) else None
     check_fits(model, batch_size, batch_key, f"training {log_dir.name}", side_key=side_key)
     if y is None:
         batch_size = None  # the dataset's own batches
-    if not is_chief():  # another worker of multi_worker: the same training, no outputs
-        return loop(model, x, y, validation, epochs, patience, batch_size, None)
     # DVCLive writes into a temp folder that replaces the last run's only when training ends well: an
     # interrupted or failed run leaves the previous metrics, not half of new ones.
     with atomic_path(log_dir, replace=True) as live_dir:
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
         live.step = 1  # DVCLive counts from 0; the curves' step is the epoch, counted from 1 as best.epoch is
-        if loop is not None:
-            history = loop(model, x, y, validation, epochs, patience, batch_size, live)
-        else:
-            history = _keras_fit(model, x, y, validation, epochs, patience, batch_size, live)
+        history = _keras_fit(model, x, y, validation, epochs, patience, batch_size, live)
         write_json(Path(live.metrics_file), training_summary(history, model.dtype_policy.name, notes or {}))
         write_curves(history, paths.curves_file(live_dir))
         # DVCLive's per-metric TSVs hold the same numbers, one file (so one plot in `dvc plots show`) each.
@@ -297,11 +259,6 @@ def duration(seconds: float) -> str:
 
 
 def save_model(model: keras.Model, path: Path) -> None:
-    """Save a ``.keras`` file atomically, so an interrupted stage leaves no model that looks finished (only the
-    chief keeps its file under ``multi_worker``)."""
-    if not is_chief():  # saving may run collective ops, so every worker saves: the others into scratch
-        with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
-            model.save(Path(scratch) / path.name)
-        return
+    """Save a ``.keras`` file atomically, so an interrupted stage leaves no model that looks finished."""
     with atomic_path(path, replace=True) as tmp:
         model.save(tmp)

@@ -27,7 +27,8 @@ class ConfigError(PipelineError):
 
 class Renamed(NamedTuple):
     """A key's new name and why it changed: a dataclass's ``RENAMED`` maps old names to these, so a file that
-    still says the old name gets one line naming the new one."""
+    still says the old name gets one line naming the new one. Its ``RETIRED`` maps a key, or ``key=value``,
+    that no longer exists to what to do instead."""
 
     new: str
     why: str
@@ -84,12 +85,18 @@ def parse(cls: type, raw: Any, prefix: str = "") -> Any:
         if renamed:
             new = f"{prefix}.{renamed.new}" if prefix else renamed.new
             raise ConfigError(f"{key} is now {new}; rename the key ({renamed.why})")
+        retired = getattr(cls, "RETIRED", {}).get(str(unknown[0]))
+        if retired:
+            raise ConfigError(f"{key} {retired}")
         raise ConfigError(f"unknown key {key}; remove it or fix its spelling (known here: {', '.join(fields)})")
     values = {}
     for name in fields:
         key = f"{prefix}.{name}" if prefix else name
         if name not in raw:
             raise ConfigError(f"missing key {key}; add it (docs/params.md lists every key)")
+        retired = getattr(cls, "RETIRED", {}).get(f"{name}={raw[name]}")
+        if retired:
+            raise ConfigError(f"{key} {raw[name]} {retired}")
         values[name] = _coerce(hints[name], raw[name], key)
     return cls(**values)
 

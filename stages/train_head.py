@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dogs_vs_cats import multi_worker, paths
+from dogs_vs_cats import paths
 from dogs_vs_cats.common import run
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.datasets import feature_stats, load_features
@@ -14,13 +14,9 @@ STAGE = "train_head"
 
 def main() -> None:
     params = load_params()
-    across_workers = params.train.strategy == "multi_worker"
-    if across_workers and not multi_worker.is_worker_process():
-        multi_worker.run_as_worker(STAGE, (paths.HEAD_MODEL, paths.live_dir(STAGE)), params.train.cluster_timeout)
-        return
     cfg = params.head
     train, validation = load_features("train"), load_features("validation")
-    with training_session(params, STAGE, multi_worker.strategy):
+    with training_session(params, STAGE):
         model = build_head(train.features.shape[1:], cfg, feature_stats(train.features))
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()
@@ -33,7 +29,6 @@ def main() -> None:
             schedule=cfg.training,
             batch_size=cfg.batch_size,
             batch_key="head.batch_size",
-            loop=multi_worker.fit_binary_across_workers if across_workers else None,
         )
         save_model(model, paths.HEAD_MODEL)
 

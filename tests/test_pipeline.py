@@ -517,7 +517,9 @@ def test_a_sweep_key_changes_only_the_stages_that_read_it(project: Path, key: st
 
 # Which stages an edit of a library module re-runs, as `dvc status` sees it: the ones that run the module.
 EDITED = {
-    "dogs_vs_cats/multi_worker.py": {"train_head"},  # the loop across machines: no digits stage
+    # The memory check, through training.py: every stage that trains (and extract_features, which seeds), no other.
+    "dogs_vs_cats/memory.py": {"train_baseline", "extract_features", "train_head", "train_frozen", "finetune"}
+    | _each_dataset("train"),
     "dogs_vs_cats/digits_model.py": _each_dataset("train") | _each_dataset("evaluate") | {"export"},  # not digits_data
     "dogs_vs_cats/evaluation.py": {"evaluate"} | _each_dataset("evaluate"),
 }
