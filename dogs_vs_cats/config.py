@@ -24,7 +24,7 @@ Base = Literal["vgg16", "xception", "resnet50", "efficientnetv2b0"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Strategy = Literal["auto", "one_device", "mirrored"]
 DigitsSource = Literal["keras", "files", "offline"]
-DigitsNetwork = Literal["book", "strong"]
+DigitsNetwork = Literal["lenet5", "book", "strong"]
 Optimizer = Literal["rmsprop", "adam"]
 Decay = Literal["constant", "cosine", "step"]
 

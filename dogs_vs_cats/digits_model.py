@@ -1,12 +1,15 @@
 """The digits study's networks, augmentation, schedule and input pipeline.
 
-``digits.network: book`` is the course's network (Chollet, listing 8.1): Conv2D 32 -> MaxPool -> Conv2D 64 ->
-MaxPool -> Conv2D 128 -> Flatten -> Dense 10, trained with RMSprop in the book. ``strong`` is the
-homework's: two blocks of two 3x3 convolutions with batch normalization, max pooling and dropout, then a
-batch-normalized Dense 128; with augmentation (small rotations, shifts and zooms, never flips), Adam and a
-cosine schedule it is the kind of network the homework's 99.5-99.7 % asks for (what each reached here:
-docs/digits.md). Images stay uint8 in memory and are
-batched by ``tf.data``; scaling to [0, 1] and augmentation are layers inside the saved model.
+``digits.network: lenet5`` is LeCun et al.'s LeNet-5 (1998), first of the lecture's classic convnets: 5x5
+convolutions of 6, 16 and 120 maps with tanh, average pooling, Dense 84, on the 28x28 digits padded to 32x32 as
+the paper's input was (every map of C3 sees every map of S2, as Keras' Conv2D does; the paper's partial table
+saved 1998's arithmetic). ``book`` is the course's network (Chollet, listing 8.1): Conv2D 32 -> MaxPool ->
+Conv2D 64 -> MaxPool -> Conv2D 128 -> Flatten -> Dense 10, trained with RMSprop in the book. ``strong`` is the
+homework's: two blocks of two 3x3 convolutions with batch normalization, max pooling and dropout, then a batch-
+normalized Dense 128; with augmentation (small rotations, shifts and zooms, never flips), Adam and a cosine
+schedule it is the kind of network the homework's 99.5-99.7 % asks for (what each reached here: docs/digits.md).
+Images stay uint8 in memory and are batched by ``tf.data``; scaling to [0, 1] and augmentation are layers inside
+the saved model.
 """
 
 from __future__ import annotations
@@ -27,7 +30,17 @@ def build_network(cfg: DigitsConfig, seed: int) -> keras.Model:
     inputs = keras.Input((SIDE, SIDE, 1), name="pixels")
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = augmentation(cfg.augment, seed, fill_value=0.0)(x)  # the background is black
-    if cfg.network == "book":
+    if cfg.network == "lenet5":
+        x = keras.layers.ZeroPadding2D(2)(x)  # 32x32, as the paper's input
+        x = keras.layers.Conv2D(6, 5, activation="tanh", name="c1")(x)
+        x = keras.layers.AveragePooling2D(2, name="s2")(x)
+        x = keras.layers.Conv2D(16, 5, activation="tanh", name="c3")(x)
+        x = keras.layers.AveragePooling2D(2, name="s4")(x)
+        x = keras.layers.Conv2D(120, 5, activation="tanh", name="c5")(x)  # 5x5 kernels on 5x5 maps: 1x1 out
+        x = keras.layers.Flatten()(x)
+        x = keras.layers.Dense(84, activation="tanh", name="f6")(x)
+        x = keras.layers.Dropout(cfg.dropout)(x) if cfg.dropout else x
+    elif cfg.network == "book":
         for filters in (32, 64):
             x = keras.layers.Conv2D(filters, 3, activation="relu")(x)
             x = keras.layers.MaxPooling2D(2)(x)

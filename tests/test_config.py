@@ -67,7 +67,7 @@ def test_learning_rates_written_by_dvc_exp_run_are_floats(tmp_path: Path, text: 
         ({"digits.data.source": "tfds"}, "digits.data.source is 'tfds'; use one of keras, files, offline"),
         ({"digits.data.files": "~/mnist"}, "digits.data.files is '~/mnist'; use a path (no ~)"),
         ({"digits.data.validation": 0}, "digits.data.validation is 0; use at least 1"),
-        ({"digits.network": "resnet"}, "digits.network is 'resnet'; use one of book, strong"),
+        ({"digits.network": "resnet"}, "digits.network is 'resnet'; use one of lenet5, book, strong"),
         ({"digits.augment.rotation": 0.5}, "digits.augment.rotation is 0.5; use a number from 0 up to"),
         ({"digits.schedule": "linear"}, "digits.schedule is 'linear'; use one of constant, cosine, step"),
         ({"digits.learning_rate": float("nan")}, "digits.learning_rate is nan; use a finite number"),

@@ -256,7 +256,18 @@ def test_the_schedules_run_the_rate_down_as_documented(schedule: str) -> None:
     assert at == pytest.approx(expected, abs=1e-9)
 
 
-@pytest.mark.parametrize("network", ["book", "strong"])
+def test_lenet5_has_the_paper_s_layers_and_parameters() -> None:
+    cfg = dataclasses.replace(load_params(REPO / "params.yaml").digits, network="lenet5", dropout=0.0)
+    model = digits_model.build_network(cfg, 0)
+    shapes = {
+        layer.name: layer.output.shape[1:] for layer in model.layers if layer.name in {"c1", "s2", "c3", "s4", "c5"}
+    }
+    assert shapes == {"c1": (28, 28, 6), "s2": (14, 14, 6), "c3": (10, 10, 16), "s4": (5, 5, 16), "c5": (1, 1, 120)}
+    # C1 156, C3 2,416, C5 48,120, F6 10,164, output 850
+    assert model.count_params() == 156 + 2_416 + 48_120 + 10_164 + 850 == 61_706
+
+
+@pytest.mark.parametrize("network", ["lenet5", "book", "strong"])
 def test_each_network_builds_trains_saves_and_loads_in_safe_mode(network: str, tmp_path: Path) -> None:
     cfg = dataclasses.replace(load_params(REPO / "params.yaml").digits, network=network, epochs=1)
     with built_under("mixed_float16"):
