@@ -5,8 +5,8 @@ convolutions of 6, 16 and 120 maps with tanh, average pooling, Dense 84, on the 
 the paper's input was (every map of C3 sees every map of S2, as Keras' Conv2D does; the paper's partial table
 saved 1998's arithmetic). ``book`` is the course's network (Chollet, listing 8.1): Conv2D 32 -> MaxPool ->
 Conv2D 64 -> MaxPool -> Conv2D 128 -> Flatten -> Dense 10, trained with RMSprop in the book. ``strong`` is the
-homework's: two blocks of two 3x3 convolutions with batch normalization, max pooling and dropout, then a batch-
-normalized Dense 128; with augmentation (small rotations, shifts and zooms, never flips), Adam and a cosine
+homework's: two blocks of two 3x3 convolutions with batch normalization, max pooling and dropout, then a
+batch-normalized Dense 128; with augmentation (small rotations, shifts and zooms, never flips), Adam and a cosine
 schedule it is the kind of network the homework's 99.5-99.7 % asks for (what each reached here: docs/digits.md).
 Images stay uint8 in memory and are batched by ``tf.data``; scaling to [0, 1] and augmentation are layers inside
 the saved model.
