@@ -81,27 +81,41 @@ class Usable:
     source: str
 
 
-def usable_memory() -> Usable:
+def usable_memory() -> Usable | None:
     """The tightest of: each memory cgroup above this process (its limit less its use; v2 and v1), the
-    kernel's ``MemAvailable``, and on a machine with an NVIDIA GPU the first GPU's free memory."""
-    limits = [Usable(_meminfo_available(), "MemAvailable in /proc/meminfo")]
+    kernel's ``MemAvailable``, and on a machine with an NVIDIA GPU the first GPU's free memory. None where none
+    of them can be read (not Linux: macOS, Windows), and nothing is checked."""
+    available = _meminfo_available()
+    limits = [Usable(available, "MemAvailable in /proc/meminfo")] if available is not None else []
     limits += _cgroup_headroom()
     limits += _gpu_free()
-    return min(limits, key=lambda usable: usable.bytes)
+    return min(limits, key=lambda usable: usable.bytes, default=None)
 
 
-def _meminfo_available() -> int:
-    for line in (PROC / "meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise PipelineError(f"{PROC / 'meminfo'}: no MemAvailable line; a Linux kernel of 3.14 or later has one")
+def _meminfo_available() -> int | None:
+    try:
+        lines = (PROC / "meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if fields[:1] == ["MemAvailable:"] and len(fields) > 1 and fields[1].isdigit():
+            return int(fields[1]) * 1024
+    return None  # a kernel before 3.14
 
 
 def _cgroup_headroom() -> list[Usable]:
     """Limit less use at every level of this process's memory cgroup, from its own up to the root."""
+    try:
+        lines = (PROC / "self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
     found = []
-    for line in (PROC / "self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
+    for line in lines:
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not path.startswith("/"):
+            continue
         if controllers == "":  # v2: one hierarchy, memory.max and memory.current
             root, limit_file, usage_file = CGROUP_ROOT, "memory.max", "memory.current"
         elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
@@ -161,7 +175,7 @@ def check_fits(
     """
     need = footprint(model, training=training)
     usable = usable_memory()
-    if need.at(batch_size) <= usable.bytes:
+    if usable is None or need.at(batch_size) <= usable.bytes:
         return
     remedies = []
     largest = (usable.bytes - need.fixed) // need.per_image

@@ -91,6 +91,25 @@ def test_cgroup_v1_and_its_unlimited_value(tmp_path: Path, monkeypatch) -> None:
     assert usable_memory().bytes == 10**9
 
 
+@pytest.mark.parametrize(
+    ("meminfo", "cgroup"),
+    [(None, None), ("MemTotal: 1 kB\n", "garbage\n1:memory\n"), ("MemAvailable: lots kB\n", "")],
+)
+def test_where_nothing_says_the_limit_nothing_is_refused(
+    tmp_path: Path, monkeypatch, meminfo: str | None, cgroup: str | None
+) -> None:
+    # macOS and Windows have no /proc; an old kernel no MemAvailable; a strange line is no limit.
+    root = _system(tmp_path, monkeypatch, available_mb=1)
+    proc = tmp_path / "proc"
+    for name, text in (("meminfo", meminfo), ("self/cgroup", cgroup)):
+        (proc / name).unlink()
+        if text is not None:
+            (proc / name).write_text(text)
+    _limit(root / "memory", "max", 0)
+    assert usable_memory() is None
+    check_fits(_baseline(150), 10**6, "image.batch_size", "training train_baseline")
+
+
 def test_a_gpu_s_free_memory_is_the_limit_on_a_gpu(tmp_path: Path, monkeypatch) -> None:
     _system(tmp_path, monkeypatch, available_mb=16_000)
     fake = tmp_path / "no-nvidia-smi"

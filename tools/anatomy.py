@@ -42,7 +42,7 @@ def table(model: keras.Model, batch_size: int) -> str:
         f"total: {total['params']:,} parameters ({total['trainable']:,} trainable, {total['frozen']:,} frozen), "
         f"{total['gmacs']:.3f} GMACs and {total['activation_mb_per_image']:.1f} MB of activations per image; "
         f"at batch {batch_size} training needs about {training / GB:.2f} GB, predicting {predicting / GB:.2f} GB; "
-        f"this process can use {usable.bytes / GB:.1f} GB ({usable.source})"
+        + (f"this process can use {usable.bytes / GB:.1f} GB ({usable.source})" if usable else "no memory limit known")
     )
     return "\n".join(lines)
 
