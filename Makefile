@@ -31,10 +31,13 @@ test-fast: setup
 
 # configs/$(SCENARIO).yaml (demo: generated 96 px images, a random VGG16) as an experiment; params.yaml stays.
 # The flags are read first: a scenario that does not exist stops here, not in a run of the default params.
+# The name reaches the shell as one quoted word from the environment, never as text of the recipe, and only a
+# name tools.scenarios accepts (letters, digits, - and _; a file in configs/) reaches eval.
 SCENARIO ?= demo
+export SCENARIO
 demo: setup
-	flags="$$(python -m tools.scenarios $(SCENARIO))" && \
-	eval dvc exp run --temp --name $(SCENARIO)-$$(date +%Y%m%d-%H%M%S) "$$flags"
+	flags="$$(python -m tools.scenarios -- "$$SCENARIO")" && \
+	eval dvc exp run --temp --name "$$SCENARIO-$$(date +%Y%m%d-%H%M%S)" "$$flags"
 	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|frozen|finetuned)\.(accuracy|roc_auc)$$|^metrics/digits/[a-z_]+\.json:accuracy$$'
 
 lint: setup

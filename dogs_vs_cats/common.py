@@ -71,8 +71,8 @@ def signals_deferred() -> Iterator[None]:
     finally:
         for signum in held:
             signal.signal(signum, raising[signum])
-    if arrived:
-        raise KeyboardInterrupt if arrived[0] == signal.SIGINT else Terminated
+        if arrived:  # in place of whatever the enclosed code raised after it
+            raise KeyboardInterrupt if arrived[0] == signal.SIGINT else Terminated
 
 
 def _end(signum: int) -> None:

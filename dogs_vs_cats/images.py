@@ -21,10 +21,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dogs_vs_cats.tf_env import captured_stderr
 
 EXIF_ORIENTATION = 0x0112
-# libjpeg's warnings (jerror.h), printed on stderr while it decodes. Where the data ends early or is damaged it
-# fills the rows it lost with gray and says so; junk after the last scan (many Kaggle photos) loses nothing.
-LIBJPEG_WARNING = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG|Inconsistent progression|Invalid SOS)")
-HARMLESS_LIBJPEG_WARNING = re.compile(r"extraneous bytes before marker")
+# libjpeg's warnings (jerror.h), printed on stderr while it decodes, naming no file. Where the data ends early or
+# is damaged it fills the rows it lost with gray and says so; junk after the last scan (many Kaggle photos), an
+# odd JFIF version or SOS parameters lose nothing. The caller names the file; the lines themselves are dropped.
+LOST_ROWS = re.compile(r"^(Corrupt JPEG data: (?!\d+ extraneous bytes)|Premature end of JPEG)")
+TENSORFLOW_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")  # absl's prefix; libjpeg's lines have none
 JPEG_QUALITY = 95  # re-encoded images (PNG, CMYK, grayscale, rotated) stay visually lossless
 # What a photo can be. Kaggle's largest is about 0.5 MB and 0.3 megapixels; a 50 MP phone photo is about
 # 20 MB. Anything beyond is refused unread or undecoded: a small file can declare a huge size.
@@ -215,11 +216,10 @@ def check_training_decodes(data: bytes) -> None:
             tf.image.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.InvalidArgumentError:
         raise BadImage("undecodable_by_tensorflow") from None
-    warnings_ = [line for line in lines if LIBJPEG_WARNING.match(line)]
     for line in lines:
-        if line not in warnings_:
+        if TENSORFLOW_LOG.match(line):
             print(line, file=sys.stderr)  # TensorFlow's own log, at the level the user set
-    if any(not HARMLESS_LIBJPEG_WARNING.search(line) for line in warnings_):
+    if any(LOST_ROWS.match(line) for line in lines):
         raise BadImage("undecodable_by_tensorflow")
 
 

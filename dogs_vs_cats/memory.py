@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -126,11 +125,27 @@ def _cgroup_headroom() -> list[Usable]:
         while True:
             limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
             if limit is not None and usage is not None and limit < 2**60:  # "max", or v1's page-rounded 2**63
-                found.append(Usable(max(limit - usage, 0), f"{folder / limit_file} less {usage_file}"))
+                # Use counts the page cache; its inactive files are given back on demand (as docker stats).
+                usage -= _inactive_file(folder / "memory.stat")
+                found.append(Usable(max(limit - usage, 0), f"{folder / limit_file} less its use"))
             if folder == root or root not in folder.parents:
                 break
             folder = folder.parent
     return found
+
+
+def _inactive_file(stat: Path) -> int:
+    """The cgroup's inactive page cache from its ``memory.stat`` (v2 ``inactive_file``, v1 hierarchical
+    ``total_inactive_file``), 0 if it cannot be read."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return 0
+    values = dict(line.split(maxsplit=1) for line in lines if len(line.split()) == 2)
+    for key in ("total_inactive_file", "inactive_file"):
+        if values.get(key, "").isdigit():
+            return int(values[key])
+    return 0
 
 
 def _read_int(path: Path) -> int | None:
@@ -142,12 +157,14 @@ def _read_int(path: Path) -> int | None:
 
 
 def _gpu_free() -> list[Usable]:
-    """The first NVIDIA GPU's free memory as ``nvidia-smi`` reports it (TensorFlow has no call for it)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or shutil.which("nvidia-smi") is None:
+    """The first GPU's memory as ``nvidia-smi`` reports it, where TensorFlow trains on it. Its total, not its
+    free memory: TensorFlow reserves most of the card when it starts, so by the time of the check the free
+    memory is TensorFlow's own, and the estimate counts the model's weights already."""
+    if not _tensorflow_sees_a_gpu() or shutil.which("nvidia-smi") is None:
         return []
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -155,7 +172,13 @@ def _gpu_free() -> list[Usable]:
         ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return []
-    return [Usable(int(out[0]) * 2**20, "the GPU's free memory (nvidia-smi)")] if out and out[0].isdigit() else []
+    return [Usable(int(out[0]) * 2**20, "the GPU's memory (nvidia-smi)")] if out and out[0].isdigit() else []
+
+
+def _tensorflow_sees_a_gpu() -> bool:
+    import tensorflow as tf  # keras above runs on it already
+
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def check_fits(
@@ -186,7 +209,8 @@ def check_fits(
         fits = math.isqrt(int(side * side * (usable.bytes - need.fixed) / (batch_size * need.per_image)))
         if fits >= 32:
             remedies.append(f"{side_key} {fits} or less")
-    if _computes_in_float32(model) and need.fixed + batch_size * need.per_image * HALF_PRECISION <= usable.bytes:
+    half = need.fixed + batch_size * need.per_image * HALF_PRECISION
+    if training and _computes_in_float32(model) and half <= usable.bytes:  # a saved model predicts as trained
         remedies.append("train.precision mixed_bfloat16 (mixed_float16 on a GPU)")
     remedies.append("a model with fewer or smaller layers")
     raise PipelineError(

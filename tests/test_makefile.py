@@ -55,8 +55,13 @@ def test_make_demo_stops_when_the_scenario_does_not_exist(tmp_path: Path) -> Non
     for empty in ("SCENARIO=", "SCENARIO= "):  # no name is no scenario, not the tools' default
         result = subprocess.run([*make, empty], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert result.returncode != 0
-        assert "the following arguments are required: name" in result.stderr
+        assert "no scenario ''" in result.stderr or "no scenario ' '" in result.stderr
         assert not called.exists()
+    # A name is one word from the environment: an option, a space or a shell command stays a (wrong) name.
+    for odd in ("--help", "-h", "tiny ", "tiny\t", "tiny extra", f"tiny;touch {tmp_path / 'ran'}"):
+        result = subprocess.run([*make, f"SCENARIO={odd}"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode != 0 and f"no scenario {odd!r}" in result.stderr, (odd, result.stderr)
+        assert not called.exists() and not (tmp_path / "ran").exists()
     # The control: a scenario that exists reaches dvc, with its flags.
     result = subprocess.run([*make, "SCENARIO=tiny"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -78,7 +78,7 @@ def test_the_tightest_limit_counts_at_every_level_of_the_cgroup(tmp_path: Path, 
     _limit(root / "job", "max", 10**9)  # no limit here
     _limit(root, str(12 * 10**9), 10 * 10**9)  # but 2 GB left above it, for everything under it
     usable = usable_memory()
-    assert usable.bytes == 2 * 10**9 and usable.source == f"{root / 'memory.max'} less memory.current"
+    assert usable.bytes == 2 * 10**9 and usable.source == f"{root / 'memory.max'} less its use"
     _limit(root / "job", str(3 * 10**9), 2 * 10**9)  # and 1 GB in its own
     assert usable_memory().bytes == 10**9
 
@@ -110,16 +110,26 @@ def test_where_nothing_says_the_limit_nothing_is_refused(
     check_fits(_baseline(150), 10**6, "image.batch_size", "training train_baseline")
 
 
-def test_a_gpu_s_free_memory_is_the_limit_on_a_gpu(tmp_path: Path, monkeypatch) -> None:
+def test_on_a_gpu_the_card_s_memory_is_the_limit(tmp_path: Path, monkeypatch) -> None:
     _system(tmp_path, monkeypatch, available_mb=16_000)
     fake = tmp_path / "no-nvidia-smi"
     fake.mkdir()
-    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 3000\necho 8000\n")  # MiB free on GPUs 0 and 1
+    (fake / "nvidia-smi").write_text('#!/bin/sh\n[ "$1" = --query-gpu=memory.total ] && echo 3000 && echo 8000\n')
     (fake / "nvidia-smi").chmod(0o755)
-    usable = usable_memory()
-    assert (usable.bytes, usable.source) == (3000 * 2**20, "the GPU's free memory (nvidia-smi)")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for this process: host memory
+    monkeypatch.setattr(memory, "_tensorflow_sees_a_gpu", lambda: True)
+    usable = usable_memory()  # the card's total: TensorFlow reserves most of it when it starts
+    assert (usable.bytes, usable.source) == (3000 * 2**20, "the GPU's memory (nvidia-smi)")
+    monkeypatch.setattr(memory, "_tensorflow_sees_a_gpu", lambda: False)  # TensorFlow runs on the CPU
     assert usable_memory().source == "MemAvailable in /proc/meminfo"
+
+
+def test_a_cgroup_s_inactive_page_cache_counts_as_free(tmp_path: Path, monkeypatch) -> None:
+    # Reading the photos fills the page cache, which the cgroup counts as used and gives back on demand.
+    root = _system(tmp_path, monkeypatch, available_mb=16_000)
+    _limit(root / "job", str(4 * 10**9), 4 * 10**9)
+    assert usable_memory().bytes == 0
+    (root / "job/memory.stat").write_text(f"anon 1000000000\ninactive_file {3 * 10**9}\nactive_file 7\n")
+    assert usable_memory().bytes == 3 * 10**9
 
 
 def _baseline(side: int, params: Params | None = None) -> keras.Model:
@@ -176,11 +186,16 @@ def test_a_training_stage_stops_before_it_trains(copy_of_trained: Path, trained:
 def test_predict_stops_before_its_first_batch(tmp_path: Path, monkeypatch) -> None:
     from tools import predict
 
-    _system(tmp_path, monkeypatch, available_mb=150)
-    with pytest.raises(
-        PipelineError, match=r"^predicting will not fit in memory: .* use image\.batch_size \d+ or less"
-    ):
-        predict.classify(_baseline(150), [tmp_path / "never-read.jpg"], 0.5, 4096, [])
+    model = _baseline(150)
+    need = footprint(model, training=False)
+    _system(tmp_path, monkeypatch, available_mb=(need.fixed + 10 * need.per_image) // 10**6)
+    photos = [tmp_path / f"never-read-{n}.jpg" for n in range(100)]
+    with pytest.raises(PipelineError) as refused:
+        predict.classify(model, photos, 0.5, 4096, [])
+    line = str(refused.value)  # at a batch of 100, the photos there are
+    assert line.startswith("predicting will not fit in memory: ") and " at image.batch_size 100 " in line
+    assert "use image.batch_size 9 or less, or a model" in line and "train.precision" not in line  # as trained
+    predict.classify(model, photos[:9], 0.5, 4096, [])  # nine photos fit (none can be read: no rows)
 
 
 MEASURE = """

@@ -161,9 +161,15 @@ def test_every_model_survives_save_and_load(tmp_path: Path) -> None:
     _round_trip(build_finetune(extractor, head, augmentation(BOOK.augment, 0)), pixels, tmp_path)
 
 
+@pytest.mark.parametrize("then_fails", [False, True])
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_keras_reads_the_weights_ends_the_program(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, signum: int, status: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    signum: int,
+    status: int,
+    then_fails: bool,
 ) -> None:
     # Keras reads model.weights.h5 inside a bare `except:` with a fallback reader: a signal raised there was
     # swallowed, and export, evaluate, finetune or predict went on to exit 0.
@@ -173,6 +179,8 @@ def test_a_signal_while_keras_reads_the_weights_ends_the_program(
 
     def interrupted_read(model: keras.Model) -> bool:
         os.kill(os.getpid(), signum)  # arrives while Keras' bare except is on the stack
+        if then_fails:  # and the load fails after it: the signal still decides how the program ends
+            raise ValueError("a weight of the wrong shape")
         return reader(model)
 
     monkeypatch.setattr(saving_lib, "is_memory_sufficient", interrupted_read)

@@ -145,7 +145,7 @@ def classify(
 ):
     """One row per readable image: path, label, P(label), P(dog); with ``overlays`` (see ``overlay_paths``),
     each image's Grad-CAM overlay is written where it says."""
-    check_fits(model, batch_size, "image.batch_size", "predicting", training=False)
+    check_fits(model, min(batch_size, len(files)) or 1, "image.batch_size", "predicting", training=False)
     rows = []
     for batch_files, pixels in load_batches(files, model.input_shape[1], batch_size, errors):
         dogs = model.predict(pixels, batch_size=batch_size, verbose=0).reshape(-1)
@@ -270,7 +270,8 @@ def classify_imagenet(bases: list[str], weights: str, files: list[Path], batch_s
     rows = []
     for index, base in enumerate(bases):
         model = build_imagenet_classifier(FeaturesConfig(base, weights))
-        check_fits(model, batch_size, "image.batch_size", f"predicting with {base}", training=False)
+        batch = min(batch_size, len(files)) or 1
+        check_fits(model, batch, "image.batch_size", f"predicting with {base}", training=False)
         read: list[Path] = []
         outputs = []
         # Unreadable files are reported once, while the first base reads them.
