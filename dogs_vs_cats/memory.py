@@ -30,8 +30,8 @@ GB = 1e9
 # What TensorFlow itself takes once a fit or a predict starts (its traced graph, thread pools, the allocator's
 # slack), beside the model's numbers: the constant term of measured peaks (docs/memory.md).
 RUNTIME_BYTES = 100_000_000
-# The share of a float32 fit's layer-output memory that a bfloat16 one took, measured (docs/memory.md).
-HALF_PRECISION = 0.84
+# The share of a float32 fit's layer-output memory that a 16-bit one takes: each output in half the bytes.
+HALF_PRECISION = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,14 @@ def footprint(model: keras.Model, *, training: bool) -> Footprint:
     Predicting, one layer runs at a time: its input, its output and the output before its activation (Keras
     applies a layer's ``activation`` as a second op). Training, the backward pass needs every output from the
     first layer that trains onwards, and makes a gradient of the same size for each: twice the outputs. Below
-    that layer (a frozen base) nothing is recorded, and the layers run as in prediction. Every output is
-    counted in float32: under ``mixed_bfloat16`` TensorFlow keeps float32 copies beside the 16-bit outputs.
+    that layer (a frozen base) nothing is recorded, and the layers run as in prediction. Each output takes the
+    bytes of its layer's compute dtype (two under ``mixed_bfloat16``), the input image four.
     Weights are float32 under every precision; each trainable one has a gradient and the optimizer's values
     (RMSprop's one, Adam's two; an uncompiled model is counted as the pipeline's RMSprop). Then TensorFlow's
     own working memory. docs/memory.md compares the estimate with measured peaks.
     """
     costs = layer_costs(model)
-    outputs = [4 * math.prod(shape) for shape in (model.input_shape[1:], *(c.output_shape for c in costs))]
+    outputs = [4 * math.prod(model.input_shape[1:]), *(c.activation_bytes for c in costs)]
     first_trained = next((i for i, c in enumerate(costs) if c.trainable), None) if training else None
     running_part = outputs if first_trained is None else outputs[: first_trained + 1]
     running = max((a + 2 * b for a, b in itertools.pairwise(running_part)), default=outputs[0])
