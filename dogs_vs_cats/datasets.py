@@ -21,33 +21,23 @@ from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, pro
 
 
 def image_dataset(
-    split: str, image_size: int, batch_size: int, root: Path = paths.SAMPLE_DIR, decode_once: bool = False
+    split: str,
+    image_size: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    root: Path = paths.SAMPLE_DIR,
+    decode_once: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of (raw RGB pixels resized to ``image_size``, label 0 cat / 1 dog) from ``<root>/<split>``, in
-    the order of its ``file_paths`` (relative to ``root``). ``decode_once``: see ``decoded_images``."""
-    if decode_once:
-        dataset = decoded_images(split, image_size, root)
-        files, dataset = dataset.file_paths, dataset.batch(batch_size)
-    else:
-        dataset = _from_directory(split, image_size, root, batch_size)
-        files = dataset.file_paths
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    dataset.file_paths = files
-    return dataset
+    """Batches of (raw RGB pixels resized to ``image_size``, label 0 cat / 1 dog) from ``<root>/<split>``.
 
+    The dataset's ``file_paths`` (without shuffling) name the images in order, relative to ``root``.
 
-def decoded_images(split: str, image_size: int, root: Path = paths.SAMPLE_DIR) -> tf.data.Dataset:
-    """``image_dataset``'s images one by one, for datasets read every epoch: each JPEG is decoded and resized
-    on the first pass only; later passes read the same float32 pixels from a cache (see ``_cache_file``). The
-    pixels are bit for bit those of a dataset without it: the cache holds what the same decoding produced."""
-    dataset = _from_directory(split, image_size, root, batch_size=None)
-    files = dataset.file_paths
-    dataset = dataset.cache(_cache_file(split, len(files) * image_size * image_size * 3 * 4))
-    dataset.file_paths = files
-    return dataset
-
-
-def _from_directory(split: str, image_size: int, root: Path, batch_size: int | None) -> tf.data.Dataset:
+    With ``decode_once`` (for datasets read every epoch) each JPEG is decoded and resized on the first pass
+    only; later passes read the same float32 pixels from a cache (see ``_cache_file``), and a shuffled
+    dataset shuffles the cached images afresh each epoch, seeded. The pixels are bit for bit those of a
+    dataset without it: the cache holds what the same decoding produced, before any rounding.
+    """
     folder = root / split
     if not folder.is_dir():
         raise PipelineError(f"{folder}: not found; run dvc repro sample")
@@ -58,20 +48,27 @@ def _from_directory(split: str, image_size: int, root: Path, batch_size: int | N
         label_mode="binary",
         class_names=list(CLASS_NAMES),
         image_size=(image_size, image_size),
-        batch_size=batch_size,
-        shuffle=False,
+        batch_size=None if decode_once else batch_size,
+        shuffle=shuffle and not decode_once,
+        seed=seed,
         verbose=False,
     )
-    dataset.file_paths = [Path(p).relative_to(root.resolve()).as_posix() for p in dataset.file_paths]
+    files = [Path(p).relative_to(root.resolve()).as_posix() for p in dataset.file_paths]
+    if decode_once:
+        dataset = dataset.cache(_cache_file(split, len(files) * image_size * image_size * 3 * 4))
+        if shuffle:
+            dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset.file_paths = files
     return dataset
 
 
-def training_images(image_size: int, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """The training stages' images, decoded once: train one by one (``training.fit`` shuffles and batches it
-    each epoch), validation in batches."""
+def training_images(image_size: int, batch_size: int, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training stages' (train, validation) image datasets: train shuffled with ``seed``, both decoded once."""
     return (
-        decoded_images("train", image_size),
-        image_dataset("validation", image_size, batch_size, decode_once=True),
+        image_dataset("train", image_size, batch_size, shuffle=True, seed=seed, decode_once=True),
+        image_dataset("validation", image_size, batch_size, shuffle=False, seed=seed, decode_once=True),
     )
 
 
@@ -130,7 +127,7 @@ def resized_pixels(image: Image.Image, size: int, data: bytes | None = None) -> 
 
 def predict_split(model: keras.Model, split: str, image_size: int, batch_size: int) -> Features:
     """``model``'s outputs for every image of one split, in file order, with labels and file ids."""
-    dataset = image_dataset(split, image_size, batch_size)
+    dataset = image_dataset(split, image_size, batch_size, shuffle=False, seed=0)
     outputs = model.predict(dataset, verbose=keras_verbosity())
     return Features(outputs, labels_of(dataset.file_paths), np.array(dataset.file_paths))
 

@@ -16,9 +16,9 @@ STAGE = "train_baseline"
 def main() -> None:
     params = load_params()
     image, cfg = params.image, params.baseline
-    with training_session(params, STAGE) as checkpoint:
+    with training_session(params, STAGE):
         model = build_baseline(image.side, cfg, augmentation(params.augment, params.seed))
-        train, validation = training_images(image.side, image.batch_size)
+        train, validation = training_images(image.side, image.batch_size, params.seed)
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()
         fit(
@@ -29,8 +29,6 @@ def main() -> None:
             schedule=cfg.training,
             batch_size=image.batch_size,
             batch_key="image.batch_size",
-            seed=params.seed,
-            checkpoint=checkpoint,
         )
         save_model(model, paths.BASELINE_MODEL)
 
