@@ -224,12 +224,14 @@ print(json.dumps({"grew": peak - rss, "estimate": footprint(model, training=True
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_the_estimate_is_within_a_quarter_of_the_measured_peak(policy: str) -> None:
+def test_the_estimate_covers_the_measured_peak_and_overstates_it_by_at_most_half(policy: str) -> None:
     # The process's peak resident memory during fit, less what it held before: TensorFlow on this CPU.
+    # CPUs differ (oneDNN picks other bfloat16 kernels with and without AMX), so the estimate is held to the
+    # safe side: a run it passes fits, and it refuses no run that needs two thirds of it.
     ran = subprocess.run(
         [sys.executable, "-c", MEASURE, "96", "128", policy], cwd=REPO, capture_output=True, text=True, check=True
     )
     numbers = json.loads(ran.stdout.splitlines()[-1])
     ratio = numbers["grew"] / numbers["estimate"]
     print(f"{policy}: grew {numbers['grew'] / MB:.0f} MB, estimated {numbers['estimate'] / MB:.0f} MB")
-    assert 0.75 <= ratio <= 1.25, numbers  # bfloat16 too: its outputs are counted in two bytes
+    assert 2 / 3 <= ratio <= 1.1, numbers  # bfloat16 too: its outputs are counted in two bytes
