@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ from PIL import Image
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import CLASS_NAMES
 from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, progress, remove_stale_temps, temp_dir
+from dogs_vs_cats.memory import usable_memory
 
 
 def image_dataset(
@@ -36,7 +36,9 @@ def image_dataset(
     With ``decode_once`` (for datasets read every epoch) each JPEG is decoded and resized on the first pass
     only; later passes read the same float32 pixels from a cache (see ``_cache_file``), and a shuffled
     dataset shuffles the cached images afresh each epoch, seeded. The pixels are bit for bit those of a
-    dataset without it: the cache holds what the same decoding produced, before any rounding.
+    dataset without it: the cache holds what the same decoding produced, before any rounding. The dataset's
+    ``cached_bytes`` says how much memory the cache will take once filled (0 on disk or without it), for the
+    memory check of the fit that reads it.
     """
     folder = root / split
     if not folder.is_dir():
@@ -54,13 +56,18 @@ def image_dataset(
         verbose=False,
     )
     files = [Path(p).relative_to(root.resolve()).as_posix() for p in dataset.file_paths]
+    cached_bytes = 0
     if decode_once:
-        dataset = dataset.cache(_cache_file(split, len(files) * image_size * image_size * 3 * 4))
+        nbytes = len(files) * image_size * image_size * 3 * 4
+        cache = _cache_file(split, nbytes)
+        cached_bytes = 0 if cache else nbytes
+        dataset = dataset.cache(cache)
         if shuffle:
             dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.batch(batch_size)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset.file_paths = files
+    dataset.cached_bytes = cached_bytes
     return dataset
 
 
@@ -77,9 +84,11 @@ DISK_MARGIN = 1.05  # the decoded-image cache on disk: its pixels plus TensorFlo
 
 def _cache_file(split: str, nbytes: int) -> str:
     """Where ``image_dataset`` keeps decoded pixels: ``""`` (memory) when they take at most a quarter of the
-    free memory, else a scratch folder under ``data/cache/`` that goes when the process exits (one left by a
-    killed run goes the next time a stage caches that split)."""
-    if nbytes <= free_memory() // 4:
+    memory this process can use (``memory.usable_memory``: a cgroup's limit too), else a scratch folder under
+    ``data/cache/`` that goes when the process exits (one left by a killed run goes the next time a stage
+    caches that split). Where no limit can be read (macOS), on disk."""
+    usable = usable_memory()
+    if usable is not None and nbytes <= usable.bytes // 4:
         return ""
     paths.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(paths.CACHE_DIR / split)
@@ -93,14 +102,6 @@ def _cache_file(split: str, nbytes: int) -> str:
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     print(f"{split}: {nbytes / 2**30:.1f} GiB of decoded images do not fit in memory; caching them in {scratch}")
     return str(scratch / "pixels")
-
-
-def free_memory() -> int:
-    """Bytes of physical memory free now; 0 where the system does not say (the cache then goes to disk)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):  # no SC_AVPHYS_PAGES on macOS
-        return 0
 
 
 def labels_of(files: list[str]) -> np.ndarray:

@@ -189,35 +189,41 @@ def check_fits(
     *,
     training: bool = True,
     side_key: str | None = None,
+    images_kept: int = 0,
 ) -> None:
     """Stop with one line when ``model`` at ``batch_size`` needs more than this process can use.
 
+    ``images_kept`` counts bytes the run will add besides the model's: decoded images cached in memory as the
+    first epoch reads them (``datasets.image_dataset``), which also scale with the image's area.
     The line says the estimate and the limit and works out the remedies: the largest ``batch_key`` that fits,
     the largest ``side_key`` (image models: a layer's output scales with the image's area), 16-bit numbers
     (``train.precision``; layer outputs take half the bytes), or fewer layers.
     """
     need = footprint(model, training=training)
     usable = usable_memory()
-    if usable is None or need.at(batch_size) <= usable.bytes:
+    if usable is None or need.at(batch_size) + images_kept <= usable.bytes:
         return
     remedies = []
-    largest = (usable.bytes - need.fixed) // need.per_image
+    largest = (usable.bytes - need.fixed - images_kept) // need.per_image
     if largest >= 1:
         remedies.append(f"{batch_key} {largest} or less")
     if side_key is not None and usable.bytes > need.fixed:
         side = int(model.input_shape[1])
-        fits = math.isqrt(int(side * side * (usable.bytes - need.fixed) / (batch_size * need.per_image)))
+        scaled = batch_size * need.per_image + images_kept  # what grows with the area
+        fits = math.isqrt(int(side * side * (usable.bytes - need.fixed) / scaled))
         if fits >= 32:
             remedies.append(f"{side_key} {fits} or less")
-    half = need.fixed + batch_size * need.per_image * HALF_PRECISION
+    half = need.fixed + images_kept + batch_size * need.per_image * HALF_PRECISION
     if training and _computes_in_float32(model) and half <= usable.bytes:  # a saved model predicts as trained
         remedies.append("train.precision mixed_bfloat16 (mixed_float16 on a GPU)")
     remedies.append("a model with fewer or smaller layers")
+    kept = f", {images_kept / GB:.1f} GB of decoded images kept in memory" if images_kept else ""
     raise PipelineError(
-        f"{what} will not fit in memory: about {need.at(batch_size) / GB:.1f} GB at {batch_key} {batch_size} "
-        f"({batch_size * need.per_image / GB:.1f} GB of layer outputs, {need.fixed / GB:.1f} GB of weights"
-        f"{', gradients, optimizer values' if training else ''} and TensorFlow's own) against "
-        f"{usable.bytes / GB:.1f} GB this process can use ({usable.source}); use {', or '.join(remedies)}"
+        f"{what} will not fit in memory: about {(need.at(batch_size) + images_kept) / GB:.1f} GB at {batch_key} "
+        f"{batch_size} ({batch_size * need.per_image / GB:.1f} GB of layer outputs{kept}, "
+        f"{need.fixed / GB:.1f} GB of weights{', gradients, optimizer values' if training else ''} and "
+        f"TensorFlow's own) against {usable.bytes / GB:.1f} GB this process can use ({usable.source}); "
+        f"use {', or '.join(remedies)}"
     )
 
 

@@ -110,7 +110,8 @@ def fit(
     """Fit ``model`` on a dataset ``x`` or arrays ``x``, ``y``; log each epoch with DVCLive in ``log_dir``.
 
     First, whether it fits: ``model`` at ``batch_size`` (the params key ``batch_key``; a dataset ``x`` is
-    batched so already) against the memory this process can use, or one line with what would fit.
+    batched so already), with the decoded images its datasets keep in memory, against the memory this
+    process can use, or one line with what would fit.
 
     At most ``schedule.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
     the end (the book keeps that epoch with ModelCheckpoint); ``schedule.patience`` stops early, None never does.
@@ -120,7 +121,8 @@ def fit(
     """
     epochs, patience = schedule.epochs, schedule.patience
     side_key = "image.side" if takes_images(model) else None
-    check_fits(model, batch_size, batch_key, f"training {log_dir.name}", side_key=side_key)
+    images_kept = sum(getattr(data, "cached_bytes", 0) for data in (x, validation))  # filled as epoch 1 reads
+    check_fits(model, batch_size, batch_key, f"training {log_dir.name}", side_key=side_key, images_kept=images_kept)
     if y is None:
         batch_size = None  # the dataset's own batches
     # DVCLive writes into a temp folder that replaces the last run's only when training ends well: an

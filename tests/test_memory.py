@@ -161,6 +161,38 @@ def test_a_model_that_does_not_fit_stops_in_one_line_with_remedies_that_fit(tmp_
         check_fits(model, 512, "image.batch_size", "training train_baseline", side_key="image.side")
 
 
+def test_decoded_images_kept_in_memory_count_and_go_to_disk_under_a_tight_cgroup(tmp_path: Path, monkeypatch) -> None:
+    from dogs_vs_cats import datasets, paths
+    from dogs_vs_cats.config import Schedule
+    from dogs_vs_cats.training import fit
+
+    root = _system(tmp_path, monkeypatch, available_mb=16_000)  # the host has plenty free
+    _limit(root / "job", str(2 * 10**9), 10**9)  # but this job's cgroup leaves 1 GB
+    monkeypatch.chdir(tmp_path)
+    assert datasets._cache_file("train", 250 * MB) == ""  # a quarter of what the cgroup leaves: in memory
+    assert datasets._cache_file("train", 251 * MB).startswith(str(paths.CACHE_DIR))  # more: on disk
+    model = _conv_net()
+    need = footprint(model, training=True).at(8)
+    train = tf_data(model)
+    train.cached_bytes = 10**9 - need + 1  # the model fits alone, not with the images its data keeps
+    schedule = Schedule("baseline", 1e-3, 1, None)
+    with pytest.raises(PipelineError) as refused:
+        fit(model, train, validation=train, log_dir=tmp_path / "m", schedule=schedule, batch_size=8, batch_key="b")
+    line = str(refused.value)
+    assert f"GB of decoded images kept in memory, " in line and "use b " not in line  # no batch fits with them
+    assert not (tmp_path / "m").exists()
+    train.cached_bytes = 0
+    check_fits(model, 8, "b", "training")  # silent
+
+
+def tf_data(model: keras.Model):
+    import numpy as np
+    import tensorflow as tf
+
+    x = np.zeros((8, *model.input_shape[1:]), "float32")
+    return tf.data.Dataset.from_tensors((x, np.zeros((8, 1), "float32")))
+
+
 def test_a_training_stage_stops_before_it_trains(copy_of_trained: Path, trained: Path, monkeypatch, capsys) -> None:
     from stages import train_baseline
 
@@ -171,13 +203,17 @@ def test_a_training_stage_stops_before_it_trains(copy_of_trained: Path, trained:
         params = load_params()
     need = footprint(_baseline(params.image.side, params), training=True)
     half = params.image.batch_size // 2
-    _system(work, monkeypatch, available_mb=(need.fixed + half * need.per_image) // 10**6)
+    images = sum(1 for split in ("train", "validation") for f in (work / "data/sample" / split).rglob("*") if f.is_file())
+    kept = images * params.image.side**2 * 3 * 4  # decoded once, kept in memory: they take under a quarter
+    _system(work, monkeypatch, available_mb=(need.fixed + kept + half * need.per_image) // 10**6)
     with inside(work), pytest.raises(SystemExit) as ended:
         run(train_baseline.main)
     assert ended.value.code == 1
     out, err = capsys.readouterr()
     assert len(err.splitlines()) == 1 and err.startswith("error: training train_baseline will not fit in memory: ")
-    assert f"use image.batch_size {half - 1} or less, " in err  # MemAvailable counts whole kB
+    largest = int(err.split("use image.batch_size ")[1].split()[0])  # below half: MemAvailable rounds down
+    assert need.at(largest) + kept <= usable_memory().bytes < need.at(largest + 1) + kept and largest < half
+    assert f"{kept / 10**9:.1f} GB of decoded images kept in memory" in err
     assert "epoch" not in out  # it stopped before the first
     assert (work / "models/baseline.keras").read_bytes() == before  # nothing half-written, nothing lost
     assert not (work / "metrics").exists()
