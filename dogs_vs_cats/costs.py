@@ -8,6 +8,7 @@ as 0. Nested models (a pretrained base inside the fine-tuned model) are opened l
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import keras
@@ -57,15 +58,26 @@ def macs(layer: keras.layers.Layer) -> int:
     return 0
 
 
+def leaf_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model`` that computes, in order: nested models opened, inputs left out."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from leaf_layers(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            yield layer
+
+
+def precision_of(model: keras.Model) -> str:
+    """The ``train.precision`` ``model`` computes in: its layers' mixed policy (the output layer stays float32
+    under each), nested models included; a loaded model's own ``dtype_policy`` is the global policy's."""
+    mixed = {layer.dtype_policy.name for layer in leaf_layers(model)} - {"float32"}
+    return " and ".join(sorted(mixed)) or "float32"
+
+
 def layer_costs(model: keras.Model) -> list[LayerCost]:
     """Every layer of ``model``, nested models opened, inputs left out."""
     costs = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, keras.Model):
-            costs += layer_costs(layer)
-            continue
+    for layer in leaf_layers(model):
         out = _shape(layer.output)
         itemsize = np.dtype(layer.compute_dtype or "float32").itemsize
         costs.append(

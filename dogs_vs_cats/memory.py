@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 
 from dogs_vs_cats.common import PipelineError
-from dogs_vs_cats.costs import layer_costs
+from dogs_vs_cats.costs import layer_costs, leaf_layers
 
 PROC = Path("/proc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -46,7 +46,7 @@ class Footprint:
         return self.fixed + batch_size * self.per_image
 
 
-def footprint(model: keras.Model, *, training: bool) -> Footprint:
+def footprint(model: keras.Model, *, training: bool, optimizer: str | None = None) -> Footprint:
     """What ``model`` needs to train or to predict, for TensorFlow on a CPU.
 
     Predicting, one layer runs at a time: its input, its output and the output before its activation (Keras
@@ -55,7 +55,8 @@ def footprint(model: keras.Model, *, training: bool) -> Footprint:
     that layer (a frozen base) nothing is recorded, and the layers run as in prediction. Each output takes the
     bytes of its layer's compute dtype (two under ``mixed_bfloat16``), the input image four.
     Weights are float32 under every precision; each trainable one has a gradient and the optimizer's values
-    (RMSprop's one, Adam's two; an uncompiled model is counted as the pipeline's RMSprop). Then TensorFlow's
+    (RMSprop's one, Adam's two; ``optimizer`` names the class for an uncompiled model, else it is counted as
+    the pipeline's RMSprop). Then TensorFlow's
     own working memory. docs/memory.md compares the estimate with measured peaks.
     """
     costs = layer_costs(model)
@@ -66,8 +67,10 @@ def footprint(model: keras.Model, *, training: bool) -> Footprint:
     kept = 0 if first_trained is None else 2 * sum(outputs[first_trained:])
     weights = 4 * sum(c.trainable + c.frozen for c in costs)
     trainable = sum(c.trainable for c in costs) if training else 0
-    optimizer = getattr(model, "optimizer", None)
-    name = type(getattr(optimizer, "inner_optimizer", optimizer)).__name__ if optimizer else "RMSprop"
+    compiled = getattr(model, "optimizer", None)
+    if compiled is not None:
+        optimizer = type(getattr(compiled, "inner_optimizer", compiled)).__name__
+    name = optimizer or "RMSprop"
     fixed = RUNTIME_BYTES + weights + 4 * (1 + OPTIMIZER_SLOTS.get(name, 2)) * trainable
     return Footprint(fixed, max(running, kept))
 
@@ -228,14 +231,4 @@ def check_fits(
 
 
 def _computes_in_float32(model: keras.Model) -> bool:
-    return all(dtype == "float32" for dtype in _compute_dtypes(model))
-
-
-def _compute_dtypes(model: keras.Model) -> list[str]:
-    dtypes = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            dtypes += _compute_dtypes(layer)
-        elif not isinstance(layer, keras.layers.InputLayer):
-            dtypes.append(layer.compute_dtype or "float32")
-    return dtypes
+    return all((layer.compute_dtype or "float32") == "float32" for layer in leaf_layers(model))

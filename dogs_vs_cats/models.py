@@ -5,6 +5,7 @@ and training, evaluation and prediction cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Callable, Iterator
@@ -299,7 +300,10 @@ def built_under(precision: str) -> Iterator[None]:
 
 
 def load_saved(path: Path) -> keras.Model:
-    """A model saved by a stage; importing this module registered its custom layers, and safe mode stays on."""
+    """A model saved by a stage, to predict with; importing this module registered its custom layers, and safe
+    mode stays on. Uncompiled: no stage trains a loaded model further with its optimizer, and compiling it here
+    would rebuild the optimizer under the global policy, not the model's (a ``mixed_float16`` model's loss
+    scaling lost, with a warning). ``saved_optimizer`` names the optimizer it was trained with."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: not found; run dvc repro")
@@ -309,7 +313,16 @@ def load_saved(path: Path) -> keras.Model:
         raise PipelineError(f"{path}: not a .keras model file (a zip); name one a stage saved, e.g. models/*.keras")
     try:
         with signals_deferred():  # Keras catches everything while it reads the weights, Ctrl-C too
-            return keras.models.load_model(path)
+            return keras.models.load_model(path, compile=False)
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:  # a truncated or edited file
         reason = one_line(error)
         raise PipelineError(f"{path}: cannot load the model ({reason}); save it again with dvc repro") from None
+
+
+def saved_optimizer(path: Path) -> str | None:
+    """The class name of the optimizer a model ``load_saved`` can read was compiled with (``RMSprop``), from
+    the archive's compile config; None for a model saved uncompiled."""
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    optimizer = (config.get("compile_config") or {}).get("optimizer")
+    return optimizer.get("class_name") if isinstance(optimizer, dict) else None

@@ -21,7 +21,7 @@ from dvclive.keras import DVCLiveCallback
 from dogs_vs_cats import paths
 from dogs_vs_cats.common import atomic_path, keras_verbosity, write_json
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
-from dogs_vs_cats.costs import takes_images
+from dogs_vs_cats.costs import precision_of, takes_images
 from dogs_vs_cats.memory import check_fits
 
 
@@ -131,7 +131,7 @@ def fit(
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
         live.step = 1  # DVCLive counts from 0; the curves' step is the epoch, counted from 1 as best.epoch is
         history = _keras_fit(model, x, y, validation, epochs, patience, batch_size, live)
-        write_json(Path(live.metrics_file), training_summary(history, model.dtype_policy.name, notes or {}))
+        write_json(Path(live.metrics_file), training_summary(history, precision_of(model), notes or {}))
         write_curves(history, paths.curves_file(live_dir))
         # DVCLive's per-metric TSVs hold the same numbers, one file (so one plot in `dvc plots show`) each.
         shutil.rmtree(live_dir / "plots", ignore_errors=True)

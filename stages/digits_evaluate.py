@@ -18,6 +18,7 @@ from dogs_vs_cats import evaluation, paths
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES
 from dogs_vs_cats.common import atomic_path, keras_verbosity, run, write_json
 from dogs_vs_cats.config import load_params
+from dogs_vs_cats.costs import precision_of
 from dogs_vs_cats.digits_io import CLASSES, Split, dataset_arg, load_split
 from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.models import load_saved
@@ -68,7 +69,7 @@ def main() -> None:
     names = DIGITS_CLASS_NAMES[dataset]
     test = load_split(dataset, "test")
     model = load_saved(paths.digits_model(dataset))
-    print(f"digits_evaluate: {dataset}: the model computes in {model.dtype_policy.name}, as it was trained")
+    print(f"digits_evaluate: {dataset}: the model computes in {precision_of(model)}, as it was trained")
     probabilities = model.predict(
         batches(test, params.digits.batch_size, shuffle=False, seed=0), verbose=keras_verbosity()
     )

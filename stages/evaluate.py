@@ -24,7 +24,7 @@ from dogs_vs_cats import evaluation, gradcam, paths, stats
 from dogs_vs_cats.classes import CLASS_NAMES
 from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, run, write_json
 from dogs_vs_cats.config import load_params
-from dogs_vs_cats.costs import layer_costs, takes_images, totals
+from dogs_vs_cats.costs import layer_costs, precision_of, takes_images, totals
 from dogs_vs_cats.datasets import image_dataset, labels_of, load_features, resized_pixels
 from dogs_vs_cats.images import read_image
 from dogs_vs_cats.models import load_saved, predicted_labels
@@ -161,7 +161,7 @@ def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
     out = {}
     for name, path in paths.EVALUATED_MODELS.items():
         model = load_saved(path)
-        print(f"evaluate: {name} computes in {model.dtype_policy.name}, the train.precision it was trained under")
+        print(f"evaluate: {name} computes in {precision_of(model)}, the train.precision it was trained under")
         if takes_images(model):
             images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
             inputs = images.unbatch().map(lambda pixels, _: pixels)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from dogs_vs_cats import costs as cost_of
 from dogs_vs_cats.common import run
+from dogs_vs_cats.memory import footprint
+from dogs_vs_cats.models import built_under, load_saved, saved_optimizer
 from tests.conftest import call_stage
 from tools import anatomy
 
@@ -76,3 +80,21 @@ def test_the_command_prints_a_table_and_refuses_a_wrong_call_in_one_line(
             run(lambda args=args: anatomy.main(args))
         assert exit_status.value.code == 1
         assert capsys.readouterr().err.strip() == error
+
+
+def test_a_saved_mixed_float16_model_loads_without_a_warning_and_is_counted_with_its_optimizer(tmp_path: Path) -> None:
+    path = tmp_path / "m.keras"
+    with built_under("mixed_float16"):  # trained with loss scaling: the optimizer holds more variables
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(1, dtype="float32")(keras.layers.Dense(3)(inputs)))
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(np.zeros((8, 4)), np.zeros((8, 1)), verbose=0)
+        model.save(path)
+    with warnings.catch_warnings():  # loaded under the global float32 policy, as every stage loads
+        warnings.simplefilter("error")
+        loaded = load_saved(path)
+    assert saved_optimizer(path) == "Adam"
+    adam, default = footprint(loaded, training=True, optimizer="Adam"), footprint(loaded, training=True)
+    assert adam.fixed - default.fixed == 4 * (4 * 3 + 3 + 3 + 1)  # Adam's second value per trainable weight
+    needs = anatomy.table(loaded, 8, saved_optimizer(path)).splitlines()[-1]
+    assert f"training needs about {adam.at(8) / 1e9:.2f} GB" in needs

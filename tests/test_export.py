@@ -94,7 +94,7 @@ def test_a_model_trained_in_bfloat16_is_exported_in_float32_with_its_weights(tmp
     export.saved_model(clone, tmp_path / "saved")
     assert export.tflite(tmp_path / "saved")  # built-in float32 ops only
     # Only the weights travel: the optimizer's slots would be stored in the SavedModel too.
-    assert loaded.optimizer is not None and getattr(clone, "optimizer", None) is None
+    assert model.optimizer is not None and getattr(export.in_float32(model), "optimizer", None) is None
 
 
 def _layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -179,7 +179,7 @@ def test_decoded_images_kept_in_memory_count_and_go_to_disk_under_a_tight_cgroup
     with pytest.raises(PipelineError) as refused:
         fit(model, train, validation=train, log_dir=tmp_path / "m", schedule=schedule, batch_size=8, batch_key="b")
     line = str(refused.value)
-    assert f"GB of decoded images kept in memory, " in line and "use b " not in line  # no batch fits with them
+    assert "GB of decoded images kept in memory, " in line and "use b " not in line  # no batch fits with them
     assert not (tmp_path / "m").exists()
     train.cached_bytes = 0
     check_fits(model, 8, "b", "training")  # silent
@@ -203,7 +203,9 @@ def test_a_training_stage_stops_before_it_trains(copy_of_trained: Path, trained:
         params = load_params()
     need = footprint(_baseline(params.image.side, params), training=True)
     half = params.image.batch_size // 2
-    images = sum(1 for split in ("train", "validation") for f in (work / "data/sample" / split).rglob("*") if f.is_file())
+    images = sum(
+        1 for split in ("train", "validation") for f in (work / "data/sample" / split).rglob("*") if f.is_file()
+    )
     kept = images * params.image.side**2 * 3 * 4  # decoded once, kept in memory: they take under a quarter
     _system(work, monkeypatch, available_mb=(need.fixed + kept + half * need.per_image) // 10**6)
     with inside(work), pytest.raises(SystemExit) as ended:

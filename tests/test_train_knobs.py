@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dogs_vs_cats import export
+from dogs_vs_cats.costs import precision_of
 from dogs_vs_cats.datasets import image_dataset
 from dogs_vs_cats.models import load_saved
 from dogs_vs_cats.stats import mcnemar
@@ -96,8 +97,9 @@ def test_every_precision_trains_saves_and_loads(
     for stage in ("train_baseline", "train_head", "train_frozen", "finetune"):
         assert json.loads((copy_of_trained / f"metrics/{stage}/metrics.json").read_text())["policy"] == precision
     for name in ("baseline", "head", "frozen", "finetuned"):
-        model = keras.models.load_model(copy_of_trained / f"models/{name}.keras")
+        model = load_saved(copy_of_trained / f"models/{name}.keras")  # as the stages load it: no warning
         assert model.outputs[0].dtype == "float32", name  # the sigmoid stays float32 under mixed precision
+        assert precision_of(model) == precision, name  # what evaluate and predict say it computes in
         convolutions_or_dense = [
             layer for layer in _layers(model) if isinstance(layer, keras.layers.Dense | keras.layers.Conv2D)
         ]

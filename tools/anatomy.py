@@ -22,11 +22,12 @@ from dogs_vs_cats.common import PipelineError, run
 from dogs_vs_cats.config import FeaturesConfig
 from dogs_vs_cats.costs import layer_costs, totals
 from dogs_vs_cats.memory import GB, footprint, usable_memory
-from dogs_vs_cats.models import BASES, build_extractor, load_saved
+from dogs_vs_cats.models import BASES, build_extractor, load_saved, saved_optimizer
 
 
-def table(model: keras.Model, batch_size: int) -> str:
-    """The per-layer table and the totals, as ``python -m tools.anatomy`` prints them."""
+def table(model: keras.Model, batch_size: int, optimizer: str | None = None) -> str:
+    """The per-layer table and the totals, as ``python -m tools.anatomy`` prints them; ``optimizer`` the class a
+    saved model was trained with (``memory.footprint``)."""
     costs = layer_costs(model)
     header = f"{'layer':<28}{'output':>18}{'trainable':>12}{'frozen':>11}{'MACs/image':>15}{'MB/image':>10}"
     lines = [header + f"{f'MB/{batch_size}':>11}"]
@@ -36,7 +37,9 @@ def table(model: keras.Model, batch_size: int) -> str:
         row = f"{c.name[:27]:<28}{shape:>18}{c.trainable:>12,}{c.frozen:>11,}{c.macs:>15,}"
         lines.append(row + f"{mb:>10.2f}{mb * batch_size:>11.1f}")
     total = totals(costs)
-    training, predicting = (footprint(model, training=mode).at(batch_size) for mode in (True, False))
+    training, predicting = (
+        footprint(model, training=mode, optimizer=optimizer).at(batch_size) for mode in (True, False)
+    )
     usable = usable_memory()
     lines.append(
         f"total: {total['params']:,} parameters ({total['trainable']:,} trainable, {total['frozen']:,} frozen), "
@@ -61,10 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.base:
         if args.base not in BASES:
             raise PipelineError(f"--base {args.base}: unknown; use one of {', '.join(BASES)}")
-        model = build_extractor(args.size, FeaturesConfig(args.base, "none"))
+        print(table(build_extractor(args.size, FeaturesConfig(args.base, "none")), args.batch_size))
     else:
-        model = load_saved(args.model)
-    print(table(model, args.batch_size))
+        print(table(load_saved(args.model), args.batch_size, saved_optimizer(args.model)))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from dogs_vs_cats import gradcam, paths
 from dogs_vs_cats.classes import CLASS_NAMES, DIGITS_CLASS_NAMES
 from dogs_vs_cats.common import PipelineError, atomic_path, output_dir, replaceable, run
 from dogs_vs_cats.config import FeaturesConfig, load_params
-from dogs_vs_cats.costs import takes_images
+from dogs_vs_cats.costs import precision_of, takes_images
 from dogs_vs_cats.datasets import resized_pixels
 from dogs_vs_cats.digits_io import CLASSES, SIDE
 from dogs_vs_cats.images import BadImage, check_training_decodes, is_high_depth, read_file, read_image
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
                                      batch_size, errors)  # fmt: skip
         else:
             model = load_saved(args.model)
-            print(f"predict: {args.model} computes in {model.dtype_policy.name}, as it was trained", file=sys.stderr)
+            print(f"predict: {args.model} computes in {precision_of(model)}, as it was trained", file=sys.stderr)
             if args.explain and (is_digits_model(model) or not takes_images(model)):
                 raise PipelineError(
                     f"--explain: {args.model} is not a cat/dog image model; use {paths.FINETUNED_MODEL}"
