@@ -18,6 +18,7 @@ from dogs_vs_cats import paths
 from dogs_vs_cats.classes import CLASS_NAMES
 from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, progress, remove_stale_temps, temp_dir
 from dogs_vs_cats.memory import usable_memory
+from dogs_vs_cats.tf_env import captured_stderr
 
 
 def image_dataset(
@@ -118,9 +119,11 @@ def resized_pixels(image: Image.Image, size: int, data: bytes | None = None) -> 
 
     Given the file's ``data``, a plain upright JPEG (``images.is_plain_jpeg``) is decoded by TensorFlow as
     training decodes it: Pillow's decoder rounds its inverse DCT differently, up to 5 grey levels apart.
+    libjpeg's lines about it, which name no file, are dropped: ``images.check_training_decodes`` judged them.
     """
     if data is not None and image.info.get("plain_jpeg"):
-        array = tf.io.decode_jpeg(data, channels=3)
+        with captured_stderr():
+            array = tf.io.decode_jpeg(data, channels=3)
     else:
         array = np.asarray(image.convert("RGB"), dtype=np.float32)
     return tf.image.resize(array, (size, size), method="bilinear").numpy()

@@ -25,6 +25,7 @@ EXIF_ORIENTATION = 0x0112
 # is damaged it fills the rows it lost with gray and says so; junk after the last scan (many Kaggle photos), an
 # odd JFIF version or SOS parameters lose nothing. The caller names the file; the lines themselves are dropped.
 LOST_ROWS = re.compile(r"^(Corrupt JPEG data: (?!\d+ extraneous bytes)|Premature end of JPEG)")
+EXTRANEOUS_BEFORE_END = re.compile(r"^Corrupt JPEG data: (\d+) extraneous bytes before marker 0xd9$")
 TENSORFLOW_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")  # absl's prefix; libjpeg's lines have none
 JPEG_QUALITY = 95  # re-encoded images (PNG, CMYK, grayscale, rotated) stay visually lossless
 # What a photo can be. Kaggle's largest is about 0.5 MB and 0.3 megapixels; a 50 MP phone photo is about
@@ -185,42 +186,77 @@ def read_image(data: bytes) -> Image.Image:
 
 
 def to_rgb_jpeg(data: bytes) -> Photo:
-    """Decode ``data`` fully and return it as an upright 3-channel JPEG that training's decoder reads in full;
-    raise BadImage if it cannot be used.
+    """Decode ``data`` fully and return it as an upright 3-channel JPEG that training's decoder reads in full
+    and in silence; raise BadImage if it cannot be used.
 
-    A plain upright RGB JPEG is kept byte for byte; anything else (PNG named .jpg, CMYK, grayscale,
-    alpha, an EXIF rotation) is converted and re-encoded, so every sampled file decodes to RGB anywhere.
+    A plain upright RGB JPEG is kept byte for byte, or with what libjpeg skips cut out (``_silenced``);
+    anything else (PNG named .jpg, CMYK, grayscale, alpha, an EXIF rotation, a JPEG libjpeg still warns about)
+    is converted and re-encoded. So every sampled file decodes to RGB anywhere, and no later stage's log
+    carries a libjpeg line that names no file.
     """
     with _decoded(data) as image:
-        if is_plain_jpeg(image):
-            photo = Photo(data, image.width, image.height)
+        kept = _silenced(data, check_training_decodes(data)) if is_plain_jpeg(image) else None
+        if kept is not None:
+            photo = Photo(kept, image.width, image.height)
         else:
             rgb = upright_rgb(image)
             out = io.BytesIO()
             rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
             photo = Photo(out.getvalue(), rgb.width, rgb.height)
-    check_training_decodes(photo.data)  # the bytes training will read
+    if photo.data is not data and check_training_decodes(photo.data):  # the bytes training will read
+        raise BadImage("undecodable_by_tensorflow")
     return photo
 
 
-def check_training_decodes(data: bytes) -> None:
+def check_training_decodes(data: bytes) -> list[str]:
     """Raise BadImage (``undecodable_by_tensorflow``) unless ``data`` decodes in full as the training datasets
     decode it: ``keras.utils.image_dataset_from_directory`` calls TensorFlow's decoder on the whole file, 3
     channels, first frame. Pillow goes on past damaged JPEG data that this decoder refuses; and where the
     compressed data ends early (a truncated file with its end marker put back) both decoders fill the missing
-    rows with gray, and only libjpeg's warning on stderr tells: such a file is refused too."""
+    rows with gray, and only libjpeg's warning on stderr tells: such a file is refused too. Returns libjpeg's
+    other warnings, which lose no pixel; none is printed."""
+    lines = _tensorflow_decoding(data)[1]
+    if any(LOST_ROWS.match(line) for line in lines):
+        raise BadImage("undecodable_by_tensorflow")
+    return lines
+
+
+def _tensorflow_decoding(data: bytes) -> tuple[np.ndarray, list[str]]:
+    """``data``'s pixels as training decodes them, and libjpeg's warnings; TensorFlow's own log lines pass on."""
     import tensorflow as tf  # here, not at the top: reading archives and names needs no TensorFlow
 
     try:
         with captured_stderr() as lines:
-            tf.image.decode_image(data, channels=3, expand_animations=False)
+            pixels = tf.image.decode_image(data, channels=3, expand_animations=False).numpy()
     except tf.errors.InvalidArgumentError:
         raise BadImage("undecodable_by_tensorflow") from None
     for line in lines:
         if TENSORFLOW_LOG.match(line):
             print(line, file=sys.stderr)  # TensorFlow's own log, at the level the user set
-    if any(LOST_ROWS.match(line) for line in lines):
-        raise BadImage("undecodable_by_tensorflow")
+    return pixels, [line for line in lines if not TENSORFLOW_LOG.match(line)]
+
+
+def _silenced(data: bytes, warned: list[str]) -> bytes | None:
+    """``data`` without what libjpeg ``warned`` about, when that decodes to the same pixels in silence: the
+    ``N extraneous bytes`` it skips before the end marker (many Kaggle photos), an unknown JFIF version (set to
+    1.01). ``data`` itself when nothing was said; None when no such repair holds."""
+    if not warned:
+        return data
+    repaired = data
+    for line in warned:
+        junk = EXTRANEOUS_BEFORE_END.match(line)
+        version = repaired.find(b"JFIF\x00", 0, 32)
+        if junk and repaired.endswith(b"\xff\xd9") and 0 < int(junk.group(1)) < len(repaired) - 4:
+            repaired = repaired[: -2 - int(junk.group(1))] + b"\xff\xd9"
+        elif line.startswith("Warning: unknown JFIF revision number") and version >= 0:
+            repaired = repaired[: version + 5] + b"\x01\x01" + repaired[version + 7 :]
+        else:
+            return None
+    try:
+        pixels, lines = _tensorflow_decoding(repaired)
+    except BadImage:
+        return None
+    return repaired if not lines and np.array_equal(pixels, _tensorflow_decoding(data)[0]) else None
 
 
 @contextlib.contextmanager

@@ -118,8 +118,8 @@ def gallery(
     overlays = explain(list(shown["file"])) if explain and not shown.empty else {}
     columns, captions = [], []
     for row in shown.itertuples():
-        with Image.open(sample_dir / row.file) as image:
-            columns.append([image.convert("RGB")] + ([overlays[row.file]] if overlays else []))
+        photo = read_image((sample_dir / row.file).read_bytes())  # as sample read it: odd EXIF in silence
+        columns.append([photo] + ([overlays[row.file]] if overlays else []))
         captions.append(f"true {row.label}\nP(dog)={row.probability:.3f}")
     note = ", with Grad-CAM" if overlays else ""
     return evaluation.gallery_sheet(title, columns, captions, THUMBNAIL, right, note)

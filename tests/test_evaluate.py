@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+import struct
 import warnings
 from pathlib import Path
 
@@ -159,7 +160,14 @@ def test_gallery_shows_the_most_confidently_wrong_first(tmp_path: Path) -> None:
     # Measured from the threshold: at 0.95, P(dog)=0.45 is the more confident call.
     assert list(evaluate.most_confidently_wrong(table, 1, 0.95)["file"]) == ["test/dog/dog.3.jpg"]
     font = ImageFont.load_default(size=11)
-    sheet = evaluate.gallery(table, sample_dir, 1, 0.5, "finetuned")
+    # EXIF pointing past its segment: Pillow warns ("Truncated File Read") when it opens the photo; sample kept it
+    tiff = b"II*\x00" + struct.pack("<IHHHII", 8, 1, 0x011A, 5, 1, 4000) + b"\x00" * 4
+    exif = b"Exif\x00\x00" + tiff
+    photo = sample_dir / "test/cat/cat.2.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + photo.read_bytes()[2:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sheet = evaluate.gallery(table, sample_dir, 1, 0.5, "finetuned")
     heading = "finetuned: the 1 most confidently wrong test image"
     assert sheet.size == (int(font.getlength(heading)) + 8, HEADING + evaluate.THUMBNAIL + TWO_LINES)
     two = evaluate.gallery(table, sample_dir, 5, 0.5, "m")  # two tiles, a short title: the tiles set the width

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from dogs_vs_cats.images import (
     SKIP_REASONS,
     BadImage,
+    _tensorflow_decoding,
     check_training_decodes,
     is_unsafe,
     parse_member,
@@ -119,13 +121,27 @@ def test_a_jpeg_whose_rows_the_decoder_made_up_is_refused_in_silence(capfd: pyte
     assert capfd.readouterr() == ("", "")
 
 
-def test_libjpeg_warnings_that_lose_no_pixel_keep_the_photo_in_silence(capfd: pytest.CaptureFixture) -> None:
+def test_libjpeg_warnings_that_lose_no_pixel_keep_the_photo_and_silence_every_later_decode(
+    capfd: pytest.CaptureFixture,
+) -> None:
     good = image_bytes()
     padded = good[:-2] + b"\x00" * 99 + good[-2:]  # like many Kaggle photos: bytes between the scan and the end
     version = good.index(b"JFIF\x00") + 5
     odd_jfif = good[:version] + b"\x09\x09" + good[version + 2 :]  # "Warning: unknown JFIF revision number 9.09"
-    for data in (padded, odd_jfif, good):
-        check_training_decodes(data)
+    tables = good.index(b"\xff\xdb")
+    junk_inside = good[:tables] + b"\x07" * 5 + good[tables:]  # "5 extraneous bytes before marker 0xdb"
+    assert check_training_decodes(good) == []
+    for data in (padded, odd_jfif, junk_inside):
+        assert check_training_decodes(data)  # libjpeg said something, and nothing was lost: kept
+    # Training, evaluate and every stage after sample would print those lines, naming no file: sample writes
+    # the photo without what libjpeg skipped, the same pixels, or re-encodes it where no such cut is known.
+    cut = to_rgb_jpeg(padded).data
+    assert len(good) <= len(cut) < len(padded) and check_training_decodes(cut) == []
+    assert np.array_equal(_tensorflow_decoding(cut)[0], _tensorflow_decoding(good)[0])  # not re-encoded
+    assert to_rgb_jpeg(odd_jfif).data == good
+    reencoded = to_rgb_jpeg(junk_inside)
+    assert reencoded.data not in (good, junk_inside) and check_training_decodes(reencoded.data) == []
+    assert (reencoded.width, reencoded.height) == (40, 30)
     assert capfd.readouterr().err == ""  # libjpeg's lines name no file: never printed
 
 

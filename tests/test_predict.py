@@ -264,6 +264,10 @@ def test_a_photo_training_cannot_decode_is_one_line_and_the_rest_are_read(
     assert [[file.name for file in files] for files, _ in batches] == [["a.jpg", "c.png"]]
     assert errors == [f"{damaged}: cannot read image (undecodable by tensorflow)"]
     assert capfd.readouterr().err == ""  # libjpeg's own "Corrupt JPEG data" lines name no file
+    padded = tmp_path / "d.jpg"
+    padded.write_bytes(image_bytes()[:-2] + b"\x00" * 9 + b"\xff\xd9")  # junk libjpeg skips, with a line
+    assert [[file.name for file in files] for files, _ in predict.load_batches([padded], 32, 4, errors)] == [["d.jpg"]]
+    assert capfd.readouterr().err == ""
 
 
 def test_an_empty_folder_is_an_error_not_silence(trained: Path, tmp_path: Path) -> None:
