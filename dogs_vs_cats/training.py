@@ -19,7 +19,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import atomic_path, keras_verbosity, write_json
+from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, write_json
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
 from dogs_vs_cats.costs import precision_of, takes_images
 from dogs_vs_cats.memory import check_fits
@@ -131,6 +131,13 @@ def fit(
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
         live.step = 1  # DVCLive counts from 0; the curves' step is the epoch, counted from 1 as best.epoch is
         history = _keras_fit(model, x, y, validation, epochs, patience, batch_size, live)
+        diverged = next((key for key in ("loss", "val_loss") if not np.isfinite(history[key][-1])), None)
+        if diverged:
+            float16 = " or train.precision float32" if precision_of(model) == "mixed_float16" else ""
+            raise PipelineError(
+                f"{log_dir.name}: {diverged} is {history[diverged][-1]} at epoch {len(history[diverged])}, the "
+                f"training diverged and nothing was saved; lower {schedule.section}.learning_rate{float16}"
+            )
         write_json(Path(live.metrics_file), training_summary(history, precision_of(model), notes or {}))
         write_curves(history, paths.curves_file(live_dir))
         # DVCLive's per-metric TSVs hold the same numbers, one file (so one plot in `dvc plots show`) each.
@@ -170,6 +177,8 @@ def _keras_fit(model, x, y, validation, epochs: int, patience: int | None, batch
     keep_best = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience or epochs, restore_best_weights=True
     )
+    # A NaN or infinite loss stays so: stop at that batch rather than hours later (fit then says it diverged).
+    diverged = keras.callbacks.TerminateOnNaN()
     name = Path(live.dir).name
     print(f"{name}: at most {epochs} epochs over {_amount(x)} and {_amount(validation)}")
     watched = WatchedCurves(name)
@@ -181,7 +190,7 @@ def _keras_fit(model, x, y, validation, epochs: int, patience: int | None, batch
             epochs=epochs,
             batch_size=batch_size,
             shuffle=y is not None,  # a tf.data dataset shuffles itself
-            callbacks=[keep_best, DVCLiveCallback(live=live), EpochClock(epochs), watched],
+            callbacks=[diverged, keep_best, DVCLiveCallback(live=live), EpochClock(epochs), watched],
             # Piped, EpochClock's line is the epoch's one line; on a terminal it follows Keras' live bar.
             verbose=1 if keras_verbosity() == 1 else 0,
         ).history

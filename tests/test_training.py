@@ -277,3 +277,25 @@ def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_lef
                                   final.sort_values(["split", "epoch"], ignore_index=True))  # fmt: skip
     assert not any(declared for _, declared in seen)  # the declared folder appears when training ends well
     assert not list((tmp_path / paths.WATCH_DIR).iterdir())  # its own file removed, the stale one too
+
+
+def test_a_diverged_fit_stops_at_once_in_one_line_and_saves_nothing(tmp_path: Path, capsys) -> None:
+    from dogs_vs_cats.config import HeadConfig, Schedule
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6)).astype("float32"), rng.integers(0, 2, 40).astype("float32")
+    y[20] = np.nan  # the loss is NaN from the third batch on, as after a learning rate far too high
+    model = build_head((6,), HeadConfig(False, 4, 0.0, 1e-3, 8, 3, None))
+    compile_binary(model, 1e-3)
+    previous = tmp_path / "metrics/head/metrics.json"
+    previous.parent.mkdir(parents=True)
+    previous.write_text("{}")
+    with inside(tmp_path), pytest.raises(PipelineError) as refused:
+        fit(model, x, y, validation=(x[:10], y[:10]), log_dir=Path("metrics/head"),
+            schedule=Schedule("head", 1e-3, 3, None), batch_size=8, batch_key="head.batch_size")  # fmt: skip
+    assert str(refused.value) == (
+        "head: loss is nan at epoch 1, the training diverged and nothing was saved; lower head.learning_rate"
+    )
+    epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 1 and epochs[0].startswith("epoch 1/3 in ") and "loss nan" in epochs[0]  # not 3
+    assert previous.read_text() == "{}" and sorted(p.name for p in previous.parent.iterdir()) == ["metrics.json"]

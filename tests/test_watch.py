@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,22 @@ def test_nothing_running_or_a_strange_file_is_one_line(tmp_path: Path, capsys, c
         watch.main([])
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "unreadable" in out and "Traceback" not in out
+
+
+def test_a_nan_or_infinite_loss_shows_as_divergence_without_a_warning(tmp_path: Path, capsys) -> None:
+    history = {**HISTORY, "loss": [0.7, float("inf"), float("nan")], "val_loss": [0.69, 0.45, float("nan")]}
+    _curves(tmp_path / paths.watched_curves("head", os.getpid()), history)
+    with inside(tmp_path), warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value" RuntimeWarning on inf - inf
+        watch.main([])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"head (pid {os.getpid()}, running): 3 epochs; best val_loss 0.4500 (val_accuracy 0.7500) at epoch 2; "
+        "diverged at epoch 2",
+        "  loss      ▁!!  nan",
+        "  val_loss  █▁!  nan",
+    ]
+    _curves(tmp_path / paths.watched_curves("head", os.getpid()), {**history, "val_loss": [float("nan")] * 3})
+    with inside(tmp_path):
+        watch.main([])
+    assert "3 epochs; no finite val_loss; diverged at epoch 1" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dogs_vs_cats import paths
@@ -28,24 +29,36 @@ def watched_files(root: Path = Path()) -> list[Path]:
 
 
 def bars(values: pd.Series) -> str:
-    """``values`` as a line of block characters, lowest to highest (NaN as a space)."""
-    low, high = values.min(), values.max()
+    """``values`` as a line of block characters, lowest to highest of the finite ones; ``!`` for NaN or inf."""
+    finite = values[np.isfinite(values)]
+    low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
     span = (high - low) or 1.0
-    return "".join(" " if pd.isna(v) else BARS[round((v - low) / span * (len(BARS) - 1))] for v in values)
+    return "".join(BARS[round((v - low) / span * (len(BARS) - 1))] if np.isfinite(v) else "!" for v in values)
 
 
 def summary(path: Path) -> str:
-    """One running (or stopped) training's lines: what, how far, the best epoch, the curves as bars."""
+    """One running (or stopped) training's lines: what, how far, the best epoch, the curves as bars; a NaN or
+    infinite loss says the training diverged (fit stops there)."""
     name, pid = path.stem.rsplit(".", 1)
     state = "running" if Path(f"/proc/{pid}").exists() else "stopped"
     table = pd.read_csv(path)
+    table[["loss", "accuracy"]] = table[["loss", "accuracy"]].astype(float)  # "nan" and "inf" too
     train = table[table.split == "train"].set_index("epoch")
     validation = table[table.split == "validation"].set_index("epoch")
-    best = int(validation.loss.idxmin())
+    if train.empty or validation.empty:
+        raise ValueError("no finished epoch")
     where = "" if path.parent == paths.WATCH_DIR else f" in {path.parents[len(paths.WATCH_DIR.parts)]}"
+    finite = validation.loss[np.isfinite(validation.loss)]
+    if finite.empty:
+        best = "no finite val_loss"
+    else:
+        epoch = int(finite.idxmin())
+        best = f"best val_loss {finite[epoch]:.4f} (val_accuracy {validation.accuracy[epoch]:.4f}) at epoch {epoch}"
+    losses = pd.concat([train.loss, validation.loss])
+    broken = losses[~np.isfinite(losses)]
+    diverged = f"; diverged at epoch {int(broken.index.min())}" if len(broken) else ""
     lines = [
-        f"{name}{where} (pid {pid}, {state}): {len(train)} epochs; best val_loss {validation.loss[best]:.4f} "
-        f"(val_accuracy {validation.accuracy[best]:.4f}) at epoch {best}",
+        f"{name}{where} (pid {pid}, {state}): {len(train)} epochs; {best}{diverged}",
         f"  loss      {bars(train.loss)}  {train.loss.iloc[-1]:.4f}",
         f"  val_loss  {bars(validation.loss)}  {validation.loss.iloc[-1]:.4f}",
     ]
