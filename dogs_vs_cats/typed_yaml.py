@@ -84,7 +84,8 @@ def parse(cls: type, raw: Any, prefix: str = "") -> Any:
         renamed = getattr(cls, "RENAMED", {}).get(unknown[0])
         if renamed:
             new = f"{prefix}.{renamed.new}" if prefix else renamed.new
-            raise ConfigError(f"{key} is now {new}; rename the key ({renamed.why})")
+            fix = f"remove {key}, {new} is there" if renamed.new in raw else "rename the key"
+            raise ConfigError(f"{key} is now {new}; {fix} ({renamed.why})")
         retired = getattr(cls, "RETIRED", {}).get(str(unknown[0]))
         if retired:
             raise ConfigError(f"{key} {retired}")

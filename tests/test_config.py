@@ -135,9 +135,14 @@ def test_a_params_file_with_an_old_size_key_is_told_its_new_name(tmp_path: Path,
         YAML().dump(params, out)
     with pytest.raises(ConfigError) as error:
         load_params(path)
-    assert str(error.value) == (
-        f"{path}: {old} is now {new}; rename the key (DVC's run-cache ignores keys named size, treeverse/dvc#10296)"
-    )
+    why = "(DVC's run-cache ignores keys named size, treeverse/dvc#10296)"
+    assert str(error.value) == f"{path}: {old} is now {new}; rename the key {why}"
+    node[leaf] = 64  # both: the old one goes
+    with open(path, "w") as out:
+        YAML().dump(params, out)
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path}: {old} is now {new}; remove {old}, {new} is there {why}"
 
 
 def test_unknown_keys_of_mixed_types_are_named_not_a_traceback(tmp_path: Path) -> None:
