@@ -517,8 +517,10 @@ def test_a_sweep_key_changes_only_the_stages_that_read_it(project: Path, key: st
 
 # Which stages an edit of a library module re-runs, as `dvc status` sees it: the ones that run the module.
 EDITED = {
-    # The memory check, through training.py: every stage that trains (and extract_features, which seeds), no other.
+    # The memory check, through training.py and datasets.py (the decoded images' cache): every stage that trains
+    # (and extract_features, which seeds), and those that read images (evaluate, export); not digits_evaluate.
     "dogs_vs_cats/memory.py": {"train_baseline", "extract_features", "train_head", "train_frozen", "finetune"}
+    | {"evaluate", "export"}
     | _each_dataset("train"),
     "dogs_vs_cats/digits_model.py": _each_dataset("train") | _each_dataset("evaluate") | {"export"},  # not digits_data
     "dogs_vs_cats/evaluation.py": {"evaluate"} | _each_dataset("evaluate"),
