@@ -22,25 +22,36 @@ from dogs_vs_cats.tf_env import captured_stderr
 
 
 def image_dataset(
-    split: str,
-    image_size: int,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    root: Path = paths.SAMPLE_DIR,
-    decode_once: bool = False,
+    split: str, image_size: int, batch_size: int, root: Path = paths.SAMPLE_DIR, decode_once: bool = False
 ) -> tf.data.Dataset:
-    """Batches of (raw RGB pixels resized to ``image_size``, label 0 cat / 1 dog) from ``<root>/<split>``.
+    """Batches of (raw RGB pixels resized to ``image_size``, label 0 cat / 1 dog) from ``<root>/<split>``, in
+    the order of its ``file_paths`` (relative to ``root``). ``decode_once``: see ``decoded_images``."""
+    if decode_once:
+        images = decoded_images(split, image_size, root)
+        files, cached_bytes, dataset = images.file_paths, images.cached_bytes, images.batch(batch_size)
+    else:
+        dataset = _from_directory(split, image_size, root, batch_size)
+        files, cached_bytes = dataset.file_paths, 0
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset.file_paths, dataset.cached_bytes = files, cached_bytes
+    return dataset
 
-    The dataset's ``file_paths`` (without shuffling) name the images in order, relative to ``root``.
 
-    With ``decode_once`` (for datasets read every epoch) each JPEG is decoded and resized on the first pass
-    only; later passes read the same float32 pixels from a cache (see ``_cache_file``), and a shuffled
-    dataset shuffles the cached images afresh each epoch, seeded. The pixels are bit for bit those of a
-    dataset without it: the cache holds what the same decoding produced, before any rounding. The dataset's
-    ``cached_bytes`` says how much memory the cache will take once filled (0 on disk or without it), for the
-    memory check of the fit that reads it.
-    """
+def decoded_images(split: str, image_size: int, root: Path = paths.SAMPLE_DIR) -> tf.data.Dataset:
+    """``image_dataset``'s images one by one, for datasets read every epoch: each JPEG is decoded and resized
+    on the first pass only; later passes read the same float32 pixels from a cache (see ``_cache_file``). The
+    pixels are bit for bit those of a dataset without it: the cache holds what the same decoding produced.
+    Its ``cached_bytes`` says how much memory the cache takes once filled (0 on disk), for the memory check of
+    the fit that reads it."""
+    dataset = _from_directory(split, image_size, root, batch_size=None)
+    files, nbytes = dataset.file_paths, len(dataset.file_paths) * image_size * image_size * 3 * 4
+    cache = _cache_file(split, nbytes)
+    dataset = dataset.cache(cache)
+    dataset.file_paths, dataset.cached_bytes = files, 0 if cache else nbytes
+    return dataset
+
+
+def _from_directory(split: str, image_size: int, root: Path, batch_size: int | None) -> tf.data.Dataset:
     folder = root / split
     if not folder.is_dir():
         raise PipelineError(f"{folder}: not found; run dvc repro sample")
@@ -51,32 +62,20 @@ def image_dataset(
         label_mode="binary",
         class_names=list(CLASS_NAMES),
         image_size=(image_size, image_size),
-        batch_size=None if decode_once else batch_size,
-        shuffle=shuffle and not decode_once,
-        seed=seed,
+        batch_size=batch_size,
+        shuffle=False,
         verbose=False,
     )
-    files = [Path(p).relative_to(root.resolve()).as_posix() for p in dataset.file_paths]
-    cached_bytes = 0
-    if decode_once:
-        nbytes = len(files) * image_size * image_size * 3 * 4
-        cache = _cache_file(split, nbytes)
-        cached_bytes = 0 if cache else nbytes
-        dataset = dataset.cache(cache)
-        if shuffle:
-            dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    dataset.file_paths = files
-    dataset.cached_bytes = cached_bytes
+    dataset.file_paths = [Path(p).relative_to(root.resolve()).as_posix() for p in dataset.file_paths]
     return dataset
 
 
-def training_images(image_size: int, batch_size: int, seed: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """The training stages' (train, validation) image datasets: train shuffled with ``seed``, both decoded once."""
+def training_images(image_size: int, batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training stages' images, decoded once: train one by one (``training.fit`` shuffles and batches it
+    each epoch), validation in batches."""
     return (
-        image_dataset("train", image_size, batch_size, shuffle=True, seed=seed, decode_once=True),
-        image_dataset("validation", image_size, batch_size, shuffle=False, seed=seed, decode_once=True),
+        decoded_images("train", image_size),
+        image_dataset("validation", image_size, batch_size, decode_once=True),
     )
 
 
@@ -131,7 +130,7 @@ def resized_pixels(image: Image.Image, size: int, data: bytes | None = None) -> 
 
 def predict_split(model: keras.Model, split: str, image_size: int, batch_size: int) -> Features:
     """``model``'s outputs for every image of one split, in file order, with labels and file ids."""
-    dataset = image_dataset(split, image_size, batch_size, shuffle=False, seed=0)
+    dataset = image_dataset(split, image_size, batch_size)
     outputs = model.predict(dataset, verbose=keras_verbosity())
     return Features(outputs, labels_of(dataset.file_paths), np.array(dataset.file_paths))
 

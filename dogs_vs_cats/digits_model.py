@@ -85,10 +85,14 @@ def compile_digits(model: keras.Model, cfg: DigitsConfig, steps_per_epoch: int, 
     )
 
 
-def batches(split: Split, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """``(pixels, label)`` batches from uint8 arrays held in memory; shuffled afresh each epoch, seeded."""
+def examples(split: Split) -> tf.data.Dataset:
+    """``(pixels, label)`` pairs one by one from uint8 arrays held in memory, pixels as float32 (training: see
+    ``training.fit``)."""
     dataset = tf.data.Dataset.from_tensor_slices((split.x[..., np.newaxis], split.y))
-    if shuffle:
-        dataset = dataset.shuffle(len(split.y), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
+
+
+def batches(split: Split, batch_size: int) -> tf.data.Dataset:
+    """``(pixels, label)`` batches in order from uint8 arrays held in memory, pixels as float32."""
+    dataset = tf.data.Dataset.from_tensor_slices((split.x[..., np.newaxis], split.y)).batch(batch_size)
+    return dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)

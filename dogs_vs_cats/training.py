@@ -1,9 +1,11 @@
-"""What the training stages share: seeding, the fit loop with DVCLive, and saving."""
+"""What the training stages share: seeding, the fit loop with DVCLive and checkpoints, and saving."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
+import math
 import os
 import shutil
 import time
@@ -19,6 +21,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from dogs_vs_cats import paths
+from dogs_vs_cats.checkpoints import Checkpoint, State, computation_key
 from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, write_json
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
 from dogs_vs_cats.costs import precision_of, takes_images
@@ -26,15 +29,29 @@ from dogs_vs_cats.memory import check_fits
 
 
 @contextlib.contextmanager
-def training_session(params: Params, stage: str) -> Iterator[tf.distribute.Strategy]:
+def training_session(params: Params, stage: str) -> Iterator[Checkpoint | None]:
     """What every training stage opens with, in this order: the ``train.strategy``, the seed,
     ``train.precision`` for the layers built next; then the strategy's scope, inside which the stage builds,
-    compiles, fits and saves."""
+    compiles, fits and saves. It yields the checkpoint of the DVC stage ``stage``'s computation for ``fit``
+    (None when another process trains it now, or where no ``dvc.yaml`` says what shapes it); the checkpoint
+    goes when the session ends well, after the stage saved its model, and stays when it does not, so the
+    next run resumes."""
     strategy = distribution(params.train, stage)
     seed_everything(params.seed, params.train.deterministic)
     set_precision(params.train)
-    with strategy.scope():
-        yield strategy
+    key = computation_key(stage, {"tensorflow": tf.__version__, "keras": keras.__version__})
+    checkpoint = Checkpoint(stage, key) if key is not None else None
+    if checkpoint is not None and not checkpoint.open():
+        checkpoint = None
+    try:
+        with strategy.scope():
+            yield checkpoint
+    except BaseException:
+        if checkpoint is not None:
+            checkpoint.close()
+        raise
+    if checkpoint is not None:
+        checkpoint.remove()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -97,52 +114,113 @@ def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool =
 
 def fit(
     model: keras.Model,
-    x,
-    y=None,
+    train: tf.data.Dataset | tuple[np.ndarray, np.ndarray],
     *,
     validation,
     log_dir: Path,
     schedule: Schedule,
     batch_size: int,
     batch_key: str,
+    seed: int,
+    checkpoint: Checkpoint | None = None,
     notes: dict[str, Any] | None = None,
 ) -> dict[str, list[float]]:
-    """Fit ``model`` on a dataset ``x`` or arrays ``x``, ``y``; log each epoch with DVCLive in ``log_dir``.
+    """Fit ``model`` on ``train``, unbatched ``(x, y)`` examples read in the same order each time (a cached
+    dataset) or a pair of arrays, in batches of ``batch_size``; log each epoch with DVCLive in ``log_dir``.
 
-    First, whether it fits: ``model`` at ``batch_size`` (the params key ``batch_key``; a dataset ``x`` is
-    batched so already), with the decoded images its datasets keep in memory, against the memory this
-    process can use, or one line with what would fit.
+    First, whether it fits: ``model`` at ``batch_size`` (the params key ``batch_key``), with the decoded images
+    its datasets keep in memory, against the memory this process can use, or one line with what would fit.
+    Each epoch shuffles ``train`` by ``seed`` and its own number alone, so epoch 7 sees the same batches
+    whether the run started at epoch 1 or resumed at 7. A NaN or infinite loss stops it at once, in one line.
 
     At most ``schedule.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
     the end (the book keeps that epoch with ModelCheckpoint); ``schedule.patience`` stops early, None never does.
+    With a ``checkpoint``, each finished epoch is kept there (weights, optimizer, random seeds' states, early
+    stopping, curves) and a run killed after epoch k resumes from it at epoch k + 1: on the CPU with
+    ``train.deterministic`` its results are bit for bit those of a run never killed.
     The summary (``<log_dir>/metrics.json``, ``training_summary``) holds the kept epoch and, as they are, the
     ``notes`` that say how the model was trained, and ``policy``, the dtype policy the model computed in
     (``train.precision``): accuracy is not traded for speed unseen.
     """
     epochs, patience = schedule.epochs, schedule.patience
     side_key = "image.side" if takes_images(model) else None
-    images_kept = sum(getattr(data, "cached_bytes", 0) for data in (x, validation))  # filled as epoch 1 reads
+    images_kept = sum(getattr(data, "cached_bytes", 0) for data in (train, validation))  # filled in epoch 1
     check_fits(model, batch_size, batch_key, f"training {log_dir.name}", side_key=side_key, images_kept=images_kept)
-    if y is None:
-        batch_size = None  # the dataset's own batches
+    examples = train if isinstance(train, tf.data.Dataset) else tf.data.Dataset.from_tensor_slices(train)
+    count = int(examples.cardinality())
+    variables = _state_variables(model)
+    state = _resumable(checkpoint, variables, epochs)
+    name = log_dir.name
+    if state is not None:
+        for variable, value in zip(variables, state.variables, strict=True):
+            variable.assign(value)
+        print(f"{name}: resuming after epoch {state.epoch} of {epochs}, from {checkpoint.folder}")
+    first = state.epoch if state else 0
     # DVCLive writes into a temp folder that replaces the last run's only when training ends well: an
     # interrupted or failed run leaves the previous metrics, not half of new ones.
     with atomic_path(log_dir, replace=True) as live_dir:
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        live.step = 1  # DVCLive counts from 0; the curves' step is the epoch, counted from 1 as best.epoch is
-        history = _keras_fit(model, x, y, validation, epochs, patience, batch_size, live)
+        live.step = first + 1  # DVCLive counts from 0; the curves' step is the epoch, counted from 1 as best.epoch is
+        print(f"{name}: at most {epochs} epochs over {count:,} images and {_amount(validation)}")
+        if state is not None and (state.stopped or first >= epochs):
+            history = state.history  # it had ended; only its model was not saved
+            if state.best_weights is not None:
+                model.set_weights(state.best_weights)
+        else:
+            keep_best = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience or epochs, restore_best_weights=True
+            )
+            curves = Curves(state.history if state else {})
+            # A NaN or infinite loss stays so: stop at that batch rather than hours later, and keep no such epoch.
+            callbacks = [keras.callbacks.TerminateOnNaN(), keep_best, curves]
+            if checkpoint is not None:  # after keep_best: it keeps what keep_best decided
+                callbacks.append(Checkpointing(checkpoint, keep_best, curves.history, variables, state))
+            train_batches = shuffled_epochs(examples, count, batch_size, seed, first, epochs)
+            _keras_fit(model, train_batches, math.ceil(count / batch_size), validation, first, epochs, live, callbacks)
+            history = curves.history
         diverged = next((key for key in ("loss", "val_loss") if not np.isfinite(history[key][-1])), None)
         if diverged:
             float16 = " or train.precision float32" if precision_of(model) == "mixed_float16" else ""
             raise PipelineError(
-                f"{log_dir.name}: {diverged} is {history[diverged][-1]} at epoch {len(history[diverged])}, the "
-                f"training diverged and nothing was saved; lower {schedule.section}.learning_rate{float16}"
+                f"{name}: {diverged} is {history[diverged][-1]} at epoch {len(history[diverged])}, the training "
+                f"diverged and nothing was saved; lower {schedule.section}.learning_rate{float16}"
             )
         write_json(Path(live.metrics_file), training_summary(history, precision_of(model), notes or {}))
         write_curves(history, paths.curves_file(live_dir))
         # DVCLive's per-metric TSVs hold the same numbers, one file (so one plot in `dvc plots show`) each.
         shutil.rmtree(live_dir / "plots", ignore_errors=True)
     return history
+
+
+def _state_variables(model: keras.Model) -> list:
+    """Every variable a fit changes that the next epochs depend on: the model's (its random seeds' states too)
+    and its optimizer's (built now, as fit would)."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    return [*model.variables, *model.optimizer.variables]
+
+
+def _resumable(checkpoint: Checkpoint | None, variables: list, epochs: int) -> State | None:
+    """The checkpoint's state if it is one of this model; set aside otherwise."""
+    state = checkpoint.load() if checkpoint else None
+    if state is None:
+        return None
+    shapes = [tuple(v.shape) for v in variables]
+    if [a.shape for a in state.variables] != shapes or state.epoch > epochs:
+        print(f"{checkpoint.stage}: set aside a checkpoint of another model, {checkpoint.folder}")
+        return None
+    return state
+
+
+def shuffled_epochs(examples: tf.data.Dataset, count: int, batch_size: int, seed: int, first: int, last: int):
+    """Epochs ``first`` to ``last - 1`` (from 0) of ``examples`` in batches, each shuffled by ``seed`` and its
+    number alone: no shuffle state runs from one epoch into the next, so a resumed run reads what the first
+    run would have read."""
+    batches = [
+        examples.shuffle(count, seed=seed * 1_000_003 + number, reshuffle_each_iteration=False).batch(batch_size)
+        for number in range(first, last)
+    ]
+    return functools.reduce(tf.data.Dataset.concatenate, batches).prefetch(tf.data.AUTOTUNE)
 
 
 def training_summary(history: dict[str, list[float]], policy: str, notes: dict[str, Any]) -> dict[str, Any]:
@@ -172,30 +250,78 @@ def write_curves(history: dict[str, list[float]], path: Path) -> None:
     table.to_csv(path, index=False)
 
 
-def _keras_fit(model, x, y, validation, epochs: int, patience: int | None, batch_size: int | None, live: Live):
-    """Keras' fit, logged to ``live``, keeping the best epoch's weights."""
-    keep_best = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=patience or epochs, restore_best_weights=True
-    )
-    # A NaN or infinite loss stays so: stop at that batch rather than hours later (fit then says it diverged).
-    diverged = keras.callbacks.TerminateOnNaN()
+def _keras_fit(model, train, steps: int, validation, first: int, epochs: int, live: Live, callbacks: list) -> None:
+    """Keras' fit from epoch ``first`` (0 for a new run) with ``callbacks``, logged to ``live``, one line an
+    epoch, the curves so far where ``tools.watch`` finds them."""
     name = Path(live.dir).name
-    print(f"{name}: at most {epochs} epochs over {_amount(x)} and {_amount(validation)}")
-    watched = WatchedCurves(name)
+    curves = next(c for c in callbacks if isinstance(c, Curves))
+    watched = WatchedCurves(name, curves.history)
     try:
-        return model.fit(
-            x,
-            y,
+        model.fit(
+            train,
             validation_data=validation,
             epochs=epochs,
-            batch_size=batch_size,
-            shuffle=y is not None,  # a tf.data dataset shuffles itself
-            callbacks=[diverged, keep_best, DVCLiveCallback(live=live), EpochClock(epochs), watched],
+            initial_epoch=first,
+            steps_per_epoch=steps,
+            shuffle=False,  # shuffled_epochs shuffles
+            callbacks=[*callbacks, DVCLiveCallback(live=live), EpochClock(epochs), watched],
             # Piped, EpochClock's line is the epoch's one line; on a terminal it follows Keras' live bar.
             verbose=1 if keras_verbosity() == 1 else 0,
-        ).history
+        )
     finally:
         watched.path.unlink(missing_ok=True)
+
+
+class Curves(keras.callbacks.Callback):
+    """Every epoch's numbers, after those of the run this one resumes (``history``)."""
+
+    def __init__(self, history: dict[str, list[float]]) -> None:
+        super().__init__()
+        self.history = {key: list(values) for key, values in history.items()}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """Keep each finished epoch in ``checkpoint``; when resuming from ``state``, put early stopping back
+    where it stood (it resets itself as training begins, so this one comes after it)."""
+
+    def __init__(self, checkpoint: Checkpoint, keep_best, history: dict, variables: list, state: State | None):
+        super().__init__()
+        self.checkpoint, self.keep_best, self.history, self.variables = checkpoint, keep_best, history, variables
+        self.state, self.said = state, False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.state is not None:
+            best, state = self.keep_best, self.state
+            best.best, best.best_epoch, best.wait, best.best_weights = (
+                state.best,
+                state.best_epoch,
+                state.wait,
+                state.best_weights,
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not all(np.isfinite(value) for value in (logs or {}).values()):
+            return  # a diverged epoch: fit fails, and a rerun must not go on from it
+        best = self.keep_best
+        size = self.checkpoint.save(
+            State(
+                epoch=epoch + 1,
+                variables=[np.asarray(v.numpy()) for v in self.variables],
+                best_weights=best.best_weights,
+                best=None if best.best is None else float(best.best),
+                best_epoch=int(best.best_epoch),
+                wait=int(best.wait),
+                stopped=bool(self.model.stop_training),
+                history=self.history,
+            )
+        )
+        if not self.said:
+            self.said = True
+            print(f"{self.checkpoint.stage}: each epoch kept in {self.checkpoint.folder} ({size / 1e6:.0f} MB)")
 
 
 def _amount(data: Any) -> str:
@@ -240,9 +366,9 @@ class WatchedCurves(keras.callbacks.Callback):
     (``paths.watched_curves``: scratch space, never a declared output; the caller removes the file when fit
     ends). A file left by a killed run of the same name is removed when the next one starts."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, history: dict[str, list[float]]) -> None:
         super().__init__()
-        self.name, self.path, self.history = name, paths.watched_curves(name, os.getpid()), {}
+        self.name, self.path, self.history = name, paths.watched_curves(name, os.getpid()), history
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         for old in paths.WATCH_DIR.glob(f"{glob.escape(self.name)}.*.csv"):
@@ -251,8 +377,6 @@ class WatchedCurves(keras.callbacks.Callback):
                 old.unlink(missing_ok=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        for key in EPOCH_NUMBERS:
-            self.history.setdefault(key, []).append(float((logs or {}).get(key, np.nan)))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".partial")  # not *.csv: a reader never sees half a file
         write_curves(self.history, partial)

@@ -70,9 +70,7 @@ def main() -> None:
     test = load_split(dataset, "test")
     model = load_saved(paths.digits_model(dataset))
     print(f"digits_evaluate: {dataset}: the model computes in {precision_of(model)}, as it was trained")
-    probabilities = model.predict(
-        batches(test, params.digits.batch_size, shuffle=False, seed=0), verbose=keras_verbosity()
-    )
+    probabilities = model.predict(batches(test, params.digits.batch_size), verbose=keras_verbosity())
     labels = test.y.astype(int)
     results = score(labels, probabilities, names)
     table = predictions_table(labels, probabilities, names)

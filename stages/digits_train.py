@@ -13,7 +13,7 @@ from dogs_vs_cats import paths
 from dogs_vs_cats.common import run
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.digits_io import dataset_arg, load_split
-from dogs_vs_cats.digits_model import batches, build_network, compile_digits
+from dogs_vs_cats.digits_model import batches, build_network, compile_digits, examples
 from dogs_vs_cats.training import fit, save_model, training_session
 
 
@@ -22,18 +22,20 @@ def main() -> None:
     params = load_params()
     cfg = params.digits
     train, validation = load_split(dataset, "train"), load_split(dataset, "validation")
-    with training_session(params, "digits_train"):
+    with training_session(params, f"digits_train@{dataset}") as checkpoint:
         model = build_network(cfg, params.seed)
         compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size), params.train.jit_compile)
         model.summary()
         fit(
             model,
-            batches(train, cfg.batch_size, shuffle=True, seed=params.seed),
-            validation=batches(validation, cfg.batch_size, shuffle=False, seed=params.seed),
+            examples(train),
+            validation=batches(validation, cfg.batch_size),
             log_dir=paths.digits_live_dir(dataset),
             schedule=cfg.training,
             batch_size=cfg.batch_size,
             batch_key="digits.batch_size",
+            seed=params.seed,
+            checkpoint=checkpoint,
             notes={"network": cfg.network, "train_images": len(train.y), "validation_images": len(validation.y)},
         )
         save_model(model, paths.digits_model(dataset))

@@ -163,7 +163,7 @@ def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
         model = load_saved(path)
         print(f"evaluate: {name} computes in {precision_of(model)}, the train.precision it was trained under")
         if takes_images(model):
-            images = image_dataset("test", model.input_shape[1], batch_size, shuffle=False, seed=0)
+            images = image_dataset("test", model.input_shape[1], batch_size)
             inputs = images.unbatch().map(lambda pixels, _: pixels)
             probabilities = predict_in_equal_batches(model, inputs, len(images.file_paths), batch_size)
             out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities, model)

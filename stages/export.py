@@ -312,11 +312,11 @@ def main() -> None:
             folder = out / name
             folder.mkdir()
             if name == CATS_DOGS:
-                test = image_dataset("test", params.image.side, params.image.batch_size, shuffle=False, seed=0)
+                test = image_dataset("test", params.image.side, params.image.batch_size)
                 results[name] = export_one(load_saved(paths.FINETUNED_MODEL), test, folder, params.evaluate.threshold)
                 card = cats_dogs_card(params, metrics[name], results[name])
             else:
-                test = batches(load_split(name, "test"), params.digits.batch_size, shuffle=False, seed=0)
+                test = batches(load_split(name, "test"), params.digits.batch_size)
                 results[name] = export_one(
                     load_saved(paths.digits_model(name)), test, folder, params.evaluate.threshold
                 )

@@ -27,7 +27,7 @@ def main() -> None:
     counted, seconds = 0, 0.0
     for split in SPLITS:
         start = time.perf_counter()
-        dataset = image_dataset(split, params.image.side, params.image.batch_size, shuffle=False, seed=0)
+        dataset = image_dataset(split, params.image.side, params.image.batch_size)
         images = extract_split(extractor, dataset, paths.features_file(split))
         seconds += time.perf_counter() - start
         counted += images

@@ -23,18 +23,20 @@ STAGE = "finetune"
 def main() -> None:
     params = load_params()
     image, cfg = params.image, params.finetune
-    with training_session(params, STAGE):
+    with training_session(params, STAGE) as checkpoint:
         # Made again under train.precision, with the saved weights: a loaded model keeps its saved precision.
         extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.side, params.features.base)
         head = models.load_saved(paths.HEAD_MODEL)
         model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed))
         unfrozen = models.unfreeze(extractor, cfg.unfreeze)
         print(f"finetune: training {', '.join(unfrozen)} and the head")
-        schedule = {
+        fitting = {
             "log_dir": paths.live_dir(STAGE),
             "schedule": cfg.training,
             "batch_size": image.batch_size,
             "batch_key": "image.batch_size",
+            "seed": params.seed,
+            "checkpoint": checkpoint,
         }
         if cfg.cache_frozen:
             frozen, rest = models.split_frozen(extractor, head)
@@ -46,23 +48,22 @@ def main() -> None:
             rest.summary(show_trainable=True)
             fit(
                 rest,  # shares its layers with model: training it trains the saved model
-                train.features,
-                train.labels,
+                (train.features, train.labels),
                 validation=(validation.features, validation.labels),
                 notes={"cache_frozen": True, "augmented": False},
-                **schedule,
+                **fitting,
             )
         else:
             # After unfreezing: compile fixes what trains.
             compile_binary(model, cfg.learning_rate, params.train.jit_compile)
             model.summary(show_trainable=True)
-            train, validation = training_images(image.side, image.batch_size, params.seed)
+            train, validation = training_images(image.side, image.batch_size)
             fit(
                 model,
                 train,
                 validation=validation,
                 notes={"cache_frozen": False, "augmented": params.augment.active()},
-                **schedule,
+                **fitting,
             )
         save_model(model, paths.FINETUNED_MODEL)
 

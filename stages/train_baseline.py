@@ -16,9 +16,9 @@ STAGE = "train_baseline"
 def main() -> None:
     params = load_params()
     image, cfg = params.image, params.baseline
-    with training_session(params, STAGE):
+    with training_session(params, STAGE) as checkpoint:
         model = build_baseline(image.side, cfg, augmentation(params.augment, params.seed))
-        train, validation = training_images(image.side, image.batch_size, params.seed)
+        train, validation = training_images(image.side, image.batch_size)
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()
         fit(
@@ -29,6 +29,8 @@ def main() -> None:
             schedule=cfg.training,
             batch_size=image.batch_size,
             batch_key="image.batch_size",
+            seed=params.seed,
+            checkpoint=checkpoint,
         )
         save_model(model, paths.BASELINE_MODEL)
 

@@ -23,7 +23,7 @@ STAGE = "train_frozen"
 def main() -> None:
     params = load_params()
     image, cfg = params.image, params.frozen
-    with training_session(params, STAGE):
+    with training_session(params, STAGE) as checkpoint:
         extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.side, params.features.base)
         extractor.trainable = False
         stats = feature_stats(load_features("train").features) if cfg.normalize else None
@@ -31,7 +31,7 @@ def main() -> None:
         model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed), name="frozen")
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary(show_trainable=True)
-        train, validation = training_images(image.side, image.batch_size, params.seed)
+        train, validation = training_images(image.side, image.batch_size)
         fit(
             model,
             train,
@@ -40,6 +40,8 @@ def main() -> None:
             schedule=cfg.training,
             batch_size=image.batch_size,
             batch_key="image.batch_size",
+            seed=params.seed,
+            checkpoint=checkpoint,
             notes={"augmented": params.augment.active()},
         )
         save_model(model, paths.FROZEN_MODEL)

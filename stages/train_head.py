@@ -16,19 +16,20 @@ def main() -> None:
     params = load_params()
     cfg = params.head
     train, validation = load_features("train"), load_features("validation")
-    with training_session(params, STAGE):
+    with training_session(params, STAGE) as checkpoint:
         model = build_head(train.features.shape[1:], cfg, feature_stats(train.features))
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary()
         fit(
             model,
-            train.features,
-            train.labels,
+            (train.features, train.labels),
             validation=(validation.features, validation.labels),
             log_dir=paths.live_dir(STAGE),
             schedule=cfg.training,
             batch_size=cfg.batch_size,
             batch_key="head.batch_size",
+            seed=params.seed,
+            checkpoint=checkpoint,
         )
         save_model(model, paths.HEAD_MODEL)
 

@@ -27,6 +27,12 @@ TINY = scenarios.load("tiny")
 LEARNABLE = scenarios.load("learnable")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def checkpoints_in_temp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Training stages keep their checkpoints in this session's temp folder, not the user's cache."""
+    os.environ["DOGS_VS_CATS_CHECKPOINTS"] = str(tmp_path_factory.mktemp("checkpoints"))
+
+
 def write_params(path: Path, overrides: dict, base: Path = REPO / "params.yaml") -> None:
     """Write ``base`` (the repository's params.yaml) to ``path`` with dotted-key ``overrides`` applied."""
     yaml = YAML()

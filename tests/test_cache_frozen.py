@@ -75,7 +75,7 @@ def test_cached_fine_tuning_trains_the_top_block_as_the_normal_path_does(
     # Both lower the training loss from where the head alone left it (the saved features are the untuned base's),
     # by a like amount: a fine-tuning that trained nothing, or trained away from the labels, fails here.
     with inside(copy_of_trained):
-        dataset = image_dataset("train", 32, 64, shuffle=False, seed=0)
+        dataset = image_dataset("train", 32, 64)
         labels = np.concatenate([y.numpy() for _, y in dataset]).reshape(-1, 1)
         features = load_features("train")
     head = keras.models.load_model(trained / "models/head.keras")

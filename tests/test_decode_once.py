@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dogs_vs_cats import common, datasets, paths
+from dogs_vs_cats import common, datasets, paths, training
 from tools.bench import write_images
 
 SIZE, BATCH = 24, 4
@@ -38,14 +38,14 @@ def by_content(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
     return sorted(x.tobytes() + y.tobytes() for x, y in zip(images, labels, strict=True))
 
 
-def dataset(root: Path, shuffle: bool, decode_once: bool, seed: int = 7):
-    return datasets.image_dataset("train", SIZE, BATCH, shuffle=shuffle, seed=seed, root=root, decode_once=decode_once)
+def dataset(root: Path, decode_once: bool):
+    return datasets.image_dataset("train", SIZE, BATCH, root=root, decode_once=decode_once)
 
 
 def test_the_pixels_are_bit_identical_and_later_passes_never_read_the_files(sample: Path) -> None:
-    expected = epoch(dataset(sample, shuffle=False, decode_once=False))
-    once = dataset(sample, shuffle=False, decode_once=True)
-    assert once.file_paths == dataset(sample, shuffle=False, decode_once=False).file_paths
+    expected = epoch(dataset(sample, decode_once=False))
+    once = dataset(sample, decode_once=True)
+    assert once.file_paths == dataset(sample, decode_once=False).file_paths
     first = epoch(once)
     for file in sample.rglob("*.jpg"):
         file.unlink()  # a second pass that decoded again would fail now
@@ -56,16 +56,20 @@ def test_the_pixels_are_bit_identical_and_later_passes_never_read_the_files(samp
         assert np.array_equal(got[1], expected[1])
 
 
-def test_a_shuffled_cache_reshuffles_each_epoch_the_same_way_for_the_same_seed(sample: Path) -> None:
-    content = by_content(*epoch(dataset(sample, shuffle=False, decode_once=False)))
-    once = dataset(sample, shuffle=True, decode_once=True)
-    first, second = epoch(once), epoch(once)
-    assert by_content(*first) == by_content(*second) == content
+def test_each_epoch_has_its_own_order_set_by_the_seed_and_its_number_alone(sample: Path) -> None:
+    content = by_content(*epoch(dataset(sample, decode_once=False)))
+    images = datasets.decoded_images("train", SIZE, root=sample)
+    three = list(training.shuffled_epochs(images, 10, BATCH, 7, 0, 3))  # epochs 0, 1, 2: 3 batches each
+
+    def order(batches) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate([x.numpy() for x, _ in batches]), np.concatenate([y.numpy() for _, y in batches])
+
+    first, second, third = (order(three[i : i + 3]) for i in (0, 3, 6))
+    assert by_content(*first) == by_content(*second) == by_content(*third) == content
     assert first[0].tobytes() != second[0].tobytes()  # a new order each epoch
-    again = dataset(sample, shuffle=True, decode_once=True)
-    assert epoch(again)[0].tobytes() == first[0].tobytes()  # seeded: a rerun sees the same orders
-    other = dataset(sample, shuffle=True, decode_once=True, seed=8)
-    assert epoch(other)[0].tobytes() != first[0].tobytes()
+    # A run that starts at epoch 2 (resumed) reads what the run from epoch 0 read there.
+    assert order(list(training.shuffled_epochs(images, 10, BATCH, 7, 2, 3)))[0].tobytes() == third[0].tobytes()
+    assert order(list(training.shuffled_epochs(images, 10, BATCH, 8, 2, 3)))[0].tobytes() != third[0].tobytes()
 
 
 def test_images_that_do_not_fit_in_memory_are_cached_under_data_cache(
@@ -78,8 +82,8 @@ def test_images_that_do_not_fit_in_memory_are_cached_under_data_cache(
     alive = sample / paths.CACHE_DIR / f".train.{parent}.abc00000.tmp"  # another stage, still running
     dead.mkdir()
     alive.mkdir()
-    expected = epoch(dataset(sample, shuffle=False, decode_once=False))
-    once = dataset(sample, shuffle=False, decode_once=True)
+    expected = epoch(dataset(sample, decode_once=False))
+    once = dataset(sample, decode_once=True)
     assert epoch(once)[0].tobytes() == expected[0].tobytes()
     scratch = [p for p in (sample / paths.CACHE_DIR).iterdir() if p.name.startswith(f".train.{os.getpid()}-")]
     assert len(scratch) == 1 and any(scratch[0].iterdir())  # the cache files of this process

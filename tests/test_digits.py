@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dogs_vs_cats import digits_io, digits_model
+from dogs_vs_cats import digits_io, digits_model, training
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
 from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.config import load_params
@@ -192,9 +192,10 @@ def train_book(train, validation, epochs: int, seed: int = 0) -> keras.Model:
     model = digits_model.build_network(cfg, seed)
     digits_model.compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size))
     model.fit(
-        digits_model.batches(train, 64, shuffle=True, seed=seed),
-        validation_data=digits_model.batches(validation, 64, shuffle=False, seed=0),
+        training.shuffled_epochs(digits_model.examples(train), len(train.y), 64, seed, 0, epochs),
+        validation_data=digits_model.batches(validation, 64),
         epochs=epochs,
+        steps_per_epoch=math.ceil(len(train.y) / 64),
         verbose=0,
         shuffle=False,  # the dataset shuffles itself
     )
@@ -210,7 +211,7 @@ def book_on_real_digits() -> keras.Model:
 
 def test_the_book_network_learns_real_handwritten_digits(book_on_real_digits: keras.Model) -> None:
     test = offline_mnist()[2]
-    accuracy = book_on_real_digits.evaluate(digits_model.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+    accuracy = book_on_real_digits.evaluate(digits_model.batches(test, 64), verbose=0)[1]
     assert accuracy >= 0.95
 
 
@@ -238,7 +239,7 @@ def test_with_shuffled_labels_it_stays_near_chance() -> None:
     rng = np.random.default_rng(0)
     shuffled = digits_io.Split(train.x, rng.permutation(train.y))
     model = train_book(shuffled, validation, epochs=3)
-    accuracy = model.evaluate(digits_model.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+    accuracy = model.evaluate(digits_model.batches(test, 64), verbose=0)[1]
     assert accuracy < 0.25
 
 
@@ -274,7 +275,7 @@ def test_each_network_builds_trains_saves_and_loads_in_safe_mode(network: str, t
         model = digits_model.build_network(cfg, 0)
         digits_model.compile_digits(model, cfg, steps_per_epoch=1)
         split = small_split(16, 0)
-        model.fit(digits_model.batches(split, 8, shuffle=True, seed=0), epochs=1, verbose=0, shuffle=False)
+        model.fit(digits_model.batches(split, 8), epochs=1, verbose=0, shuffle=False)
     assert model.output.dtype == "float32"  # probabilities stay float32 under mixed precision
     assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in model.layers)  # never flip digits
     model.save(tmp_path / "m.keras")
@@ -325,7 +326,7 @@ def test_bfloat16_reaches_float32_accuracy_on_real_digits_within_one_point(book_
         bf16 = train_book(train, validation, epochs=10)
     assert bf16.layers[1].compute_dtype == "bfloat16"  # the policy reached the convolutions
     accuracy = {
-        name: model.evaluate(digits_model.batches(test, 64, shuffle=False, seed=0), verbose=0)[1]
+        name: model.evaluate(digits_model.batches(test, 64), verbose=0)[1]
         for name, model in (("float32", book_on_real_digits), ("mixed_bfloat16", bf16))
     }
     print(f"scikit-learn's digits, test accuracy: {accuracy}")

@@ -217,7 +217,7 @@ def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -
     test_images = 2 * LEARNABLE["sample.test_per_class"]
     assert results["test_images"] == test_images
     with inside(evaluated):
-        images = image_dataset("test", LEARNABLE["image.side"], 64, shuffle=False, seed=0)
+        images = image_dataset("test", LEARNABLE["image.side"], 64)
         features = load_features("test")
     rocs = pd.read_csv(evaluated / "metrics/evaluate/roc.csv")
     assert rocs["model"].unique().tolist() == list(EVALUATED_MODELS)  # the legend's order, the book's

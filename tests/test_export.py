@@ -25,7 +25,7 @@ def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     """The shared pipeline's fine-tuned model exported once, with what the stage checked."""
     folder = tmp_path_factory.mktemp("export")
     with inside(trained):
-        test = image_dataset("test", LEARNABLE["image.side"], 16, shuffle=False, seed=0)
+        test = image_dataset("test", LEARNABLE["image.side"], 16)
         checked = export_one(load_saved(Path("models/finetuned.keras")), test, folder, 0.5)
     return folder, checked
 
@@ -33,7 +33,7 @@ def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def _test_batch(trained: Path) -> tuple[np.ndarray, np.ndarray]:
     """The test split's pixels as training feeds them, and the Keras model's P(dog) for them."""
     with inside(trained):
-        images = image_dataset("test", LEARNABLE["image.side"], 64, shuffle=False, seed=0)
+        images = image_dataset("test", LEARNABLE["image.side"], 64)
         pixels = np.concatenate([x.numpy() for x, _ in images])
         return pixels, load_saved(Path("models/finetuned.keras")).predict(pixels, verbose=0)
 

@@ -143,7 +143,7 @@ NOTEBOOKS = sorted(path.name for path in (REPO / "notebooks").glob("*.ipynb"))
 FIGURES = {"colab.ipynb": 0, "digits.ipynb": 6, "dogs_vs_cats.ipynb": 9, "pretrained.ipynb": 1}
 # What turns each notebook's network, GPU and account steps off, so it runs on this CPU, offline.
 OFFLINE = {
-    "colab.ipynb": {"CLONE": False, "KAGGLE": False, "GPU": False, "PUSH": False},
+    "colab.ipynb": {"CLONE": False, "KAGGLE": False, "GPU": False, "DRIVE": False, "PUSH": False},
     "pretrained.ipynb": {"WEIGHTS": "none"},
 }
 

@@ -90,7 +90,7 @@ def test_predictions_match_the_training_input_pipeline(trained: Path, capsys: py
     # The same saved model through predict's decoding and through the dataset evaluate uses: same P(dog).
     with inside(trained):
         predict.main(["data/sample/test", "--model", "models/baseline.keras", "--format", "json"])
-        dataset = image_dataset("test", 32, 64, shuffle=False, seed=0)
+        dataset = image_dataset("test", 32, 64)
         model = keras.models.load_model("models/baseline.keras")
         reference = dict(zip(dataset.file_paths, model.predict(dataset, verbose=0).reshape(-1), strict=True))
     rows = json.loads(capsys.readouterr().out)
@@ -103,7 +103,7 @@ def test_predictions_match_the_training_input_pipeline(trained: Path, capsys: py
 def test_predict_feeds_the_pixels_training_feeds(trained: Path) -> None:
     # P(dog) is near 0 or 1 for most images, so it hides a different resize: compare the pixels themselves.
     with inside(trained):
-        dataset = image_dataset("test", 32, 64, shuffle=False, seed=0)
+        dataset = image_dataset("test", 32, 64)
         trained_on = np.concatenate([images.numpy() for images, _ in dataset])
         files = [trained / "data/sample" / f for f in dataset.file_paths]
         errors: list[str] = []

@@ -110,7 +110,7 @@ def test_every_precision_trains_saves_and_loads(
     # and head, which a float32 rebuild of the outer model alone missed.
     with inside(copy_of_trained):
         trained = load_saved(Path("models/finetuned.keras"))
-        test = image_dataset("test", LEARNABLE["image.side"], 16, shuffle=False, seed=0)
+        test = image_dataset("test", LEARNABLE["image.side"], 16)
         checked = export_one(trained, test, copy_of_trained / "export", 0.5)
         pixels = np.concatenate([x.numpy() for x, _ in test])
     served = export.load_saved_model(copy_of_trained / "export" / export.SAVED_MODEL)
@@ -210,7 +210,7 @@ def test_bfloat16_loses_no_significant_accuracy(trained: Path, copy_of_trained: 
         assert summary["policy"] == "mixed_bfloat16", stage  # the metrics say which precision trained it
         assert json.loads((trained / f"metrics/{stage}/metrics.json").read_text())["policy"] == "float32"
     fresh = _fresh_images(tmp_path / "fresh", LEARNABLE["data.synthetic.side"])
-    images = image_dataset("test", LEARNABLE["image.side"], 50, shuffle=False, seed=0, root=fresh)
+    images = image_dataset("test", LEARNABLE["image.side"], 50, root=fresh)
     labels = np.concatenate([y.numpy() for _, y in images]).reshape(-1)
     fp32_scores, bf16_scores = _scores(trained, images), _scores(copy_of_trained, images)
     fp32, bf16 = (

@@ -32,7 +32,7 @@ def _accuracy(model: keras.Model, inputs, labels: np.ndarray) -> float:
 def _test_images(root: Path) -> tuple:
     """The test split, which no stage uses to pick an epoch (the validation split picks it)."""
     with inside(root):
-        dataset = image_dataset("test", 32, 64, shuffle=False, seed=0)
+        dataset = image_dataset("test", 32, 64)
         labels = np.concatenate([y.numpy() for _, y in dataset])
     return dataset, labels
 
@@ -59,13 +59,13 @@ def test_head_beats_every_shuffled_label_control(trained: Path) -> None:
             validation_pair = (validation.features, validation.labels)
             fit(
                 head,
-                train.features,
-                shuffled,
+                (train.features, shuffled),
                 validation=validation_pair,
                 log_dir=Path(f"metrics/shuffled_head_{seed}"),
                 schedule=dataclasses.replace(params.head.training, patience=None),
                 batch_size=params.head.batch_size,
                 batch_key="head.batch_size",
+                seed=seed,
             )
             controls.append(_accuracy(head, test.features, test.labels))
     assert real >= HEAD_LEARNED, (real, controls)
@@ -180,7 +180,7 @@ def test_features_keep_the_manifest_labels_in_file_order(trained: Path) -> None:
 def test_streamed_features_are_the_bases_predictions(trained: Path) -> None:
     with inside(trained):
         base = keras.models.load_model("models/base.keras")
-        dataset = image_dataset("test", 32, 16, shuffle=False, seed=0)
+        dataset = image_dataset("test", 32, 16)
         expected = base.predict(dataset, verbose=0)
         stored = load_features("test")
     assert list(stored.files) == dataset.file_paths
@@ -251,13 +251,13 @@ def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_lef
     with inside(tmp_path):
         fit(
             model,
-            x,
-            y,
+            (x, y),
             validation=(x[:10], y[:10]),
             log_dir=Path("metrics/head"),
             schedule=Schedule("head", 1e-3, 3, None),
             batch_size=8,
             batch_key="head.batch_size",
+            seed=0,
         )
     lines = capsys.readouterr().out.splitlines()  # pytest's stdout is no terminal: the piped log
     assert lines[0] == "head: at most 3 epochs over 40 images and 10 images"
@@ -291,8 +291,8 @@ def test_a_diverged_fit_stops_at_once_in_one_line_and_saves_nothing(tmp_path: Pa
     previous.parent.mkdir(parents=True)
     previous.write_text("{}")
     with inside(tmp_path), pytest.raises(PipelineError) as refused:
-        fit(model, x, y, validation=(x[:10], y[:10]), log_dir=Path("metrics/head"),
-            schedule=Schedule("head", 1e-3, 3, None), batch_size=8, batch_key="head.batch_size")  # fmt: skip
+        fit(model, (x, y), validation=(x[:10], y[:10]), log_dir=Path("metrics/head"),
+            schedule=Schedule("head", 1e-3, 3, None), batch_size=8, batch_key="head.batch_size", seed=0)  # fmt: skip
     assert str(refused.value) == (
         "head: loss is nan at epoch 1, the training diverged and nothing was saved; lower head.learning_rate"
     )

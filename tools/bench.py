@@ -322,8 +322,8 @@ def measure(
     set_precision(params.train)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         files = write_images(Path(tmp), count, size, params.seed)
-        dataset = image_dataset("train", size, batch_size, shuffle=False, seed=0, root=Path(tmp))
-        epochs = image_dataset("train", size, batch_size, shuffle=False, seed=0, root=Path(tmp), decode_once=True)
+        dataset = image_dataset("train", size, batch_size, root=Path(tmp))
+        epochs = image_dataset("train", size, batch_size, root=Path(tmp), decode_once=True)
         features = Path(tmp) / "features.npz"
 
         def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
