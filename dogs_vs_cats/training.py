@@ -24,7 +24,7 @@ from dogs_vs_cats import paths
 from dogs_vs_cats.checkpoints import Checkpoint, State, computation_key
 from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, write_json
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
-from dogs_vs_cats.costs import precision_of, takes_images
+from dogs_vs_cats.costs import leaf_layers, precision_of, takes_images
 from dogs_vs_cats.memory import check_fits
 
 
@@ -100,7 +100,8 @@ def distribution(cfg: TrainConfig, stage: str) -> tf.distribute.Strategy:
 
 
 def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
-    """RMSprop on binary cross-entropy, reporting accuracy, as the book trains every model.
+    """RMSprop on binary cross-entropy, reporting accuracy, as the book trains every model; XLA where
+    ``jit_compile`` asks for it and it can be had (``xla``).
 
     Under ``mixed_float16`` Keras wraps the optimizer in a LossScaleOptimizer itself.
     """
@@ -108,8 +109,26 @@ def compile_binary(model: keras.Model, learning_rate: float, jit_compile: bool =
         optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
-        jit_compile=jit_compile,
+        jit_compile=xla(model, jit_compile),
     )
+
+
+def xla(model: keras.Model, wanted: bool) -> bool:
+    """Whether ``model`` compiles its training step with XLA: ``wanted`` (``train.jit_compile``), unless Keras
+    would refuse it, which it does with a warning: under TensorFlow's op determinism (``train.deterministic``)
+    or with a layer XLA cannot compile (the random augmentation layers). Then one line says why."""
+    if not wanted:
+        return False
+    from tensorflow.python.framework.config import is_op_determinism_enabled  # no public getter; Keras reads it so
+
+    if is_op_determinism_enabled():
+        why = "train.deterministic is true (XLA has no deterministic kernels for every op)"
+    elif not all(layer.supports_jit for layer in leaf_layers(model)):
+        why = "its layers include some XLA cannot compile (random augmentation)"
+    else:
+        return True
+    print(f"train.jit_compile: {model.name} trains without XLA, as {why}")
+    return False
 
 
 def fit(

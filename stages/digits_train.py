@@ -14,7 +14,7 @@ from dogs_vs_cats.common import run
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.digits_io import dataset_arg, load_split
 from dogs_vs_cats.digits_model import batches, build_network, compile_digits, examples
-from dogs_vs_cats.training import fit, save_model, training_session
+from dogs_vs_cats.training import fit, save_model, training_session, xla
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     train, validation = load_split(dataset, "train"), load_split(dataset, "validation")
     with training_session(params, f"digits_train@{dataset}") as checkpoint:
         model = build_network(cfg, params.seed)
-        compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size), params.train.jit_compile)
+        compile_digits(model, cfg, math.ceil(len(train.y) / cfg.batch_size), xla(model, params.train.jit_compile))
         model.summary()
         fit(
             model,

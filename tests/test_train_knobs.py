@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import keras
@@ -34,10 +35,10 @@ def test_only_float16_gets_loss_scaling(precision: str) -> None:
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
 
 
-def test_jit_compile_stays_on_only_where_xla_can_and_determinism_is_off() -> None:
-    """Keras keeps jit_compile where every layer supports XLA and TensorFlow's op determinism is off; else it
-    trains without XLA and warns ("Model doesn't support jit_compile=True"). So with train.deterministic:
-    true, the default, train.jit_compile: true changes nothing."""
+def test_jit_compile_stays_on_only_where_xla_can_and_determinism_is_off(capsys) -> None:
+    """XLA where every layer supports it and TensorFlow's op determinism is off; else the model trains without
+    it, and one line says why where Keras would warn ("Model doesn't support jit_compile=True"). So with
+    train.deterministic: true, the default, train.jit_compile: true changes nothing."""
     from tensorflow.python.framework import config as tf_config  # Keras' own tests toggle it this way
 
     from dogs_vs_cats.augmentation import augmentation
@@ -57,14 +58,21 @@ def test_jit_compile_stays_on_only_where_xla_can_and_determinism_is_off() -> Non
         inputs = keras.Input((8, 8, 3))
         augmented_inputs = augmentation(AugmentConfig("horizontal", 0.1, 0.1), 0)(inputs)
         augmented = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(augmented_inputs)))
-        with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
+        with warnings.catch_warnings():  # Keras would warn "doesn't support `jit_compile=True`": one line instead
+            warnings.simplefilter("error")
             compile_binary(augmented, 1e-3, jit_compile=True)
-        assert not augmented.jit_compile  # random augmentation layers: no XLA
-        tf_config.enable_op_determinism()
-        deterministic = head()
-        with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
+            assert not augmented.jit_compile  # random augmentation layers: no XLA
+            tf_config.enable_op_determinism()
+            deterministic = head()
             compile_binary(deterministic, 1e-3, jit_compile=True)
-        assert not deterministic.jit_compile  # op determinism: no XLA either
+            assert not deterministic.jit_compile  # op determinism: no XLA either
+        said = capsys.readouterr().out.splitlines()
+        assert said == [
+            f"train.jit_compile: {augmented.name} trains without XLA, as its layers include some XLA cannot "
+            "compile (random augmentation)",
+            f"train.jit_compile: {deterministic.name} trains without XLA, as train.deterministic is true (XLA has "
+            "no deterministic kernels for every op)",
+        ]
     finally:
         (tf_config.enable_op_determinism if was_deterministic else tf_config.disable_op_determinism)()
 
