@@ -12,10 +12,13 @@ when its stage ends well.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from dogs_vs_cats.common import PipelineError
+
+CHECKPOINT_FILES = {"lock", "state.npz", "state.partial.npz"}  # all a checkpoint's folder holds
 
 ENVIRONMENT = "DOGS_VS_CATS_CHECKPOINTS"
 
@@ -109,8 +114,8 @@ class Checkpoint:
             print(f"{self.stage}: another process is training this computation; this one keeps no checkpoint")
             return False
         self._lock = lock
-        for other in root().glob(f"{self.folder.name.rsplit('.', 1)[0]}.*"):
-            if other != self.folder and _unlocked(other):
+        for other in root().glob(f"{glob.escape(self.folder.name.rsplit('.', 1)[0])}.*"):
+            if other != self.folder and _is_checkpoint(other) and _unlocked(other):
                 shutil.rmtree(other, ignore_errors=True)
                 print(f"{self.stage}: set aside the checkpoint of other params or inputs, {other}")
         return True
@@ -123,11 +128,12 @@ class Checkpoint:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 arrays = [data[f"v{i}"] for i in range(meta.pop("variables"))]
-                best = [data[f"b{i}"] for i in range(meta.pop("best_weights"))] if meta["best"] is not None else None
-        except (OSError, ValueError, KeyError) as error:
-            print(f"{self.stage}: set aside an unreadable checkpoint, {path} ({error})")
+                kept = [data[f"b{i}"] for i in range(meta.pop("best_weights"))]
+                return State(variables=arrays, best_weights=kept if meta["best"] is not None else None, **meta)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+            # Truncated, edited, of another layout: never trusted, and never in the way of a fresh start.
+            print(f"{self.stage}: set aside an unreadable checkpoint, {path} ({type(error).__name__}: {error})")
             return None
-        return State(variables=arrays, best_weights=best, **meta)
 
     def save(self, state: State) -> int:
         """Replace the checkpoint with ``state`` in one step (a kill leaves the last whole one); its bytes."""
@@ -157,6 +163,13 @@ class Checkpoint:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A folder ``Checkpoint`` made (``<stage>.<16 hex digits>``, only its own files in it): anything else in
+    the folder is the user's, never set aside."""
+    name_ok = re.fullmatch(r"[0-9a-f]{16}", path.name.rsplit(".", 1)[-1]) is not None
+    return name_ok and path.is_dir() and all(p.name in CHECKPOINT_FILES for p in path.iterdir())
 
 
 def _unlocked(folder: Path) -> bool:

@@ -40,6 +40,12 @@ def training_session(params: Params, stage: str) -> Iterator[Checkpoint | None]:
     seed_everything(params.seed, params.train.deterministic)
     set_precision(params.train)
     key = computation_key(stage, {"tensorflow": tf.__version__, "keras": keras.__version__})
+    if key is not None and isinstance(strategy, tf.distribute.OneDeviceStrategy):
+        # Resumed under it (initial_epoch > 0), Keras validated on part of the validation split, with an
+        # "input ran out of data" warning each epoch; auto and mirrored resume bit for bit.
+        print(f"{stage}: train.strategy one_device keeps no checkpoints (a resumed run would validate on part of "
+              "the validation split); auto or mirrored resume after a kill")  # fmt: skip
+        key = None
     checkpoint = Checkpoint(stage, key) if key is not None else None
     if checkpoint is not None and not checkpoint.open():
         checkpoint = None
@@ -191,7 +197,7 @@ def fit(
             )
             curves = Curves(state.history if state else {})
             # A NaN or infinite loss stays so: stop at that batch rather than hours later, and keep no such epoch.
-            callbacks = [keras.callbacks.TerminateOnNaN(), keep_best, curves]
+            callbacks = [StopOnNonFinite(), keep_best, curves]
             if checkpoint is not None:  # after keep_best: it keeps what keep_best decided
                 callbacks.append(Checkpointing(checkpoint, keep_best, curves.history, variables, state))
             train_batches = shuffled_epochs(examples, count, batch_size, seed, first, epochs)
@@ -301,6 +307,15 @@ class Curves(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Keras' ``TerminateOnNaN`` without its printed line: ``fit`` says what happened, in one."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.model.stop_training = True
 
 
 class Checkpointing(keras.callbacks.Callback):

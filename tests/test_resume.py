@@ -3,6 +3,7 @@ checkpoint of other params or inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -125,3 +126,63 @@ def test_a_checkpoint_of_other_params_is_set_aside_never_resumed(sampled: Path, 
     first_epoch = next(line for line in rerun.stdout.splitlines() if line.startswith("epoch "))
     assert first_epoch.startswith(f"epoch 1/{EPOCHS} ")
     assert not old.exists() and not any(store.iterdir())
+
+
+def _saved(store: Path, stage: str = STAGE, best: float | None = 0.5) -> checkpoints.Checkpoint:
+    """A checkpoint of ``stage`` holding one small epoch, its lock released."""
+    checkpoint = checkpoints.Checkpoint(stage, "0123456789abcdef" * 4)
+    assert checkpoint.open()
+    weights = [np.ones(3, "float32")]
+    kept = weights if best is not None else None
+    checkpoint.save(checkpoints.State(1, weights, kept, best, best_epoch=0, wait=0, stopped=False, history={}))
+    checkpoint.close()
+    return checkpoint
+
+
+def test_an_unreadable_checkpoint_is_set_aside_in_one_line_and_a_best_less_one_loads(store: Path, capsys) -> None:
+    checkpoint = _saved(store, best=None)  # early stopping had no best yet: still a checkpoint to resume
+    state = checkpoint.load()
+    assert state is not None and state.best_weights is None and state.epoch == 1
+    path = checkpoint.folder / "state.npz"
+    whole = path.read_bytes()
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    for damaged in (whole[: len(whole) // 2], b"", bytes(flipped)):  # truncated, empty, a bad CRC
+        path.write_bytes(damaged)
+        assert checkpoint.load() is None
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(
+        line.startswith(f"{STAGE}: set aside an unreadable checkpoint, {path} (") for line in lines
+    )
+
+
+def test_only_checkpoints_are_set_aside_never_the_users_files_beside_them(store: Path, capsys) -> None:
+    other = _saved(store)  # another computation's checkpoint of the same stage, nobody training it
+    notes = store / f"{STAGE}.notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("precious")
+    (store / f"{STAGE}.txt").write_text("mine")
+    (store / f"{STAGE}.fedcba9876543210").mkdir()
+    (store / f"{STAGE}.fedcba9876543210/thesis.tex").write_text("mine too")
+    mine = checkpoints.Checkpoint(STAGE, "f" * 64)
+    assert mine.open()
+    mine.close()
+    assert not other.folder.exists()
+    assert (notes / "todo.txt").read_text() == "precious" and (store / f"{STAGE}.txt").read_text() == "mine"
+    assert (store / f"{STAGE}.fedcba9876543210/thesis.tex").exists()
+    assert capsys.readouterr().out.splitlines() == [
+        f"{STAGE}: set aside the checkpoint of other params or inputs, {other.folder}"
+    ]
+
+
+def test_one_device_keeps_no_checkpoints(store: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from dogs_vs_cats import training
+    from dogs_vs_cats.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, strategy="one_device"))
+    monkeypatch.setattr(training, "computation_key", lambda stage, versions: "0" * 64)
+    with training.training_session(params, STAGE) as checkpoint:
+        assert checkpoint is None
+    assert f"{STAGE}: train.strategy one_device keeps no checkpoints" in capsys.readouterr().out
+    assert not store.exists() or not any(store.iterdir())

@@ -37,7 +37,15 @@ def test_each_running_or_killed_training_is_shown_with_its_best_epoch(tmp_path: 
     assert len(lines) == 6
 
 
-@pytest.mark.parametrize("content", ["", "not,a\ncurves,file\n", "epoch,split,loss,accuracy\n"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "not,a\ncurves,file\n",
+        "epoch,split,loss,accuracy\n",
+        "epoch,split,loss,accuracy\n1,train,0.5,0.5\n1,validation,0.4,0.6\n1,validation,0.3,0.7\n",  # twice
+    ],
+)
 def test_nothing_running_or_a_strange_file_is_one_line(tmp_path: Path, capsys, content: str) -> None:
     with inside(tmp_path):
         watch.main([])

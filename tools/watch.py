@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in files:
         try:
             print(summary(path))
-        except (OSError, ValueError, KeyError, AttributeError, pd.errors.ParserError) as error:
+        except (OSError, ValueError, KeyError, AttributeError, TypeError, pd.errors.ParserError) as error:
             print(f"{path}: unreadable ({type(error).__name__}); a training stage writes these, leave them to it")
 
 
