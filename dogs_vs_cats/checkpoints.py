@@ -160,7 +160,10 @@ class Checkpoint:
         self.close()
 
     def close(self) -> None:
+        """Let go of the checkpoint; a folder no epoch was kept in (a stage that failed first) goes too."""
         if self._lock is not None:
+            if not (self.folder / "state.npz").exists():
+                shutil.rmtree(self.folder, ignore_errors=True)
             os.close(self._lock)
             self._lock = None
 

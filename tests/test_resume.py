@@ -186,3 +186,12 @@ def test_one_device_keeps_no_checkpoints(store: Path, monkeypatch: pytest.Monkey
         assert checkpoint is None
     assert f"{STAGE}: train.strategy one_device keeps no checkpoints" in capsys.readouterr().out
     assert not store.exists() or not any(store.iterdir())
+
+
+def test_a_stage_that_fails_before_its_first_epoch_leaves_no_folder(store: Path) -> None:
+    checkpoint = checkpoints.Checkpoint(STAGE, "1" * 64)
+    assert checkpoint.open() and checkpoint.folder.is_dir()
+    checkpoint.close()  # as training_session does when the stage fails: no epoch was kept
+    assert not checkpoint.folder.exists()
+    kept = _saved(store)
+    assert (kept.folder / "state.npz").is_file()  # one that kept an epoch stays, to resume
