@@ -97,4 +97,7 @@ def test_a_saved_mixed_float16_model_loads_without_a_warning_and_is_counted_with
     adam, default = footprint(loaded, training=True, optimizer="Adam"), footprint(loaded, training=True)
     assert adam.fixed - default.fixed == 4 * (4 * 3 + 3 + 3 + 1)  # Adam's second value per trainable weight
     needs = anatomy.table(loaded, 8, saved_optimizer(path)).splitlines()[-1]
-    assert f"training needs about {adam.at(8) / 1e9:.2f} GB" in needs
+    assert (
+        f"training needs about {adam.at(8) / 1e9:.2f} GB" in needs
+        and "per image (computed in mixed_float16); " in needs
+    )

@@ -20,7 +20,7 @@ import keras
 
 from dogs_vs_cats.common import PipelineError, run
 from dogs_vs_cats.config import FeaturesConfig
-from dogs_vs_cats.costs import layer_costs, totals
+from dogs_vs_cats.costs import layer_costs, precision_of, totals
 from dogs_vs_cats.memory import GB, footprint, usable_memory
 from dogs_vs_cats.models import BASES, build_extractor, load_saved, saved_optimizer
 
@@ -43,7 +43,8 @@ def table(model: keras.Model, batch_size: int, optimizer: str | None = None) -> 
     usable = usable_memory()
     lines.append(
         f"total: {total['params']:,} parameters ({total['trainable']:,} trainable, {total['frozen']:,} frozen), "
-        f"{total['gmacs']:.3f} GMACs and {total['activation_mb_per_image']:.1f} MB of activations per image; "
+        f"{total['gmacs']:.3f} GMACs and {total['activation_mb_per_image']:.1f} MB of activations per image "
+        f"(computed in {precision_of(model)}); "
         f"at batch {batch_size} training needs about {training / GB:.2f} GB, predicting {predicting / GB:.2f} GB; "
         + (f"this process can use {usable.bytes / GB:.1f} GB ({usable.source})" if usable else "no memory limit known")
     )
