@@ -94,5 +94,4 @@ def examples(split: Split) -> tf.data.Dataset:
 
 def batches(split: Split, batch_size: int) -> tf.data.Dataset:
     """``(pixels, label)`` batches in order from uint8 arrays held in memory, pixels as float32."""
-    dataset = tf.data.Dataset.from_tensor_slices((split.x[..., np.newaxis], split.y)).batch(batch_size)
-    return dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
+    return examples(split).batch(batch_size).prefetch(tf.data.AUTOTUNE)

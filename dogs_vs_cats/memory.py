@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 
 from dogs_vs_cats.common import PipelineError
-from dogs_vs_cats.costs import layer_costs, leaf_layers
+from dogs_vs_cats.costs import layer_costs, precision_of
 
 PROC = Path("/proc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -217,7 +217,7 @@ def check_fits(
         if fits >= 32:
             remedies.append(f"{side_key} {fits} or less")
     half = need.fixed + images_kept + batch_size * need.per_image * HALF_PRECISION
-    if training and _computes_in_float32(model) and half <= usable.bytes:  # a saved model predicts as trained
+    if training and precision_of(model) == "float32" and half <= usable.bytes:  # a saved model predicts as trained
         remedies.append("train.precision mixed_bfloat16 (mixed_float16 on a GPU)")
     remedies.append("a model with fewer or smaller layers")
     kept = f", {images_kept / GB:.1f} GB of decoded images kept in memory" if images_kept else ""
@@ -228,7 +228,3 @@ def check_fits(
         f"TensorFlow's own) against {usable.bytes / GB:.1f} GB this process can use ({usable.source}); "
         f"use {', or '.join(remedies)}"
     )
-
-
-def _computes_in_float32(model: keras.Model) -> bool:
-    return all((layer.compute_dtype or "float32") == "float32" for layer in leaf_layers(model))
