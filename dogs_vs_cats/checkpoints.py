@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dogs_vs_cats.common import PipelineError
+from runtime.errors import PipelineError
 
 CHECKPOINT_FILES = {"lock", "state.npz", "state.partial.npz"}  # all a checkpoint's folder holds
 

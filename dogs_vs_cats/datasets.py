@@ -16,9 +16,11 @@ from PIL import Image
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import CLASS_NAMES
-from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, progress, remove_stale_temps, temp_dir
 from dogs_vs_cats.memory import usable_memory
-from dogs_vs_cats.tf_env import captured_stderr
+from runtime.errors import PipelineError
+from runtime.files import atomic_path, input_file, remove_stale_temps, temp_dir
+from runtime.progress import keras_verbosity, progress
+from runtime.tf_log import captured_stderr
 
 
 def image_dataset(
@@ -202,8 +204,6 @@ def extract_split(model: keras.Model, dataset: tf.data.Dataset, path: Path, show
 
 def load_features(split: str) -> Features:
     """Read ``data/features/<split>.npz``."""
-    path = paths.features_file(split)
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; run dvc repro extract_features")
+    path = input_file(paths.features_file(split), "run dvc repro extract_features")
     with np.load(path, allow_pickle=False) as data:
         return Features(data["features"], data["labels"], data["files"])

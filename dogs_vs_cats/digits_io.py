@@ -8,7 +8,8 @@ import numpy as np
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import DIGITS_DATASETS
-from dogs_vs_cats.common import PipelineError
+from runtime.errors import PipelineError
+from runtime.files import input_file
 
 SIDE = 28  # pixels; both datasets' images are 28x28 grayscale
 CLASSES = 10
@@ -27,9 +28,7 @@ class Split:
 
 def load_split(dataset: str, split: str) -> Split:
     """One split written by ``digits_data``."""
-    path = paths.digits_data_dir(dataset) / f"{split}.npz"
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; run dvc repro digits_data@{dataset}")
+    path = input_file(paths.digits_data_dir(dataset) / f"{split}.npz", f"run dvc repro digits_data@{dataset}")
     with np.load(path, allow_pickle=False) as data:
         return Split(data["x"], data["y"])
 

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from dogs_vs_cats.common import PipelineError
+from runtime.errors import PipelineError
 
 OVERLAY_ALPHA = 0.45  # how much of the heatmap shows over the photo
 

@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dogs_vs_cats.tf_env import captured_stderr
+from runtime.tf_log import captured_stderr
 
 EXIF_ORIENTATION = 0x0112
 # libjpeg's warnings (jerror.h), printed on stderr while it decodes, naming no file. Where the data ends early or

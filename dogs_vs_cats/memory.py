@@ -19,8 +19,8 @@ from pathlib import Path
 
 import keras
 
-from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.costs import layer_costs, precision_of
+from runtime.errors import PipelineError
 
 PROC = Path("/proc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")

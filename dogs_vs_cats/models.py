@@ -17,7 +17,6 @@ import keras
 import numpy as np
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError, one_line, signals_deferred
 from dogs_vs_cats.config import (
     Base,
     BaselineConfig,
@@ -26,6 +25,9 @@ from dogs_vs_cats.config import (
     FrozenConfig,
     HeadConfig,
 )
+from runtime.errors import PipelineError, one_line
+from runtime.files import input_file
+from runtime.program import signals_deferred
 
 PACKAGE = "dogs_vs_cats"
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # caffe-style VGG16/ResNet50 preprocessing
@@ -304,11 +306,7 @@ def load_saved(path: Path) -> keras.Model:
     mode stays on. Uncompiled: no stage trains a loaded model further with its optimizer, and compiling it here
     would rebuild the optimizer under the global policy, not the model's (a ``mixed_float16`` model's loss
     scaling lost, with a warning). ``saved_optimizer`` names the optimizer it was trained with."""
-    path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path}: not found; run dvc repro")
-    if not path.is_file():
-        raise PipelineError(f"{path}: not a regular file; name a .keras file a stage saved")
+    path = input_file(path, "run dvc repro, or name a .keras file a stage saved")
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise PipelineError(f"{path}: not a .keras model file (a zip); name one a stage saved, e.g. models/*.keras")
     try:

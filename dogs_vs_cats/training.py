@@ -22,10 +22,12 @@ from dvclive.keras import DVCLiveCallback
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.checkpoints import Checkpoint, State, computation_key
-from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, write_json
 from dogs_vs_cats.config import Params, Schedule, TrainConfig
 from dogs_vs_cats.costs import leaf_layers, precision_of, takes_images
 from dogs_vs_cats.memory import check_fits
+from runtime.errors import PipelineError
+from runtime.files import atomic_path, write_json
+from runtime.progress import keras_verbosity
 
 
 @contextlib.contextmanager

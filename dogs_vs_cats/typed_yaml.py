@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from dogs_vs_cats.common import PipelineError
+from runtime.errors import PipelineError
 
 
 class ConfigError(PipelineError):

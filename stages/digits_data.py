@@ -16,6 +16,10 @@ test split is written apart and only ``digits_evaluate`` reads it.
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import gzip
 import os
 import stat
@@ -29,9 +33,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError, atomic_path, one_line, run
 from dogs_vs_cats.config import DigitsDataConfig, load_params
 from dogs_vs_cats.digits_io import CLASSES, SIDE, Split, dataset_arg
+from runtime.errors import PipelineError, one_line
+from runtime.files import atomic_path
 
 MAX_IMAGES = 1_000_000  # per file; the real ones hold 60,000 and 10,000
 GZIP_MAGIC = b"\x1f\x8b"

@@ -7,6 +7,10 @@ confusion plot) and a PNG of the most confidently wrong test images with their t
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import sys
 
 import numpy as np
@@ -16,12 +20,13 @@ from sklearn import metrics as skm
 
 from dogs_vs_cats import evaluation, paths
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES
-from dogs_vs_cats.common import atomic_path, keras_verbosity, run, write_json
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.costs import precision_of
 from dogs_vs_cats.digits_io import CLASSES, Split, dataset_arg, load_split
 from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.models import load_saved
+from runtime.files import atomic_path, write_json
+from runtime.progress import keras_verbosity
 
 ZOOM = 4  # gallery tiles are the 28 px images drawn 4x larger
 

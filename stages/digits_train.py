@@ -6,11 +6,14 @@ The networks (``digits.network: book``, the course's; ``strong``, the homework's
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import math
 import sys
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import run
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.digits_io import dataset_arg, load_split
 from dogs_vs_cats.digits_model import batches, build_network, compile_digits, examples

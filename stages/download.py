@@ -8,6 +8,10 @@ written to a temporary path and renamed at the end, so a failed download leaves 
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import contextlib
 import os
 import shutil
@@ -21,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError, atomic_path, progress, run
 from dogs_vs_cats.config import DataConfig, load_params
 from dogs_vs_cats.images import parse_member
 from dogs_vs_cats.synthetic import write_train_zip
+from runtime.errors import PipelineError
+from runtime.files import atomic_path
+from runtime.progress import progress
 
 KAGGLE_FILE = "train.zip"
 CHUNK = 1 << 20

@@ -9,6 +9,10 @@ stage instead of silently shrinking the test set.
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -22,12 +26,14 @@ from sklearn import metrics as skm
 
 from dogs_vs_cats import evaluation, gradcam, paths, stats
 from dogs_vs_cats.classes import CLASS_NAMES
-from dogs_vs_cats.common import PipelineError, atomic_path, keras_verbosity, run, write_json
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.costs import layer_costs, precision_of, takes_images, totals
 from dogs_vs_cats.datasets import image_dataset, labels_of, load_features, resized_pixels
 from dogs_vs_cats.images import read_image
 from dogs_vs_cats.models import load_saved, predicted_labels
+from runtime.errors import PipelineError
+from runtime.files import atomic_path, input_file, write_json
+from runtime.progress import keras_verbosity
 
 THUMBNAIL = 128  # gallery tile side, pixels
 
@@ -63,9 +69,7 @@ def roc_points(model: str, labels: np.ndarray, probabilities: np.ndarray) -> pd.
 
 def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
     """The manifest's test rows, after checking every test file is there, unchanged, and alone."""
-    if not manifest_path.is_file():
-        raise PipelineError(f"{manifest_path}: not found; run dvc repro sample")
-    manifest = pd.read_csv(manifest_path)
+    manifest = pd.read_csv(input_file(manifest_path, "run dvc repro sample"))
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     for row in test.itertuples():
         file = sample_dir / row.path

@@ -10,6 +10,10 @@ accuracy; ``metrics/export.json`` records both.
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import contextlib
 import errno
 import json
@@ -23,12 +27,13 @@ import tensorflow as tf
 
 from dogs_vs_cats import export, paths
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
-from dogs_vs_cats.common import PipelineError, atomic_path, one_line, run, write_json
 from dogs_vs_cats.config import Params, load_params
 from dogs_vs_cats.datasets import image_dataset
 from dogs_vs_cats.digits_io import load_split
 from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.models import load_saved, predicted_labels
+from runtime.errors import PipelineError, one_line
+from runtime.files import atomic_path, input_file, write_json
 
 TOLERANCE = 1e-4  # the largest difference from the Keras model's output an exported float32 model may have
 FLOAT16_TOLERANCE = 0.05  # the same for the file with float16 weights, on a probability from 0 to 1
@@ -122,8 +127,7 @@ def read_metrics(path: Path, stage: str, needs: tuple[str, ...]) -> dict:
     """The metrics ``stage`` wrote at ``path``, with a number at each dotted key a model card ``needs``; read
     before any work, so a missing or damaged file stops the stage at once with one line."""
     again = f"run dvc repro --force {stage}"
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; {again}")
+    input_file(path, again)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:  # ValueError: JSONDecodeError and UnicodeDecodeError both are one

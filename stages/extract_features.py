@@ -8,15 +8,19 @@ be another network.
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import time
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import SPLITS
-from dogs_vs_cats.common import run, write_json
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.datasets import extract_split, image_dataset
 from dogs_vs_cats.models import build_extractor
 from dogs_vs_cats.training import save_model, seed_everything, set_precision
+from runtime.files import write_json
 
 
 def main() -> None:

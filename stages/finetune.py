@@ -10,9 +10,12 @@ without augmentation (it acts on pixels), which the stage records as ``augmented
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 from dogs_vs_cats import models, paths
 from dogs_vs_cats.augmentation import augmentation
-from dogs_vs_cats.common import run
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.datasets import predict_split, training_images
 from dogs_vs_cats.training import compile_binary, fit, save_model, training_session

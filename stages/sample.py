@@ -10,6 +10,10 @@ Only a zip whose central directory cannot be read is fatal.
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import collections
 import hashlib
 import random
@@ -22,7 +26,6 @@ import pandas as pd
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import CLASS_NAMES, SPLITS
-from dogs_vs_cats.common import PipelineError, atomic_path, progress, run, write_json
 from dogs_vs_cats.config import SampleConfig, load_params
 from dogs_vs_cats.images import (
     SKIP_REASONS,
@@ -35,6 +38,9 @@ from dogs_vs_cats.images import (
     read_member,
     to_rgb_jpeg,
 )
+from runtime.errors import PipelineError
+from runtime.files import atomic_path, write_json
+from runtime.progress import progress
 
 MANIFEST_COLUMNS = [
     "split",

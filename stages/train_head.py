@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import run
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.datasets import feature_stats, load_features
 from dogs_vs_cats.models import build_head

@@ -73,7 +73,7 @@ def run_stage(
 def call_stage(name: str, cwd: Path, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run ``python -m stages.<name> [args]`` (or ``tools.<name>``) in this process: the same ``run(main)`` with
     ``sys.argv``, its exit status, stdout and stderr, without another TensorFlow import (``run_stage``: a process)."""
-    from dogs_vs_cats.common import run
+    from runtime.program import run
 
     module = importlib.import_module(module_of(name))
     out, err, status = io.StringIO(), io.StringIO(), 0
@@ -131,7 +131,7 @@ def truncated_jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
     import numpy as np
     import tensorflow as tf
 
-    from dogs_vs_cats.tf_env import captured_stderr
+    from runtime.tf_log import captured_stderr
 
     noise = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     buffer = io.BytesIO()

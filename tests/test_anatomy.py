@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from dogs_vs_cats import costs as cost_of
-from dogs_vs_cats.common import run
 from dogs_vs_cats.memory import footprint
 from dogs_vs_cats.models import built_under, load_saved, saved_optimizer
+from runtime.program import run
 from tests.conftest import call_stage
 from tools import anatomy
 
@@ -74,7 +74,7 @@ def test_the_command_prints_a_table_and_refuses_a_wrong_call_in_one_line(
     for args, error in [
         (["--base", "vgg19"], "error: --base vgg19: unknown; use one of vgg16, xception, resnet50, efficientnetv2b0"),
         (["m.keras", "--base", "vgg16"], "error: name a saved model (models/finetuned.keras) or --base NAME, not both"),
-        (["m.keras"], "error: m.keras: not found; run dvc repro"),
+        (["m.keras"], "error: m.keras: not found; run dvc repro, or name a .keras file a stage saved"),
     ]:
         with pytest.raises(SystemExit) as exit_status:
             run(lambda args=args: anatomy.main(args))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dogs_vs_cats.common import PipelineError
+from runtime.errors import PipelineError
 from tools import compare
 
 PARAMS = {"seed": 42, "head": {"units": 8, "normalize": False}, "baseline": {"filters": [8, 16]}}

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dogs_vs_cats import common, datasets, paths, training
+from dogs_vs_cats import datasets, paths, training
+from runtime import processes
 from tools.bench import write_images
 
 SIZE, BATCH = 24, 4
@@ -77,7 +78,7 @@ def test_images_that_do_not_fit_in_memory_are_cached_under_data_cache(
 ) -> None:
     monkeypatch.setattr(datasets, "usable_memory", lambda: None)  # no limit known: on disk
     (sample / paths.CACHE_DIR).mkdir(parents=True)
-    parent = f"{os.getppid()}-{common._start_time(os.getppid())}"
+    parent = f"{os.getppid()}-{processes.start_time(os.getppid())}"
     dead = sample / paths.CACHE_DIR / ".train.999999999-5.abc00000.tmp"  # left by a killed run: no such pid
     alive = sample / paths.CACHE_DIR / f".train.{parent}.abc00000.tmp"  # another stage, still running
     dead.mkdir()

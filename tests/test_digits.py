@@ -16,9 +16,9 @@ from PIL import Image
 
 from dogs_vs_cats import digits_io, digits_model, training
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
-from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.models import built_under, load_saved
+from runtime.errors import PipelineError
 from stages import digits_data, digits_evaluate
 from tests.conftest import REPO, run_stage, write_params
 

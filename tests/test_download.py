@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dogs_vs_cats.common import PipelineError
+from runtime.errors import PipelineError
 from stages import download
 from tests.conftest import TINY, kaggle_members, make_zip, run_stage, write_params
 

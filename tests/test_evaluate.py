@@ -19,10 +19,10 @@ from sklearn.metrics import auc as area_under
 from sklearn.metrics import roc_auc_score
 
 from dogs_vs_cats import stats
-from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.datasets import image_dataset, load_features
 from dogs_vs_cats.evaluation import HEADING, LINE, MARGIN
 from dogs_vs_cats.paths import EVALUATED_MODELS
+from runtime.errors import PipelineError
 from stages import evaluate
 from tests.conftest import LEARNABLE, image_bytes, inside
 

@@ -13,9 +13,9 @@ import tensorflow as tf
 from PIL import Image
 
 from dogs_vs_cats import export
-from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.datasets import image_dataset, resized_pixels
 from dogs_vs_cats.models import built_under, load_saved
+from runtime.errors import PipelineError
 from stages.export import FLOAT16_TOLERANCE, TOLERANCE, disk_space_named, export_one
 from tests.conftest import LEARNABLE, REPO, inside
 
@@ -192,7 +192,7 @@ def test_an_export_that_computes_something_else_stops_the_stage(tmp_path: Path, 
 EXPORT_ONE = """
 import sys
 from pathlib import Path
-from dogs_vs_cats import tf_env
+from runtime import tf_log
 from dogs_vs_cats import export
 from dogs_vs_cats.models import load_saved
 export.saved_model(export.in_float32(load_saved(Path(sys.argv[1]))), Path(sys.argv[2]))

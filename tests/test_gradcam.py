@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from dogs_vs_cats import gradcam, paths
-from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.evaluation import HEADING, LINE, MARGIN
+from runtime.errors import PipelineError
 from stages import evaluate
 from tests.conftest import inside
 from tools import predict

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from dogs_vs_cats import images, paths
-from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.config import ConfigError, load_params
+from runtime.errors import PipelineError
 from stages import digits_data
 from tests.conftest import REPO, call_stage, inside
 from tests.test_digits import idx_bytes, small_split

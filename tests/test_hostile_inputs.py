@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dogs_vs_cats import common, images
-from dogs_vs_cats.common import PipelineError
+from dogs_vs_cats import images
+from runtime import processes
+from runtime.errors import PipelineError
 from stages import download, sample
 from tests.conftest import REPO, image_bytes, kaggle_members, make_zip, run_stage, write_params
 
@@ -244,7 +245,8 @@ SLOW_STAGE = textwrap.dedent(
     """
     import time
     from pathlib import Path
-    from dogs_vs_cats.common import atomic_path, run
+    from runtime.files import atomic_path
+    from runtime.program import run
 
     def main():
         with atomic_path(Path("data/sample")) as tmp:
@@ -306,7 +308,7 @@ def test_a_signal_while_tensorflow_is_imported_is_one_line(tmp_path: Path, signu
 def test_temp_folders_of_killed_runs_are_removed_when_the_stage_next_runs(workdir: Path) -> None:
     download.main()
     data = workdir / "data"
-    me = f"{os.getpid()}-{common._start_time(os.getpid())}"
+    me = f"{os.getpid()}-{processes.start_time(os.getpid())}"
     dead = data / ".sample.999999999-12.k1ll3d00.tmp"  # no such process: SIGKILLed long ago
     reused = data / f".sample.{os.getpid()}-1.r3us3d00.tmp"  # this pid, but a process that started at tick 1
     running = data / f".sample.{me}.busy0000.tmp"  # a live process's: left alone

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError
+from runtime.errors import PipelineError
 from stages import download
 from tests.conftest import kaggle_members, make_zip, write_params
 from tests.kaggle_standin import SIGNATURE, Behaviour, standin_kaggle

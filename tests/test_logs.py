@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dogs_vs_cats import common, tf_env
+from runtime import progress, tf_log
 from tests.conftest import REPO, run_stage
 
 STARTUP = (
@@ -33,7 +33,7 @@ STARTUP = (
     ],
 )
 def test_only_native_lines_below_the_level_are_dropped(level: int, left: list[str]) -> None:
-    assert [line.split()[0] for line in tf_env.kept(STARTUP, level).splitlines()] == left
+    assert [line.split()[0] for line in tf_log.kept(STARTUP, level).splitlines()] == left
 
 
 def _env(**changes: str) -> dict[str, str]:
@@ -41,7 +41,7 @@ def _env(**changes: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(REPO), **changes}
 
 
-@pytest.mark.skipif(tf_env.NVIDIA_DRIVER.exists(), reason="with a GPU driver TensorFlow's own log level applies")
+@pytest.mark.skipif(tf_log.NVIDIA_DRIVER.exists(), reason="with a GPU driver TensorFlow's own log level applies")
 def test_a_stage_importing_tensorflow_on_a_cpu_logs_nothing_but_its_own_lines(tmp_path: Path) -> None:
     # evaluate imports TensorFlow first thing, then stops at the missing params.yaml: its line is all there is.
     quiet = run_stage("evaluate", tmp_path, env=_env())
@@ -49,11 +49,11 @@ def test_a_stage_importing_tensorflow_on_a_cpu_logs_nothing_but_its_own_lines(tm
     assert len(quiet.stderr.splitlines()) == 1, quiet.stderr
 
 
-def test_importing_a_package_of_programs_changes_nothing() -> None:
+def test_importing_a_program_changes_nothing() -> None:
     # Only python -m stages.<name> (or tools.<name>) readies the process; a test's or notebook's import does not.
     code = (
-        "import signal, sys, stages, tools; from dogs_vs_cats import tf_env; "
-        "print(any(isinstance(f, tf_env._Import) for f in sys.meta_path), "
+        "import signal, sys, stages.sample, tools.watch; from runtime import tf_log; "
+        "print(any(isinstance(f, tf_log._Import) for f in sys.meta_path), "
         "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
     )
     imported = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
@@ -67,7 +67,7 @@ def test_what_a_dying_tensorflow_import_wrote_reaches_stderr(tmp_path: Path) -> 
     # A stand-in for TensorFlow on a CPU without AVX: a line below the level, the fatal line, then abort().
     written = f"I0000 00:00:1.0 1 port.cc:1] dropped\n{FATAL}\n".encode()
     (tmp_path / "tensorflow.py").write_text(f"import os\nos.write(2, {written!r})\nos.abort()\n")
-    code = "from dogs_vs_cats import tf_env; tf_env.quiet_cpu_start(); import tensorflow"
+    code = "from runtime import tf_log; tf_log.quiet_cpu_start(); import tensorflow"
     env = _env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}", TF_CPP_MIN_LOG_LEVEL="3")
     died = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert died.returncode == -signal.SIGABRT
@@ -87,20 +87,20 @@ def test_a_closed_stderr_changes_no_output_and_no_exit_status(tmp_path: Path) ->
 
 def test_a_users_own_log_level_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     # TF_CPP_MIN_LOG_LEVEL=0 asks for every line: nothing is filtered, the import runs as TensorFlow's own.
-    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, tf_env._Import)])
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, tf_log._Import)])
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
-    tf_env.quiet_cpu_start()
-    assert not any(isinstance(f, tf_env._Import) for f in sys.meta_path)
+    tf_log.quiet_cpu_start()
+    assert not any(isinstance(f, tf_log._Import) for f in sys.meta_path)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    tf_env.quiet_cpu_start()
-    assert [f.level for f in sys.meta_path if isinstance(f, tf_env._Import)] == [2]
+    tf_log.quiet_cpu_start()
+    assert [f.level for f in sys.meta_path if isinstance(f, tf_log._Import)] == [2]
 
 
 def test_progress_through_a_pipe_is_a_few_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     piped = io.StringIO()  # not a terminal, as stderr under dvc repro
     monkeypatch.setattr(sys, "stderr", piped)
-    with common.progress(total=5000, desc="sampling", unit="img") as bar:
+    with progress.progress(total=5000, desc="sampling", unit="img") as bar:
         for _ in range(5000):
             bar.update(1)
     lines = piped.getvalue().splitlines()

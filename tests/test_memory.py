@@ -13,10 +13,11 @@ import pytest
 
 from dogs_vs_cats import memory
 from dogs_vs_cats.augmentation import augmentation
-from dogs_vs_cats.common import PipelineError, run
 from dogs_vs_cats.config import Params, load_params
 from dogs_vs_cats.memory import RUNTIME_BYTES, Footprint, check_fits, footprint, usable_memory
 from dogs_vs_cats.models import build_baseline
+from runtime.errors import PipelineError
+from runtime.program import run
 from tests.conftest import REPO, inside
 
 MB = 1_000_000
@@ -239,7 +240,7 @@ def test_predict_stops_before_its_first_batch(tmp_path: Path, monkeypatch) -> No
 
 MEASURE = """
 import json, sys
-from dogs_vs_cats import tf_env
+from runtime import tf_log
 import keras, numpy as np, tensorflow as tf
 from dogs_vs_cats.augmentation import augmentation
 from dogs_vs_cats.config import load_params

@@ -12,7 +12,6 @@ import pytest
 from keras.src.saving import saving_lib
 
 from dogs_vs_cats.augmentation import augmentation
-from dogs_vs_cats.common import run
 from dogs_vs_cats.config import AugmentConfig, BaselineConfig, ConfigError, FeaturesConfig, HeadConfig, load_params
 from dogs_vs_cats.models import (
     ImagenetPreprocess,
@@ -24,6 +23,7 @@ from dogs_vs_cats.models import (
     load_saved,
     unfreeze,
 )
+from runtime.program import run
 from tests.conftest import REPO
 
 BOOK = load_params(REPO / "params.yaml")

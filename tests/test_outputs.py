@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dogs_vs_cats.common import PipelineError, atomic_path, output_file
+from runtime.errors import PipelineError
+from runtime.files import atomic_path, output_file
 from tests.conftest import call_stage
 from tools import bench, report
 

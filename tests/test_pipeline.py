@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from ruamel.yaml import YAML
 
-from dogs_vs_cats import tf_env
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS, SPLITS
 from dogs_vs_cats.paths import EVALUATED_MODELS
+from runtime import tf_log
 from tests.conftest import REPO, TINY, inside, write_params
 
 NEVER_COPIED = {".git", ".venv", "models", "metrics", "__pycache__", ".pytest_cache", ".ruff_cache", "tmp", "cache"}
@@ -291,7 +291,7 @@ def test_a_piped_repro_logs_one_line_per_epoch_not_a_progress_bar(project: Path)
     assert epochs and all(len(line) < 300 for line in epochs)
     # A healthy run on a machine without a GPU logs no error-level line (TensorFlow's failed cuInit was one),
     # and each training stage says once where it runs.
-    if not tf_env.NVIDIA_DRIVER.exists():
+    if not tf_log.NVIDIA_DRIVER.exists():
         assert not re.search(r"^E\d{4} |\berror\b", log, re.M | re.I), re.search(
             r"^.*(^E\d{4} |error).*$", log, re.M | re.I
         )

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dogs_vs_cats import images, synthetic
 from dogs_vs_cats.classes import SPLITS
-from dogs_vs_cats.common import PipelineError
+from runtime.errors import PipelineError
 from stages import download, sample
 from tests.conftest import damaged_jpeg, image_bytes, kaggle_members, make_zip, run_stage, truncated_jpeg, write_params
 

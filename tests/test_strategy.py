@@ -22,7 +22,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import importlib
-from dogs_vs_cats.common import run
+from runtime.program import run
 run(importlib.import_module(f"stages.{sys.argv[1]}").main)
 """
 # No dropout and no augmentation: their random draws differ per replica; the arithmetic must not.

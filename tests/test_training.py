@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import PipelineError
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.datasets import VARIANCE_FLOOR, feature_stats, image_dataset, load_features, write_features
 from dogs_vs_cats.models import build_head
 from dogs_vs_cats.training import compile_binary, fit, seed_everything
+from runtime.errors import PipelineError
 from tests.conftest import LEARNABLE, inside, run_stage
 
 LEARNED = 0.85  # the baseline's test accuracy; chance is 0.5, and no colour cue helps (tests/test_synthetic.py)

@@ -13,16 +13,20 @@ The arithmetic is ``dogs_vs_cats.costs``, which ``evaluate`` records as each mod
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import argparse
 from pathlib import Path
 
 import keras
 
-from dogs_vs_cats.common import PipelineError, run
 from dogs_vs_cats.config import FeaturesConfig
 from dogs_vs_cats.costs import layer_costs, precision_of, totals
 from dogs_vs_cats.memory import GB, footprint, usable_memory
 from dogs_vs_cats.models import BASES, build_extractor, load_saved, saved_optimizer
+from runtime.errors import PipelineError
 
 
 def table(model: keras.Model, batch_size: int, optimizer: str | None = None) -> str:

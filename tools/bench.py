@@ -21,6 +21,10 @@ and at that one. It never changes params.yaml. It writes ``bench.json``: machine
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import argparse
 import json
 import os
@@ -37,7 +41,6 @@ import tensorflow as tf
 
 from dogs_vs_cats.augmentation import augmentation
 from dogs_vs_cats.classes import CLASS_NAMES
-from dogs_vs_cats.common import PipelineError, atomic_path, output_file, run
 from dogs_vs_cats.config import FeaturesConfig, HeadConfig, Params, load_params
 from dogs_vs_cats.costs import layer_costs
 from dogs_vs_cats.datasets import extract_split, image_dataset
@@ -52,6 +55,8 @@ from dogs_vs_cats.models import (
 )
 from dogs_vs_cats.synthetic import draw_animal
 from dogs_vs_cats.training import compile_binary, seed_everything, set_precision
+from runtime.errors import PipelineError
+from runtime.files import atomic_path, output_file
 from tools import scenarios
 
 BENCH_FILE = Path("bench.json")

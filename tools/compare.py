@@ -9,13 +9,17 @@ interval and ROC AUC, and each digits dataset's test accuracy. Extra arguments g
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import json
 import subprocess
 import sys
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import DIGITS_DATASETS
-from dogs_vs_cats.common import PipelineError, one_line, run
+from runtime.errors import PipelineError, one_line
 from tools.scenarios import flag_value
 
 MODELS = tuple(paths.EVALUATED_MODELS)

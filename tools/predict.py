@@ -20,6 +20,10 @@ its background is light (the datasets are light on black) and resized to 28x28; 
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import argparse
 import contextlib
 import csv
@@ -37,7 +41,6 @@ from PIL import Image
 
 from dogs_vs_cats import gradcam, paths
 from dogs_vs_cats.classes import CLASS_NAMES, DIGITS_CLASS_NAMES
-from dogs_vs_cats.common import PipelineError, atomic_path, output_dir, replaceable, run
 from dogs_vs_cats.config import FeaturesConfig, load_params
 from dogs_vs_cats.costs import precision_of, takes_images
 from dogs_vs_cats.datasets import resized_pixels
@@ -45,6 +48,8 @@ from dogs_vs_cats.digits_io import CLASSES, SIDE
 from dogs_vs_cats.images import BadImage, check_training_decodes, is_high_depth, read_file, read_image
 from dogs_vs_cats.memory import check_fits
 from dogs_vs_cats.models import BASES, build_imagenet_classifier, load_saved, predicted_labels
+from runtime.errors import PipelineError
+from runtime.files import atomic_path, output_dir, replaceable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOP = 5

@@ -7,6 +7,10 @@ report`` writes it locally.
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import argparse
 import io
 import json
@@ -18,7 +22,8 @@ import pandas as pd
 
 from dogs_vs_cats import paths, stats
 from dogs_vs_cats.classes import DIGITS_DATASETS
-from dogs_vs_cats.common import PipelineError, atomic_path, one_line, output_file, run
+from runtime.errors import PipelineError, one_line
+from runtime.files import atomic_path, output_file
 
 REPORT_NAME = "report.md"
 COLUMNS = {

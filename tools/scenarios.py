@@ -6,6 +6,10 @@ A scenario maps dotted ``params.yaml`` keys to values; ``extends: <name>`` start
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import argparse
 import json
 import re
@@ -16,8 +20,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from dogs_vs_cats.common import PipelineError, run
 from dogs_vs_cats.typed_yaml import yaml_problem
+from runtime.errors import PipelineError
 
 # Beside stages/, wherever the command runs from: the tests run stages in temporary folders.
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -10,6 +10,10 @@ is gone (killed) is marked stopped.
 
 from __future__ import annotations
 
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
+
 import argparse
 from pathlib import Path
 
@@ -17,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.common import run
 
 BARS = "▁▂▃▄▅▆▇█"
 

@@ -1,4 +1,8 @@
-"""What every stage shares: the user-facing error type, the entry point, atomic writes."""
+"""The files a program reads and writes: an input checked before any work, every output written atomically, and
+never over what the user owns.
+
+An output appears whole or not at all (``atomic_path``); a file the run did not write is replaced only when the
+user said so (``--force``); a folder named as an output means "write inside it" (``output_file``)."""
 
 from __future__ import annotations
 
@@ -7,77 +11,24 @@ import json
 import os
 import re
 import shutil
-import signal
-import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from dogs_vs_cats.startup import ENDINGS
-
-
-class PipelineError(Exception):
-    """A problem the user can fix (bad params, missing input, no credentials); printed as one line."""
+from runtime.errors import PipelineError
+from runtime.processes import gone, start_time
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (``kill``, a CI runner, a job scheduler): unwind like Ctrl-C, so temp outputs go."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-def run(main: Callable[[], None]) -> None:
-    """Run a stage's ``main`` and turn a PipelineError into one line on stderr and exit status 1.
-
-    SIGINT and SIGTERM unwind the stack, so every ``atomic_path`` removes its temporary output, then end the
-    program with one line and exit status 128 + the signal's number.
-    """
-    for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate)):
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, handler)
-    try:
-        main()
-    except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        _end(signal.SIGINT)
-    except Terminated:
-        _end(signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the enclosed code ends, then raise what ``run`` would have raised.
-
-    For third-party code that catches everything: Keras' ``load_model`` reads the weights inside a bare
-    ``except:`` that falls back to another reader, so a Ctrl-C there was swallowed and the stage went on to
-    exit 0. Only for code that ends within seconds; outside ``run``'s handlers it changes nothing."""
-    raising = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _terminate}
-    held = [signum for signum, handler in raising.items() if signal.getsignal(signum) is handler]
-    if threading.current_thread() is not threading.main_thread():
-        held = []  # only the main thread receives signals, and only it may set handlers
-    arrived: list[int] = []
-    for signum in held:
-        signal.signal(signum, lambda signum, frame: arrived.append(signum))
-    try:
-        yield
-    finally:
-        for signum in held:
-            signal.signal(signum, raising[signum])
-        if arrived:  # in place of whatever the enclosed code raised after it
-            raise KeyboardInterrupt if arrived[0] == signal.SIGINT else Terminated
-
-
-def _end(signum: int) -> None:
-    print(f"error: {ENDINGS[signum]}", file=sys.stderr)
-    sys.exit(128 + signum)
+def input_file(path: Path, fix: str) -> Path:
+    """``path``, once it is known to be a regular file; else a PipelineError naming it and the ``fix`` (e.g. "run
+    dvc repro sample"). A folder, a FIFO or a device is refused before any read could block or fail."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; {fix}")
+    if not path.is_file():
+        raise PipelineError(f"{path}: not a regular file; {fix}")
+    return path
 
 
 @contextlib.contextmanager
@@ -126,7 +77,7 @@ def temp_dir(parent: Path, name: str) -> Path:
     """A new private folder in ``parent`` for work on ``name``, that ``remove_stale_temps`` removes once this
     process is gone."""
     pid = os.getpid()
-    return Path(tempfile.mkdtemp(prefix=f".{name}.{pid}-{_start_time(pid)}.", suffix=".tmp", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{pid}-{start_time(pid)}.", suffix=".tmp", dir=parent))
 
 
 def remove_stale_temps(target: Path) -> None:
@@ -140,28 +91,8 @@ def remove_stale_temps(target: Path) -> None:
         return
     for tmp in target.parent.iterdir():
         match = pattern.fullmatch(tmp.name)
-        if match and tmp.is_dir() and not tmp.is_symlink() and _stale(int(match[1]), int(match[2])):
+        if match and tmp.is_dir() and not tmp.is_symlink() and gone(int(match[1]), int(match[2])):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _stale(pid: int, started: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # someone else's process: it exists
-        pass
-    return bool(started) and _start_time(pid) not in (0, started)
-
-
-def _start_time(pid: int) -> int:
-    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``); 0 if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    # The name in parentheses may hold spaces; the 22nd field, start time, is the 20th after it.
-    return int(stat.rpartition(")")[2].split()[19])
 
 
 SYSTEM_FOLDERS = tuple(Path(p) for p in ("/proc", "/sys", "/dev"))
@@ -213,52 +144,6 @@ def writable_folder(folder: Path, option: str) -> None:
         raise PipelineError(f"{option} {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PipelineError(f"{option} {folder}: {existing} is not writable; name a folder of yours")
-
-
-def one_line(error: object, limit: int = 160) -> str:
-    """An exception's message (or any text) as it goes into an error line: whitespace collapsed, cut at ``limit``."""
-    return " ".join(str(error).split())[:limit]
-
-
-def keras_verbosity() -> int:
-    """Keras' ``verbose`` for this process: the live progress bar (1) on a terminal, one line per epoch (2)
-    when stdout is a pipe or a file, as under ``dvc repro``, a queue or CI. Keras itself decides by platform,
-    not by terminal, and its bar in a log is one endless line of carriage returns and backspaces."""
-    return 1 if sys.stdout.isatty() else 2
-
-
-PIPED_INTERVAL = 30.0  # seconds between two progress lines when stderr is not a terminal
-
-
-def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
-    """A tqdm bar on a terminal; when stderr is not one (``dvc repro``, a queue, CI), a line of its own at most
-    every ``PIPED_INTERVAL`` seconds and at the end, instead of redraws joined by carriage returns into one
-    line of a log, as ``keras_verbosity`` does for Keras."""
-    if sys.stderr.isatty():
-        return tqdm(iterable, **kwargs)
-    return tqdm(
-        iterable,
-        file=_Lines(sys.stderr),
-        mininterval=PIPED_INTERVAL,
-        bar_format="{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]",
-        **kwargs,
-    )
-
-
-class _Lines:
-    """A stream for tqdm that writes each redraw as one line and drops the blank ones."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        line = text.replace("\r", "").strip()
-        if line:
-            self.stream.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 def write_json(path: Path, data: Any) -> None:

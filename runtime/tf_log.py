@@ -1,4 +1,4 @@
-"""TensorFlow's environment, set before TensorFlow is imported: ``stages/`` and ``tools/`` call this first.
+"""TensorFlow's log, set up before TensorFlow is imported: each program asks for it first (``program.start_program``).
 
 Without an NVIDIA driver TensorFlow still tries CUDA and logs ``failed call to cuInit`` at error level,
 which reads like a failure in a healthy CPU run's log. There, C++ logging is limited to fatal lines

@@ -1,0 +1,110 @@
+"""How a stage or tool starts and ends: ``start_program(__name__)`` first thing, ``run(main)`` last.
+
+``start_program`` is called by each entry point before its other imports, TensorFlow's among them, which take seconds:
+a Ctrl-C then ends the program in one line, not a traceback of them. ``run`` turns the errors a user can fix
+into one line, and SIGINT and SIGTERM into an orderly unwind, so every temporary output goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+from runtime.errors import PipelineError
+from runtime.tf_log import quiet_cpu_start
+
+ENDINGS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}  # the one line each signal ends a program with
+
+
+def start_program(name: str) -> None:
+    """Ready this process for the stage or tool named ``name`` (its module's ``__name__``): SIGINT and SIGTERM
+    end it with one line, a closed stderr is /dev/null, and TensorFlow's import keeps its C++ start-up lines out
+    of the log (``tf_log``). Only when the module runs as the program (``python -m``); imported by a test or a
+    notebook it changes nothing."""
+    if name != "__main__":
+        return
+    _open_stderr()
+    for signum in ENDINGS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # one a parent ignored (nohup) stays ignored
+            signal.signal(signum, _end_at_once)
+    quiet_cpu_start()
+
+
+def _end_at_once(signum: int, frame: object) -> None:
+    # Until run() puts its own handlers in, only imports have run: nothing to undo, so end here, in one line.
+    os.write(2, f"error: {ENDINGS[signum]}\n".encode())
+    os._exit(128 + signum)
+
+
+def _open_stderr() -> None:
+    """A closed stderr (``2>&-``) made /dev/null: output and exit status stay as with stderr open (not a
+    program dying on ``sys.stderr`` being None), and no file the program opens becomes fd 2, where C++ logs go."""
+    try:
+        os.fstat(2)
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != 2:
+            os.dup2(null, 2)
+            os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's stderr, open for its whole life
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, a CI runner, a job scheduler): unwind like Ctrl-C, so temp outputs go."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's ``main`` and turn a PipelineError into one line on stderr and exit status 1.
+
+    SIGINT and SIGTERM unwind the stack, so every ``atomic_path`` removes its temporary output, then end the
+    program with one line and exit status 128 + the signal's number.
+    """
+    for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate)):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handler)
+    try:
+        main()
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        _end(signal.SIGINT)
+    except Terminated:
+        _end(signal.SIGTERM)
+
+
+def _end(signum: int) -> None:
+    print(f"error: {ENDINGS[signum]}", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the enclosed code ends, then raise what ``run`` would have raised.
+
+    For third-party code that catches everything: Keras' ``load_model`` reads the weights inside a bare
+    ``except:`` that falls back to another reader, so a Ctrl-C there was swallowed and the stage went on to
+    exit 0. Only for code that ends within seconds; outside ``run``'s handlers it changes nothing."""
+    raising = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _terminate}
+    held = [signum for signum, handler in raising.items() if signal.getsignal(signum) is handler]
+    if threading.current_thread() is not threading.main_thread():
+        held = []  # only the main thread receives signals, and only it may set handlers
+    arrived: list[int] = []
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        for signum in held:
+            signal.signal(signum, raising[signum])
+        if arrived:  # in place of whatever the enclosed code raised after it
+            raise KeyboardInterrupt if arrived[0] == signal.SIGINT else Terminated
