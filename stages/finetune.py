@@ -32,7 +32,7 @@ def main() -> None:
         print(f"finetune: training {', '.join(unfrozen)} and the head")
         fitting = {
             "log_dir": paths.live_dir(STAGE),
-            "schedule": cfg.training,
+            "plan": cfg.plan,
             "batch_size": image.batch_size,
             "batch_key": "image.batch_size",
             "seed": params.seed,
