@@ -281,10 +281,12 @@ def train_flops(model: keras.Model) -> float:
     return 2.0 * (sum(m for m, _ in costs) + 2 * sum(m for m, _ in costs[first:]))
 
 
-def pipeline_steps(params: Params, dataset, epochs, features: Path) -> dict[str, Step]:
+def pipeline_steps(
+    params: Params, dataset: tf.data.Dataset, decoded_once: tf.data.Dataset, features: Path
+) -> dict[str, Step]:
     """The heavy steps the pipeline's way, their models built under the global policy in force: extraction with
     ``features.base`` streamed to ``features`` batch by batch as ``extract_features`` does, and one epoch of
-    ``fit`` of the baseline and of fine-tuning on images decoded once, as the training stages do."""
+    ``fit`` of the baseline and of fine-tuning on ``decoded_once``, as the training stages do."""
     size = params.image.side
     extractor = build_extractor(size, FeaturesConfig(params.features.base, "none"))
     baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
@@ -298,7 +300,9 @@ def pipeline_steps(params: Params, dataset, epochs, features: Path) -> dict[str,
     compile_binary(finetuned, params.finetune.learning_rate, params.train.jit_compile)
 
     def one_epoch(model: keras.Model) -> Callable[[], object]:
-        return lambda: model.fit(epochs, epochs=1, verbose=0, shuffle=False)  # the dataset is not shuffled: nor is fit
+        return lambda: model.fit(
+            decoded_once, epochs=1, verbose=0, shuffle=False
+        )  # the dataset is not shuffled: nor is fit
 
     return {
         "extract_features": Step(
@@ -323,13 +327,13 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         files = write_images(Path(tmp), count, size, params.seed)
         dataset = image_dataset("train", size, batch_size, root=Path(tmp))
-        epochs = image_dataset("train", size, batch_size, root=Path(tmp), decode_once=True)
+        decoded_once = image_dataset("train", size, batch_size, root=Path(tmp), decode_once=True)
         features = Path(tmp) / "features.npz"
 
         def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             return book_batches(files, size, batch_size)  # decoded afresh on every pass, as tf.data does
 
-        ours = pipeline_steps(params, dataset, epochs, features)
+        ours = pipeline_steps(params, dataset, decoded_once, features)
         # The book's twin of the same base: the bare keras.applications network and its module's preprocess_input;
         # the book's training steps: train_on_batch per batch on the same compiled models.
         conv_base = BASES[params.features.base].build(include_top=False, weights=None, input_shape=(size, size, 3))
@@ -351,7 +355,7 @@ def measure(
         for precision in precisions:
             if precision not in built:
                 with built_under(precision):
-                    built[precision] = pipeline_steps(params, dataset, epochs, features)
+                    built[precision] = pipeline_steps(params, dataset, decoded_once, features)
         by_precision = [
             timing
             for step in ours
@@ -375,7 +379,7 @@ def precision_timings(
     seconds = rounds({precision: s.work for precision, s in steps.items()}, pairs, clock)
     timings = []
     for precision, taken in seconds.items():
-        ratios = [base / t for base, t in zip(seconds[FLOAT32], taken, strict=True)]
+        ratios = [float32 / t for float32, t in zip(seconds[FLOAT32], taken, strict=True)]
         rate = images / statistics.median(taken)
         gflops = rate * steps[precision].flops / 1e9
         timings.append(

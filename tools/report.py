@@ -31,23 +31,23 @@ COLUMNS = {
 }
 
 
-def model_names(base: str) -> dict[str, str]:
-    """How the page names each model, given the pretrained base they used."""
+def model_names(pretrained: str) -> dict[str, str]:
+    """How the page names each model, given the pretrained network they used."""
     return {
         "baseline": "baseline convnet",
-        "head": f"{base} features + head",
-        "frozen": f"frozen {base} + head, augmented",
-        "finetuned": f"fine-tuned {base}",
+        "head": f"{pretrained} features + head",
+        "frozen": f"frozen {pretrained} + head, augmented",
+        "finetuned": f"fine-tuned {pretrained}",
     }
 
 
-def models_table(results: dict, base: str, source: Path = paths.EVALUATE_METRICS) -> str:
+def models_table(results: dict, pretrained: str, source: Path = paths.EVALUATE_METRICS) -> str:
     """The four models side by side, as a Markdown table: every metric, the accuracy's 95 % interval, and cost."""
     lines = [
         "| model | " + " | ".join(COLUMNS.values()) + " | accuracy 95 % CI | params | GMACs/image |",
         "|---" * (len(COLUMNS) + 4) + "|",
     ]
-    for key, name in model_names(base).items():
+    for key, name in model_names(pretrained).items():
         section = results.get(key, {})
         if not isinstance(section, dict):
             raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
@@ -62,32 +62,32 @@ def models_table(results: dict, base: str, source: Path = paths.EVALUATE_METRICS
     return "\n".join(lines)
 
 
-def change_against(model: str, base: str) -> tuple[str, str, str, str]:
-    """``model``'s test accuracy at ``base``, the change since, McNemar's p and its verdict, as table cells: the
-    exact test on the per-image predictions of both revisions (committed, so any clone can run it)."""
+def change_against(model: str, revision: str) -> tuple[str, str, str, str]:
+    """``model``'s test accuracy at the git ``revision``, the change since, McNemar's p and its verdict, as table
+    cells: the exact test on the per-image predictions of both revisions (committed, so any clone can run it)."""
     path = paths.predictions_file(model)
     if not path.is_file():
         return "-", "-", "-", "no predictions here"
-    shown = subprocess.run(["git", "show", f"{base}:{path.as_posix()}"], capture_output=True)
+    shown = subprocess.run(["git", "show", f"{revision}:{path.as_posix()}"], capture_output=True)
     if shown.returncode != 0:
-        return "-", "-", "-", f"no predictions at `{base}`"
-    here, there = _predictions(path.read_bytes(), str(path)), _predictions(shown.stdout, f"{base}:{path}")
-    paired = here.merge(there, on="file", suffixes=("", "_base"))
+        return "-", "-", "-", f"no predictions at `{revision}`"
+    here, there = _predictions(path.read_bytes(), str(path)), _predictions(shown.stdout, f"{revision}:{path}")
+    paired = here.merge(there, on="file", suffixes=("", "_there"))
     if not len(paired) == len(here) == len(there):
         return "-", "-", "-", "different test images: not comparable"
     right_here = (paired["label"] == paired["predicted"]).to_numpy()
-    right_there = (paired["label_base"] == paired["predicted_base"]).to_numpy()
+    right_there = (paired["label_there"] == paired["predicted_there"]).to_numpy()
     test = stats.mcnemar(right_there, right_here)
     verdict = "**significant**" if test["significant"] else "within noise"
     change = right_here.mean() - right_there.mean()
     return f"{right_there.mean():.4f}", f"{change:+.4f}", f"{test['p_value']:.3g}", verdict
 
 
-def summary_table(results: dict, pretrained: str, base: str, source: Path = paths.EVALUATE_METRICS) -> str:
+def summary_table(results: dict, pretrained: str, revision: str, source: Path = paths.EVALUATE_METRICS) -> str:
     """What a reviewer reads first: per model the test accuracy with its 95 % interval, ROC AUC, and the
-    change against ``base`` with McNemar's verdict."""
+    change against the git ``revision`` with McNemar's verdict."""
     lines = [
-        f"| model | accuracy [95 % CI] | ROC AUC | at `{base}` | change | McNemar p | verdict |",
+        f"| model | accuracy [95 % CI] | ROC AUC | at `{revision}` | change | McNemar p | verdict |",
         "|---" * 7 + "|",
     ]
     for key, name in model_names(pretrained).items():
@@ -101,7 +101,7 @@ def summary_table(results: dict, pretrained: str, base: str, source: Path = path
                 f" [{_number(interval['low'], source, '{:.3f}')}, {_number(interval['high'], source, '{:.3f}')}]"
             )
         auc = _number(section.get("roc_auc"), f"{source}: {key}.roc_auc")
-        lines.append(f"| {name} | {accuracy} | {auc} | " + " | ".join(change_against(key, base)) + " |")
+        lines.append(f"| {name} | {accuracy} | {auc} | " + " | ".join(change_against(key, revision)) + " |")
     return "\n".join(lines)
 
 
@@ -158,14 +158,18 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def check_revision(base: str) -> None:
-    """One line unless ``base`` names a commit of this git repository."""
+def check_revision(revision: str) -> None:
+    """One line unless ``revision`` names a commit of this git repository."""
     try:
-        found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], capture_output=True)
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], capture_output=True
+        )
     except OSError:
         raise PipelineError("git is not installed; the report compares against a git revision") from None
     if found.returncode != 0:
-        raise PipelineError(f"--base {base}: no such git revision here; name a branch, tag or commit (git fetch it)")
+        raise PipelineError(
+            f"--base {revision}: no such git revision here; name a branch, tag or commit (git fetch it)"
+        )
 
 
 def dvc_markdown(args: list[str]) -> str:
@@ -179,13 +183,13 @@ def dvc_markdown(args: list[str]) -> str:
 
 
 def render(
-    base: str,
+    revision: str,
     evaluate_json: Path = paths.EVALUATE_METRICS,
     features_json: Path = paths.FEATURES_METRICS,
     metrics_dir: Path = paths.METRICS_DIR,
 ) -> str:
     """The whole page: the summary a pull request's reviewer reads, the rest folded in ``<details>``."""
-    parts = [f"# Dogs vs. Cats: the models against `{base}`", ""]
+    parts = [f"# Dogs vs. Cats: the models against `{revision}`", ""]
     details = []
     if evaluate_json.is_file():
         results = _read_json(evaluate_json)
@@ -196,14 +200,14 @@ def render(
             f"On the held-out test split ({results.get('test_images', '?')} images); a change is **significant** when "
             f"the exact McNemar test on the images both revisions scored gives p < {stats.SIGNIFICANT}.",
             "",
-            summary_table(results, pretrained, base, evaluate_json),
+            summary_table(results, pretrained, revision, evaluate_json),
         ]
         details += ["### Every metric of each model", "", models_table(results, pretrained, evaluate_json), ""]
     else:
         parts.append(f"No `{evaluate_json}` yet: run `dvc repro`.")
     parts += ["", "## Digits: MNIST and Fashion-MNIST", "", digits_table(metrics_dir)]
-    parts += ["", f"## Params changed against `{base}`", "", dvc_markdown(["params", "diff", base])]
-    details += [f"### `dvc metrics diff {base}`", "", dvc_markdown(["metrics", "diff", base]), ""]
+    parts += ["", f"## Params changed against `{revision}`", "", dvc_markdown(["params", "diff", revision])]
+    details += [f"### `dvc metrics diff {revision}`", "", dvc_markdown(["metrics", "diff", revision]), ""]
     parts += [
         "",
         "<details><summary>Every metric, and what changed against the base</summary>",
@@ -211,7 +215,7 @@ def render(
         *details,
         "</details>",
         "",
-        f"Plots: `dvc plots diff {base}` renders the training curves, confusion matrices, ROC curves and the "
+        f"Plots: `dvc plots diff {revision}` renders the training curves, confusion matrices, ROC curves and the "
         "galleries of the most confidently wrong test images "
         f"(committed under `{paths.EVALUATE_DIR.as_posix()}/gallery/`).",
         "",
