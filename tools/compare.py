@@ -16,6 +16,7 @@ import sys
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import DIGITS_DATASETS
 from dogs_vs_cats.common import PipelineError, one_line, run
+from tools.cells import accuracy_cell
 from tools.scenarios import flag_value
 
 MODELS = tuple(paths.EVALUATED_MODELS)
@@ -102,7 +103,7 @@ def _model_cell(result: object) -> str:
     cell = f"{result['accuracy']:.3f}"
     interval = result.get("accuracy_ci95") or {}
     if isinstance(interval.get("low"), int | float) and isinstance(interval.get("high"), int | float):
-        cell += f" [{interval['low']:.3f}, {interval['high']:.3f}]"
+        cell = accuracy_cell(cell, interval["low"], interval["high"], EVALUATE)
     if isinstance(result.get("roc_auc"), int | float):
         cell += f" / {result['roc_auc']:.3f}"
     return cell

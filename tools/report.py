@@ -19,6 +19,7 @@ import pandas as pd
 from dogs_vs_cats import paths, stats
 from dogs_vs_cats.classes import DIGITS_DATASETS
 from dogs_vs_cats.common import PipelineError, atomic_path, one_line, output_file, run
+from tools.cells import accuracy_cell, number
 
 REPORT_NAME = "report.md"
 COLUMNS = {
@@ -48,18 +49,24 @@ def models_table(results: dict, pretrained: str, source: Path = paths.EVALUATE_M
         "|---" * (len(COLUMNS) + 4) + "|",
     ]
     for key, name in model_names(pretrained).items():
-        section = results.get(key, {})
-        if not isinstance(section, dict):
-            raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
-        cells = [_number(section.get(metric), f"{source}: {key}.{metric}") for metric in COLUMNS]
+        section = _section(results, key, source)
+        cells = [number(section.get(metric), f"{source}: {key}.{metric}") for metric in COLUMNS]
         interval = section.get("accuracy_ci95")
         if interval is not None and not (isinstance(interval, dict) and {"low", "high"} <= interval.keys()):
             raise PipelineError(f"{source}: {key}.accuracy_ci95 has no low and high; run dvc repro evaluate")
-        cells.append(f"{_number(interval['low'], source)} to {_number(interval['high'], source)}" if interval else "-")
-        cells.append(f"{_number(section['params'], source, '{:,}')}" if "params" in section else "-")
-        cells.append(f"{_number(section['gmacs'], source, '{:.3f}')}" if "gmacs" in section else "-")
+        cells.append(f"{number(interval['low'], source)} to {number(interval['high'], source)}" if interval else "-")
+        cells.append(f"{number(section['params'], source, '{:,}')}" if "params" in section else "-")
+        cells.append(f"{number(section['gmacs'], source, '{:.3f}')}" if "gmacs" in section else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _section(results: dict, key: str, source: Path) -> dict:
+    """Model ``key``'s metrics in ``results``, or one line naming ``source`` when they are no table."""
+    section = results.get(key, {})
+    if not isinstance(section, dict):
+        raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
+    return section
 
 
 def change_against(model: str, revision: str) -> tuple[str, str, str, str]:
@@ -91,16 +98,12 @@ def summary_table(results: dict, pretrained: str, revision: str, source: Path = 
         "|---" * 7 + "|",
     ]
     for key, name in model_names(pretrained).items():
-        section = results.get(key, {})
-        if not isinstance(section, dict):
-            raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
-        accuracy = _number(section.get("accuracy"), f"{source}: {key}.accuracy")
+        section = _section(results, key, source)
+        accuracy = number(section.get("accuracy"), f"{source}: {key}.accuracy")
         interval = section.get("accuracy_ci95")
         if isinstance(interval, dict) and {"low", "high"} <= interval.keys():
-            accuracy += (
-                f" [{_number(interval['low'], source, '{:.3f}')}, {_number(interval['high'], source, '{:.3f}')}]"
-            )
-        auc = _number(section.get("roc_auc"), f"{source}: {key}.roc_auc")
+            accuracy = accuracy_cell(accuracy, interval["low"], interval["high"], str(source))
+        auc = number(section.get("roc_auc"), f"{source}: {key}.roc_auc")
         lines.append(f"| {name} | {accuracy} | {auc} | " + " | ".join(change_against(key, revision)) + " |")
     return "\n".join(lines)
 
@@ -116,7 +119,7 @@ def digits_table(metrics_dir: Path = paths.METRICS_DIR) -> str:
         path = metrics_dir / paths.digits_metrics(dataset).relative_to(paths.METRICS_DIR)  # metrics_dir: a copy
         if path.is_file():
             results = _read_json(path)
-            cells = [_number(results.get(metric), f"{path}: {metric}") for metric in DIGITS_COLUMNS]
+            cells = [number(results.get(metric), f"{path}: {metric}") for metric in DIGITS_COLUMNS]
             lines.append(f"| {dataset} | {results.get('test_images', '?')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else "No digits metrics yet: run `dvc repro`."
 
@@ -136,15 +139,6 @@ def _predictions(data: bytes, where: str) -> pd.DataFrame:
     if missing:
         raise PipelineError(f"{where}: has no column {missing[0]}; run dvc repro evaluate there")
     return table
-
-
-def _number(value: object, where: str = "", form: str = "{:.4f}") -> str:
-    """A metric as the tables show it; ``-`` for none, and one line naming ``where`` for a value that is no number."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PipelineError(f"{where}: is {value!r:.60}, not a number; run dvc repro evaluate")
-    return form.format(value)
 
 
 def _read_json(path: Path) -> dict:
