@@ -45,7 +45,7 @@ from dogs_vs_cats.models import (
     BASES,
     build_baseline,
     build_extractor,
-    build_finetune,
+    build_finetuned,
     build_head,
     built_under,
     unfreeze,
@@ -291,7 +291,7 @@ def pipeline_steps(
     extractor = build_extractor(size, FeaturesConfig(params.features.base, "none"))
     baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
     compile_binary(baseline, params.baseline.learning_rate, params.train.jit_compile)
-    finetuned = build_finetune(
+    finetuned = build_finetuned(
         extractor,
         build_head(extractor.output_shape[1:], _plain_head(params.head)),
         augmentation(params.augment, params.seed),
