@@ -63,7 +63,7 @@ def _at_least(value: int, key: str, minimum: int = 1) -> None:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class TrainingPlan:
     """How a model trains, whichever section of params.yaml it comes from: its learning rate, at most ``epochs``
     epochs, and ``patience`` epochs without a better validation loss before it stops (None: never early)."""
 
@@ -82,14 +82,14 @@ class Schedule:
         )
 
     @classmethod
-    def of(cls, section: Trains) -> Schedule:
-        """The schedule of a training section (``HeadConfig`` and the others), checked."""
+    def of(cls, section: Trains) -> TrainingPlan:
+        """The training plan of a section (``HeadConfig`` and the others), checked."""
         return cls(section.SECTION, section.learning_rate, section.epochs, section.patience)
 
 
 class Trains:
     """A section of params.yaml that trains a model: its ``learning_rate``, ``epochs`` and ``patience`` fields
-    are its ``training`` Schedule, named after its ``SECTION``."""
+    are its ``plan``, named after its ``SECTION``."""
 
     SECTION: ClassVar[str]
     learning_rate: float
@@ -97,8 +97,8 @@ class Trains:
     patience: int | None
 
     @property
-    def training(self) -> Schedule:
-        return Schedule.of(self)
+    def plan(self) -> TrainingPlan:
+        return TrainingPlan.of(self)
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class BaselineConfig(Trains):
         )
         _at_least(self.kernel_size, "baseline.kernel_size")
         _fraction(self.dropout, "baseline.dropout")
-        Schedule.of(self)
+        TrainingPlan.of(self)
 
 
 @dataclass(frozen=True)
@@ -256,12 +256,13 @@ class HeadConfig(Trains):
         _at_least(self.units, "head.units")
         _fraction(self.dropout, "head.dropout")
         _at_least(self.batch_size, "head.batch_size")
-        Schedule.of(self)
+        TrainingPlan.of(self)
 
 
 @dataclass(frozen=True)
 class FrozenConfig(Trains):
-    """The frozen-base model: its own head (built as ``head:``'s, so a head sweep does not retrain it), its schedule."""
+    """The frozen-base model: its own head (built as ``head:``'s, so a head sweep does not retrain it) and training
+    plan."""
 
     normalize: bool
     units: int
@@ -275,7 +276,7 @@ class FrozenConfig(Trains):
     def __post_init__(self) -> None:
         _at_least(self.units, "frozen.units")
         _fraction(self.dropout, "frozen.dropout")
-        Schedule.of(self)
+        TrainingPlan.of(self)
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ class FinetuneConfig(Trains):
             "finetune.unfreeze",
             "is empty; use top (the base's last block) or layer-name prefixes, e.g. block4,block5",
         )
-        Schedule.of(self)
+        TrainingPlan.of(self)
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,7 @@ class DigitsConfig(Trains):
     augment: DigitsAugmentConfig
     optimizer: Optimizer
     learning_rate: float
-    schedule: Decay
+    schedule: Decay  # the learning rate's decay over the run (digits_model.learning_rate)
     batch_size: int
     epochs: int
     patience: int | None
@@ -373,7 +374,7 @@ class DigitsConfig(Trains):
     def __post_init__(self) -> None:
         _fraction(self.dropout, "digits.dropout")
         _at_least(self.batch_size, "digits.batch_size")
-        Schedule.of(self)
+        TrainingPlan.of(self)
         check(self.gallery_size >= 0, "digits.gallery_size", f"is {self.gallery_size}; use 0 or more")
 
 

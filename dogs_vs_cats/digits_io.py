@@ -1,15 +1,17 @@
-"""The digits study's data as the stages hand it on: uint8 splits of 28x28 images under data/digits/."""
+"""The digits study's data as the stages hand it on: uint8 splits of 28x28 images under data/digits/, the
+validation split held out of the training images."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import DIGITS_DATASETS
 from runtime.errors import PipelineError
-from runtime.files import input_file
+from runtime.files import atomic_path, input_file
 
 SIDE = 28  # pixels; both datasets' images are 28x28 grayscale
 CLASSES = 10
@@ -31,6 +33,26 @@ def load_split(dataset: str, split: str) -> Split:
     path = input_file(paths.digits_data_dir(dataset) / f"{split}.npz", f"run dvc repro digits_data@{dataset}")
     with np.load(path, allow_pickle=False) as data:
         return Split(data["x"], data["y"])
+
+
+def split_validation(train: Split, count: int, seed: int) -> tuple[Split, Split]:
+    """``count`` training images, picked with ``seed``, held out for validation."""
+    if count >= len(train.y):
+        raise PipelineError(
+            f"{paths.PARAMS}: digits.data.validation is {count}, but there are only {len(train.y)} training "
+            "images; use fewer"
+        )
+    order = np.random.default_rng(seed).permutation(len(train.y))
+    keep, held = np.sort(order[count:]), np.sort(order[:count])
+    return Split(train.x[keep], train.y[keep]), Split(train.x[held], train.y[held])
+
+
+def save_splits(folder: Path, splits: dict[str, Split]) -> None:
+    """``<folder>/<split>.npz`` with ``x`` and ``y``, all at once: an interrupted run leaves no folder."""
+    with atomic_path(folder, replace=True) as tmp:
+        tmp.mkdir()
+        for name, split in splits.items():
+            np.savez(tmp / f"{name}.npz", x=split.x, y=split.y)
 
 
 def dataset_arg(argv: list[str], stage: str) -> str:

@@ -219,9 +219,17 @@ def build_head(
     return keras.Model(inputs, outputs, name="head")
 
 
-def build_finetune(
-    extractor: keras.Model, head: keras.Model, augment: keras.Sequential, name: str = "finetuned"
-) -> keras.Model:
+def build_frozen(extractor: keras.Model, head: keras.Model, augment: keras.Sequential) -> keras.Model:
+    """The frozen-base model ``train_frozen`` trains (its stage freezes the extractor): ``_end_to_end``."""
+    return _end_to_end(extractor, head, augment, name="frozen")
+
+
+def build_finetuned(extractor: keras.Model, head: keras.Model, augment: keras.Sequential) -> keras.Model:
+    """The fine-tuned model ``finetune`` trains (its stage unfreezes the extractor's top): ``_end_to_end``."""
+    return _end_to_end(extractor, head, augment, name="finetuned")
+
+
+def _end_to_end(extractor: keras.Model, head: keras.Model, augment: keras.Sequential, name: str) -> keras.Model:
     """Augmentation, then the extractor, then the head: one model from raw pixels to P(dog)."""
     inputs = keras.Input(extractor.input_shape[1:], name="image")
     x = augment(inputs)

@@ -22,7 +22,7 @@ from dvclive.keras import DVCLiveCallback
 
 from dogs_vs_cats import paths
 from dogs_vs_cats.checkpoints import Checkpoint, State, computation_key
-from dogs_vs_cats.config import Params, Schedule, TrainConfig
+from dogs_vs_cats.config import Params, TrainConfig, TrainingPlan
 from dogs_vs_cats.costs import leaf_layers, precision_of, takes_images
 from dogs_vs_cats.memory import check_fits
 from runtime.errors import PipelineError
@@ -145,7 +145,7 @@ def fit(
     *,
     validation,
     log_dir: Path,
-    schedule: Schedule,
+    plan: TrainingPlan,
     batch_size: int,
     batch_key: str,
     seed: int,
@@ -160,8 +160,8 @@ def fit(
     Each epoch shuffles ``train`` by ``seed`` and its own number alone, so epoch 7 sees the same batches
     whether the run started at epoch 1 or resumed at 7. A NaN or infinite loss stops it at once, in one line.
 
-    At most ``schedule.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
-    the end (the book keeps that epoch with ModelCheckpoint); ``schedule.patience`` stops early, None never does.
+    At most ``plan.epochs`` epochs; the weights of the epoch with the lowest validation loss are restored at
+    the end (the book keeps that epoch with ModelCheckpoint); ``plan.patience`` stops early, None never does.
     With a ``checkpoint``, each finished epoch is kept there (weights, optimizer, random seeds' states, early
     stopping, curves) and a run killed after epoch k resumes from it at epoch k + 1: on the CPU with
     ``train.deterministic`` its results are bit for bit those of a run never killed.
@@ -169,7 +169,7 @@ def fit(
     ``notes`` that say how the model was trained, and ``policy``, the dtype policy the model computed in
     (``train.precision``): accuracy is not traded for speed unseen.
     """
-    epochs, patience = schedule.epochs, schedule.patience
+    epochs, patience = plan.epochs, plan.patience
     side_key = "image.side" if takes_images(model) else None
     images_kept = sum(getattr(data, "cached_bytes", 0) for data in (train, validation))  # filled in epoch 1
     check_fits(model, batch_size, batch_key, f"training {log_dir.name}", side_key=side_key, images_kept=images_kept)
@@ -210,7 +210,7 @@ def fit(
             float16 = " or train.precision float32" if precision_of(model) == "mixed_float16" else ""
             raise PipelineError(
                 f"{name}: {diverged} is {history[diverged][-1]} at epoch {len(history[diverged])}, the training "
-                f"diverged and nothing was saved; lower {schedule.section}.learning_rate{float16}"
+                f"diverged and nothing was saved; lower {plan.section}.learning_rate{float16}"
             )
         write_json(Path(live.metrics_file), training_summary(history, precision_of(model), notes or {}))
         write_curves(history, paths.curves_file(live_dir))

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +22,18 @@ from runtime.processes import gone, start_time
 
 
 def input_file(path: Path, fix: str) -> Path:
-    """``path``, once it is known to be a regular file; else a PipelineError naming it and the ``fix`` (e.g. "run
-    dvc repro sample"). A folder, a FIFO or a device is refused before any read could block or fail."""
+    """``path``, once it is known to be a regular file; else a PipelineError naming it, what is there, and the
+    ``fix`` (e.g. "run dvc repro sample"). A FIFO would hang the read, a device or folder is no data."""
     path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path}: not found; {fix}")
-    if not path.is_file():
-        raise PipelineError(f"{path}: not a regular file; {fix}")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; {fix}") from None
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot read it ({error.strerror}); {fix}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise PipelineError(f"{path}: {kind}, not a file; {fix}")
     return path
 
 

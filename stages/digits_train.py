@@ -34,7 +34,7 @@ def main() -> None:
             examples(train),
             validation=batches(validation, cfg.batch_size),
             log_dir=paths.digits_live_dir(dataset),
-            schedule=cfg.training,
+            plan=cfg.plan,
             batch_size=cfg.batch_size,
             batch_key="digits.batch_size",
             seed=params.seed,

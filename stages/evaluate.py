@@ -16,6 +16,7 @@ start_program(__name__)  # first: the imports below take seconds (TensorFlow's),
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -156,8 +157,17 @@ def _write_png(image: Image.Image, path: Path) -> None:
         image.save(tmp, format="PNG", optimize=True)
 
 
-def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
-    """Per model: test file ids, labels, P(dog) and the model, from the saved models (preprocessing included).
+class Predictions(NamedTuple):
+    """One model's P(dog) of each test file, with the files' ids and labels (0 cat / 1 dog), and the model."""
+
+    files: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    model: keras.Model
+
+
+def predict_all(batch_size: int, expected: list[str]) -> dict[str, Predictions]:
+    """Per model, its ``Predictions`` from the saved model (preprocessing included).
 
     Image models get the test images at their own input size, the head the test features; either must
     hold exactly the ``expected`` (sorted) files of the manifest.
@@ -170,15 +180,15 @@ def predict_all(batch_size: int, expected: list[str]) -> dict[str, tuple]:
             images = image_dataset("test", model.input_shape[1], batch_size)
             inputs = images.unbatch().map(lambda pixels, _: pixels)
             probabilities = predict_in_equal_batches(model, inputs, len(images.file_paths), batch_size)
-            out[name] = (images.file_paths, labels_of(images.file_paths).astype(int), probabilities, model)
+            out[name] = Predictions(images.file_paths, labels_of(images.file_paths).astype(int), probabilities, model)
             source = "the test images"
         else:
             features = load_features("test")
             inputs = tf.data.Dataset.from_tensor_slices(features.features)
             probabilities = predict_in_equal_batches(model, inputs, len(features.files), batch_size)
-            out[name] = (list(features.files), features.labels.astype(int), probabilities, model)
+            out[name] = Predictions(list(features.files), features.labels.astype(int), probabilities, model)
             source = paths.features_file("test")
-        if sorted(out[name][0]) != expected:
+        if sorted(out[name].files) != expected:
             raise PipelineError(f"{source} do not match {paths.MANIFEST}; run dvc repro")
     return out
 
@@ -240,7 +250,7 @@ def main() -> None:
     test = checked_test_split(paths.MANIFEST, paths.SAMPLE_DIR)
     results, tables, rocs = {}, {}, []
     predicted = predict_all(params.image.batch_size, sorted(test["path"]))
-    cost = costs({name: model for name, (*_, model) in predicted.items()})
+    cost = costs({name: predictions.model for name, predictions in predicted.items()})
     for name, (files, labels, probabilities, model) in predicted.items():
         table = tables[name] = predictions_table(files, labels, probabilities, cfg.threshold)
         results[name] = score(labels, probabilities, cfg.threshold)

@@ -30,44 +30,34 @@ def main() -> None:
         # Made again under train.precision, with the saved weights: a loaded model keeps its saved precision.
         extractor = models.rebuilt_extractor(models.load_saved(paths.BASE_MODEL), image.side, params.features.base)
         head = models.load_saved(paths.HEAD_MODEL)
-        model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed))
+        model = models.build_finetuned(extractor, head, augmentation(params.augment, params.seed))
         unfrozen = models.unfreeze(extractor, cfg.unfreeze)
         print(f"finetune: training {', '.join(unfrozen)} and the head")
-        fitting = {
-            "log_dir": paths.live_dir(STAGE),
-            "schedule": cfg.training,
-            "batch_size": image.batch_size,
-            "batch_key": "image.batch_size",
-            "seed": params.seed,
-            "checkpoint": checkpoint,
-        }
         if cfg.cache_frozen:
-            frozen, rest = models.split_frozen(extractor, head)
-            train, validation = (
-                predict_split(frozen, split, image.side, image.batch_size) for split in ("train", "validation")
-            )
-            # After unfreezing: compile fixes what trains.
-            compile_binary(rest, cfg.learning_rate, params.train.jit_compile)
-            rest.summary(show_trainable=True)
-            fit(
-                rest,  # shares its layers with model: training it trains the saved model
-                (train.features, train.labels),
-                validation=(validation.features, validation.labels),
-                notes={"cache_frozen": True, "augmented": False},
-                **fitting,
-            )
+            # trained shares its layers with model: training it trains the saved model.
+            frozen, trained = models.split_frozen(extractor, head)
+            cached = (predict_split(frozen, split, image.side, image.batch_size) for split in ("train", "validation"))
+            train, validation = ((outputs.features, outputs.labels) for outputs in cached)
+            notes = {"cache_frozen": True, "augmented": False}
         else:
-            # After unfreezing: compile fixes what trains.
-            compile_binary(model, cfg.learning_rate, params.train.jit_compile)
-            model.summary(show_trainable=True)
+            trained = model
             train, validation = training_images(image.side, image.batch_size)
-            fit(
-                model,
-                train,
-                validation=validation,
-                notes={"cache_frozen": False, "augmented": params.augment.active()},
-                **fitting,
-            )
+            notes = {"cache_frozen": False, "augmented": params.augment.active()}
+        # After unfreezing: compile fixes what trains.
+        compile_binary(trained, cfg.learning_rate, params.train.jit_compile)
+        trained.summary(show_trainable=True)
+        fit(
+            trained,
+            train,
+            validation=validation,
+            log_dir=paths.live_dir(STAGE),
+            plan=cfg.plan,
+            batch_size=image.batch_size,
+            batch_key="image.batch_size",
+            seed=params.seed,
+            checkpoint=checkpoint,
+            notes=notes,
+        )
         save_model(model, paths.FINETUNED_MODEL)
 
 

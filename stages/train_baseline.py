@@ -29,7 +29,7 @@ def main() -> None:
             train,
             validation=validation,
             log_dir=paths.live_dir(STAGE),
-            schedule=cfg.training,
+            plan=cfg.plan,
             batch_size=image.batch_size,
             batch_key="image.batch_size",
             seed=params.seed,

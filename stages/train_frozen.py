@@ -31,7 +31,7 @@ def main() -> None:
         extractor.trainable = False
         stats = feature_stats(load_features("train").features) if cfg.normalize else None
         head = models.build_head(extractor.output_shape[1:], cfg, stats)
-        model = models.build_finetune(extractor, head, augmentation(params.augment, params.seed), name="frozen")
+        model = models.build_frozen(extractor, head, augmentation(params.augment, params.seed))
         compile_binary(model, cfg.learning_rate, params.train.jit_compile)
         model.summary(show_trainable=True)
         train, validation = training_images(image.side, image.batch_size)
@@ -40,7 +40,7 @@ def main() -> None:
             train,
             validation=validation,
             log_dir=paths.live_dir(STAGE),
-            schedule=cfg.training,
+            plan=cfg.plan,
             batch_size=image.batch_size,
             batch_key="image.batch_size",
             seed=params.seed,

@@ -28,7 +28,7 @@ def main() -> None:
             (train.features, train.labels),
             validation=(validation.features, validation.labels),
             log_dir=paths.live_dir(STAGE),
-            schedule=cfg.training,
+            plan=cfg.plan,
             batch_size=cfg.batch_size,
             batch_key="head.batch_size",
             seed=params.seed,

@@ -13,6 +13,9 @@ from dogs_vs_cats.config import ConfigError, FeaturesConfig, load_params
 from dogs_vs_cats.models import BASES, base_of, build_extractor
 from tests.conftest import REPO, call_stage
 from tools import bench, scenarios
+from tools.estimate import epoch_seconds, estimate_repro, ours_rates, recommend
+from tools.hardware import Hardware, detect_hardware
+from tools.timing import PrecisionTiming, Step, compare, matmul_rates, precision_timings, summarize
 
 STEPS = ["decode_resize", "extract_features", "baseline_step", "finetune_step"]
 
@@ -32,7 +35,7 @@ def test_bench_times_each_step_both_ways_and_writes_bench_json(workdir: Path) ->
     assert set(timings["load_average"]) == {"start", "end", "cores"}
     assert timings["sample_per_class"] == {"train": 16, "validation": 8, "test": 8}
     assert timings["precision"] == "float32"
-    precisions = bench.detect_hardware().precisions()
+    precisions = detect_hardware().precisions()
     assert [(t["step"], t["precision"]) for t in timings["precisions"]] == [
         (step, precision) for step in STEPS[1:] for precision in precisions
     ]
@@ -100,7 +103,7 @@ def test_a_known_2x_gives_2_within_its_range_and_is_told_apart() -> None:
     noise = [1.0, 1.1, 0.9, 1.05, 0.95]
     ours = clock.way("ours", [99.0, *noise])  # the warm-up's time does not count
     book = clock.way("book", [99.0, *[2 * n for n in noise[::-1]]])
-    timing = bench.compare("step", 10, ours, book, pairs=5, clock=clock)
+    timing = compare("step", 10, ours, book, pairs=5, clock=clock)
     assert clock.calls == ["ours", "book"] * 6  # warm-up, then ABAB...
     assert timing.ratio == pytest.approx(2.0, rel=0.2) and timing.low <= 2.0 <= timing.high
     assert timing.low > 1 and timing.distinguishable and timing.verdict == "faster"
@@ -109,10 +112,10 @@ def test_a_known_2x_gives_2_within_its_range_and_is_told_apart() -> None:
 
 def test_identical_ways_give_a_range_around_1_that_is_not_distinguishable() -> None:
     seconds = [1.0, 1.2, 0.8, 1.1, 0.9]
-    timing = bench.summarize("step", 10, seconds, [1.1, 0.9, 1.0, 1.0, 1.05])
+    timing = summarize("step", 10, seconds, [1.1, 0.9, 1.0, 1.0, 1.05])
     assert timing.low < 1 < timing.high
     assert not timing.distinguishable and timing.verdict == "not distinguishable"
-    slower = bench.summarize("step", 10, [2.0, 2.2, 1.9], [1.0, 1.0, 1.0])
+    slower = summarize("step", 10, [2.0, 2.2, 1.9], [1.0, 1.0, 1.0])
     assert slower.high < 1 and slower.verdict == "slower"
 
 
@@ -126,16 +129,15 @@ def test_a_busy_machine_is_warned_of() -> None:
 def test_the_estimate_is_the_params_work_at_the_measured_rates(workdir: Path) -> None:
     params = load_params()  # tiny: 16 / 8 / 8 per class; baseline 2 epochs, frozen 1, finetune 1
     timings = [
-        bench.summarize(step, 8, [8 / ours] * 5, [8.0] * 5)
-        for step, ours in zip(STEPS, [100.0, 4.0, 16.0, 2.0], strict=True)
+        summarize(step, 8, [8 / ours] * 5, [8.0] * 5) for step, ours in zip(STEPS, [100.0, 4.0, 16.0, 2.0], strict=True)
     ]
-    rates = bench.ours_rates(timings)
+    rates = ours_rates(timings)
     # 32 training and 16 validation images; a forward pass at 3x the training rate, the frozen base's at
     # the extraction rate.
-    assert bench.epoch_seconds(params, rates) == pytest.approx(
+    assert epoch_seconds(params, rates) == pytest.approx(
         {"train_baseline": 32 / 16 + 16 / 48, "train_frozen": 32 / 4 + 16 / 4, "finetune": 32 / 2 + 16 / 6}
     )
-    estimate = bench.estimate_repro(params, rates)
+    estimate = estimate_repro(params, rates)
     assert estimate["train_baseline"] == pytest.approx(2 * (32 / 16 + 16 / 48))
     assert estimate["extract_features"] == pytest.approx(64 / 4)
     assert estimate["train_frozen"] == pytest.approx(1 * (32 / 4 + 16 / 4))
@@ -149,7 +151,7 @@ def test_the_full_scenario_estimates_every_image_of_the_archive() -> None:
     assert sum(params.sample.counts().values()) <= 12_500  # Kaggle's images per class
     assert params.image == load_params(REPO / "params.yaml").image  # the book's size and batch
     rates = {step: 10.0 for step in STEPS}
-    assert bench.epoch_seconds(params, rates)["train_baseline"] == pytest.approx(20_000 / 10 + 2_400 / 30)
+    assert epoch_seconds(params, rates)["train_baseline"] == pytest.approx(20_000 / 10 + 2_400 / 30)
 
 
 def test_an_unknown_scenario_key_is_one_line(workdir: Path) -> None:
@@ -205,49 +207,47 @@ CPUINFO = "processor\t: {n}\nmodel name\t: a CPU\nflags\t\t: fpu sse2 avx2 {extr
 def test_bfloat16_is_native_only_where_the_cpu_says_so(tmp_path: Path, extra: str, native: tuple[str, ...]) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("".join(CPUINFO.format(n=n, extra=extra) for n in range(2)))
-    hardware = bench.detect_hardware(cpuinfo)
-    assert hardware == bench.Hardware(native, None)  # no GPU on this machine
+    hardware = detect_hardware(cpuinfo)
+    assert hardware == Hardware(native, None)  # no GPU on this machine
     assert hardware.precisions() == ["float32", "mixed_bfloat16"]  # float16 is emulated on a CPU: not timed
     assert bool(hardware.native("mixed_bfloat16")) == bool(native) and hardware.native("float32")
-    assert bench.detect_hardware(tmp_path / "absent").cpu_bf16 == ()
+    assert detect_hardware(tmp_path / "absent").cpu_bf16 == ()
 
 
 def test_a_gpu_is_native_by_its_compute_capability() -> None:
-    ampere, turing = bench.Hardware((), (8, 6)), bench.Hardware(("avx512_bf16",), (7, 5))
+    ampere, turing = Hardware((), (8, 6)), Hardware(("avx512_bf16",), (7, 5))
     assert ampere.precisions() == turing.precisions() == ["float32", "mixed_bfloat16", "mixed_float16"]
     assert ampere.native("mixed_bfloat16") == ampere.native("mixed_float16") == "GPU compute capability 8.6"
     assert turing.native("mixed_float16") and not turing.native("mixed_bfloat16")  # the GPU computes, not the CPU
 
 
-def _under(precision: str, rates: dict[str, float]) -> list[bench.PrecisionTiming]:
-    return [bench.PrecisionTiming(step, precision, rate, 1.0, 1.0, 1.0, 1.0, 0.1) for step, rate in rates.items()]
+def _under(precision: str, rates: dict[str, float]) -> list[PrecisionTiming]:
+    return [PrecisionTiming(step, precision, rate, 1.0, 1.0, 1.0, 1.0, 0.1) for step, rate in rates.items()]
 
 
 def test_the_recommendation_is_the_fastest_repro_in_silicon_and_never_a_guess(workdir: Path) -> None:
     params = load_params()
     fp32 = {"extract_features": 4.0, "baseline_step": 16.0, "finetune_step": 2.0}
     faster = _under("float32", fp32) + _under("mixed_bfloat16", {step: 2 * rate for step, rate in fp32.items()})
-    amx, avx2 = bench.Hardware(("amx_bf16",), None), bench.Hardware((), None)
-    precision, why = bench.recommend(faster, amx, params)
+    amx, avx2 = Hardware(("amx_bf16",), None), Hardware((), None)
+    precision, why = recommend(faster, amx, params)
     assert precision == "mixed_bfloat16" and why.startswith("2.0x float32 over dvc repro") and "amx_bf16" in why
-    precision, why = bench.recommend(faster, avx2, params)  # emulated bf16 measured fast is still not recommended
+    precision, why = recommend(faster, avx2, params)  # emulated bf16 measured fast is still not recommended
     assert precision == "float32" and why.startswith("no bfloat16 in silicon here")
     slower = _under("float32", fp32) + _under("mixed_bfloat16", {**fp32, "finetune_step": 1.0})
-    assert bench.recommend(slower, amx, params)[0] == "float32"
+    assert recommend(slower, amx, params)[0] == "float32"
     # Weighed by the params' work: a slower baseline but faster fine-tuning (its 10x epochs) is a win.
     mixed = _under("float32", fp32) + _under("mixed_bfloat16", {**fp32, "baseline_step": 12.0, "finetune_step": 8.0})
-    assert bench.recommend(mixed, amx, load_params(overrides={"finetune.epochs": 10}))[0] == "mixed_bfloat16"
+    assert recommend(mixed, amx, load_params(overrides={"finetune.epochs": 10}))[0] == "mixed_bfloat16"
 
 
 def test_each_step_is_timed_against_float32_in_the_same_rounds_and_its_share_of_matmul() -> None:
     clock = FakeClock()
     steps = {
-        "float32": bench.Step(None, clock.way("float32", [9.0, 2.0, 2.2, 1.8]), flops=1e9),
-        "mixed_bfloat16": bench.Step(None, clock.way("mixed_bfloat16", [9.0, 1.0, 1.0, 1.0]), flops=1e9),
+        "float32": Step(None, clock.way("float32", [9.0, 2.0, 2.2, 1.8]), flops=1e9),
+        "mixed_bfloat16": Step(None, clock.way("mixed_bfloat16", [9.0, 1.0, 1.0, 1.0]), flops=1e9),
     }
-    timings = bench.precision_timings(
-        "finetune_step", 10, steps, 3, {"float32": 100.0, "mixed_bfloat16": 20.0}, clock=clock
-    )
+    timings = precision_timings("finetune_step", 10, steps, 3, {"float32": 100.0, "mixed_bfloat16": 20.0}, clock=clock)
     assert clock.calls == ["float32", "mixed_bfloat16"] * 4  # a warm-up, then rounds in turn
     fp32, bf16 = timings
     assert (fp32.ratio, fp32.low, fp32.high) == (1.0, 1.0, 1.0) and fp32.rate == pytest.approx(10 / 2.0)
@@ -269,5 +269,5 @@ def test_a_training_step_counts_backward_only_from_the_first_trainable_layer() -
 
 
 def test_matmul_rates_are_a_products_flops_over_its_time() -> None:
-    rates = bench.matmul_rates(["float32", "mixed_bfloat16"], side=256, pairs=1)
+    rates = matmul_rates(["float32", "mixed_bfloat16"], side=256, pairs=1)
     assert list(rates) == ["float32", "mixed_bfloat16"] and all(rate > 0.1 for rate in rates.values())

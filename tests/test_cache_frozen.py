@@ -12,7 +12,7 @@ import pytest
 
 from dogs_vs_cats.config import FeaturesConfig, load_params
 from dogs_vs_cats.datasets import image_dataset, load_features
-from dogs_vs_cats.models import base_of, build_extractor, build_finetune, build_head, split_frozen, unfreeze
+from dogs_vs_cats.models import base_of, build_extractor, build_finetuned, build_head, split_frozen, unfreeze
 from stages import finetune
 from tests.conftest import LEARNABLE, inside, write_params
 
@@ -25,7 +25,7 @@ def test_the_split_model_computes_what_the_whole_model_computes(base: str, size:
     extractor = build_extractor(size, FeaturesConfig(base, "none"))
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     head = build_head(extractor.output_shape[1:], params.head)
-    whole = build_finetune(extractor, head, keras.Sequential([keras.layers.Identity()]))
+    whole = build_finetuned(extractor, head, keras.Sequential([keras.layers.Identity()]))
     unfreeze(extractor, "top")
     frozen, rest = split_frozen(extractor, head)
     assert frozen.output_shape[1:] == base_of(extractor).get_layer(first).input.shape[1:]

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dogs_vs_cats import digits_io, digits_model, training
+from dogs_vs_cats import digits_io, digits_model, digits_sources, digits_synthetic, training
 from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.models import built_under, load_saved
 from runtime.errors import PipelineError
-from stages import digits_data, digits_evaluate
+from stages import digits_evaluate
 from tests.conftest import REPO, run_stage, write_params
 
 
@@ -31,7 +31,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def write_idx(folder: Path, train: digits_io.Split, test: digits_io.Split) -> None:
     """The four original ``*-ubyte.gz`` files of a dataset."""
     folder.mkdir(parents=True, exist_ok=True)
-    for split, (images, labels) in zip((train, test), digits_data.IDX_FILES.values(), strict=True):
+    for split, (images, labels) in zip((train, test), digits_sources.IDX_FILES.values(), strict=True):
         (folder / images).write_bytes(gzip.compress(idx_bytes(split.x)))
         (folder / labels).write_bytes(gzip.compress(idx_bytes(split.y)))
 
@@ -55,7 +55,7 @@ def assert_same(got: digits_io.Split, expected: digits_io.Split) -> None:
 
 def test_the_original_ubyte_gz_files_round_trip(tmp_path: Path, official) -> None:
     write_idx(tmp_path / "mnist", *official)
-    train, test = digits_data.from_files(tmp_path / "mnist")
+    train, test = digits_sources.from_files(tmp_path / "mnist")
     assert_same(train, official[0])
     assert_same(test, official[1])
 
@@ -64,7 +64,7 @@ def test_a_keras_npz_round_trips(tmp_path: Path, official) -> None:
     (tmp_path / "mnist").mkdir()
     train, test = official
     np.savez(tmp_path / "mnist/mnist.npz", x_train=train.x, y_train=train.y, x_test=test.x, y_test=test.y)
-    got_train, got_test = digits_data.from_files(tmp_path / "mnist")
+    got_train, got_test = digits_sources.from_files(tmp_path / "mnist")
     assert_same(got_train, train)
     assert_same(got_test, test)
 
@@ -88,10 +88,10 @@ def corrupt(folder: Path, name: str, data: bytes) -> Path:
 def test_a_damaged_ubyte_file_is_one_line_naming_it(tmp_path: Path, official, damage, says: str) -> None:
     folder = tmp_path / "mnist"
     write_idx(folder, *official)
-    name = digits_data.IDX_FILES["train"][0]
+    name = digits_sources.IDX_FILES["train"][0]
     path = corrupt(folder, name, damage(idx_bytes(official[0].x)))
     with pytest.raises(PipelineError, match=says) as error:
-        digits_data.from_files(folder)
+        digits_sources.from_files(folder)
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
 
 
@@ -99,47 +99,47 @@ def test_wrong_shapes_and_labels_are_refused(tmp_path: Path, official) -> None:
     folder = tmp_path / "mnist"
     write_idx(folder, *official)
     big = np.zeros((4, 32, 32), dtype=np.uint8)
-    corrupt(folder, digits_data.IDX_FILES["test"][0], gzip.compress(idx_bytes(big)))
+    corrupt(folder, digits_sources.IDX_FILES["test"][0], gzip.compress(idx_bytes(big)))
     with pytest.raises(PipelineError, match=r"declares shape \(4, 32, 32\)"):
-        digits_data.from_files(folder)
+        digits_sources.from_files(folder)
     (tmp_path / "npz").mkdir()
     train, test = official
     arrays = {"x_train": train.x, "y_train": train.y + 5, "x_test": test.x, "y_test": test.y}
     np.savez(tmp_path / "npz/mnist.npz", **arrays)
     with pytest.raises(PipelineError, match="labels must be whole numbers from 0 to 9"):
-        digits_data.from_files(tmp_path / "npz")
+        digits_sources.from_files(tmp_path / "npz")
     np.savez(tmp_path / "npz/mnist.npz", **{**arrays, "y_train": train.y[:-1]})
     with pytest.raises(PipelineError, match=r"\(29,\) labels for 30 images"):
-        digits_data.from_files(tmp_path / "npz")
+        digits_sources.from_files(tmp_path / "npz")
     np.savez(tmp_path / "npz/mnist.npz", x_train=train.x)
     with pytest.raises(PipelineError, match="has no array y_train"):
-        digits_data.from_files(tmp_path / "npz")
+        digits_sources.from_files(tmp_path / "npz")
     (tmp_path / "npz/mnist.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(PipelineError, match=r"not a readable \.npz"):
-        digits_data.from_files(tmp_path / "npz")
+        digits_sources.from_files(tmp_path / "npz")
     with pytest.raises(PipelineError, match="not found"):
-        digits_data.from_files(tmp_path / "nothing")
+        digits_sources.from_files(tmp_path / "nothing")
 
 
 def test_the_validation_split_is_seeded_disjoint_and_never_the_test_set(official) -> None:
     train, _ = official
-    kept, held = digits_data.split_validation(train, 12, seed=3)
+    kept, held = digits_io.split_validation(train, 12, seed=3)
     assert (len(kept.y), len(held.y)) == (18, 12)
     rows = {x.tobytes() for x in kept.x} | {x.tobytes() for x in held.x}
     assert rows == {x.tobytes() for x in train.x}  # every image once, in one split or the other
-    again = digits_data.split_validation(train, 12, seed=3)[1]
+    again = digits_io.split_validation(train, 12, seed=3)[1]
     assert np.array_equal(again.x, held.x)
-    assert not np.array_equal(digits_data.split_validation(train, 12, seed=4)[1].x, held.x)
+    assert not np.array_equal(digits_io.split_validation(train, 12, seed=4)[1].x, held.x)
     with pytest.raises(PipelineError, match=r"digits\.data\.validation is 30, but there are only 30 training images"):
-        digits_data.split_validation(train, 30, seed=3)
+        digits_io.split_validation(train, 30, seed=3)
 
 
 def test_the_offline_sources_look_like_the_real_datasets() -> None:
-    train, test = digits_data.sklearn_digits()
+    train, test = digits_synthetic.sklearn_digits()
     assert (len(train.y), len(test.y)) == (1438, 359)  # scikit-learn's 1,797 real digits
     assert train.x[:, :4].max() == 0 and train.x[:, 24:].max() == 0  # a 20x20 digit, centred like MNIST's
     assert train.x.max() == 255 and set(np.unique(train.y)) == set(range(10))
-    fashion, fashion_test = digits_data.generated_fashion(12)
+    fashion, fashion_test = digits_synthetic.generated_fashion(12)
     assert (len(fashion.y), len(fashion_test.y)) == (120, 20)
     assert np.bincount(fashion.y).tolist() == [12] * 10
 
@@ -173,8 +173,8 @@ def test_the_digits_stages_run_every_dataset_the_code_knows() -> None:
 
 
 def offline_mnist(validation: int = 300) -> tuple[digits_io.Split, digits_io.Split, digits_io.Split]:
-    train, test = digits_data.sklearn_digits()
-    return (*digits_data.split_validation(train, validation, seed=0), test)
+    train, test = digits_synthetic.sklearn_digits()
+    return (*digits_io.split_validation(train, validation, seed=0), test)
 
 
 def train_book(train, validation, epochs: int, seed: int = 0) -> keras.Model:

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dogs_vs_cats import images, paths
+from dogs_vs_cats import digits_sources, images, paths
 from dogs_vs_cats.config import ConfigError, load_params
 from runtime.errors import PipelineError
-from stages import digits_data
 from tests.conftest import REPO, call_stage, inside
 from tests.test_digits import idx_bytes, small_split
 from tools import predict, report, scenarios
@@ -35,7 +34,7 @@ def test_uncompressed_idx_files_under_any_mirrors_name_are_read(tmp_path: Path) 
     (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(train.y))  # the original name, not gzipped
     (folder / "t10k-images-idx3-ubyte.gz").write_bytes(idx_bytes(test.x))  # named .gz, but not gzipped: fine
     (folder / "t10k-labels.idx1-ubyte.gz").write_bytes(__import__("gzip").compress(idx_bytes(test.y)))
-    got_train, got_test = digits_data.from_files(folder)
+    got_train, got_test = digits_sources.from_files(folder)
     assert np.array_equal(got_train.x, train.x) and np.array_equal(got_train.y, train.y)
     assert np.array_equal(got_test.x, test.x) and np.array_equal(got_test.y, test.y)
 
@@ -45,7 +44,7 @@ def test_every_missing_idx_file_is_named_at_once(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(small_split(3, 1).x))
     with pytest.raises(PipelineError) as error:
-        digits_data.from_files(folder)
+        digits_sources.from_files(folder)
     message = str(error.value)
     assert "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz" in message
     assert "train-images" not in message.split("(")[0]
@@ -62,7 +61,7 @@ def test_a_fifo_device_or_folder_is_one_line_not_a_hang(tmp_path: Path, kind: st
     path = folder / name
     {"fifo": lambda: os.mkfifo(path), "device": lambda: path.symlink_to("/dev/zero"), "folder": path.mkdir}[kind]()
     with pytest.raises(PipelineError, match={"fifo": "a FIFO", "device": "a device", "folder": "a folder"}[kind]):
-        digits_data.from_files(folder)
+        digits_sources.from_files(folder)
 
 
 def _npz(path: Path, members: dict[str, bytes], encrypted: bool = False) -> Path:
@@ -114,7 +113,7 @@ def test_an_npz_member_is_checked_before_it_is_read(tmp_path: Path, replace: dic
     (tmp_path / "mnist").mkdir()
     _npz(tmp_path / "mnist/mnist.npz", _keras_members(**replace))
     with pytest.raises(PipelineError, match=says) as error:
-        digits_data.from_files(tmp_path / "mnist")
+        digits_sources.from_files(tmp_path / "mnist")
     assert "\n" not in str(error.value)
 
 
@@ -122,7 +121,7 @@ def test_an_encrypted_npz_member_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "mnist").mkdir()
     _npz(tmp_path / "mnist/mnist.npz", _keras_members(), encrypted=True)
     with pytest.raises(PipelineError, match=r"not a readable \.npz \(.*encrypted"):
-        digits_data.from_files(tmp_path / "mnist")
+        digits_sources.from_files(tmp_path / "mnist")
 
 
 # ---- 16-bit and float images ----
@@ -253,7 +252,7 @@ def test_a_model_path_that_is_no_model_is_one_line(workdir: Path, tool: str) -> 
     for model, says in [
         (REPO / "README.md", "not a .keras model file"),
         (workdir / "truncated.keras", "not a .keras model file"),
-        (workdir / "folder.keras", "not a regular file"),
+        (workdir / "folder.keras", "a folder, not a file"),
         (workdir / "missing.keras", "not found"),
     ]:
         args = [str(photo), "--model", str(model)] if tool == "predict" else [str(model)]

@@ -164,7 +164,7 @@ def test_a_model_that_does_not_fit_stops_in_one_line_with_remedies_that_fit(tmp_
 
 def test_decoded_images_kept_in_memory_count_and_go_to_disk_under_a_tight_cgroup(tmp_path: Path, monkeypatch) -> None:
     from dogs_vs_cats import datasets, paths
-    from dogs_vs_cats.config import Schedule
+    from dogs_vs_cats.config import TrainingPlan
     from dogs_vs_cats.training import fit
 
     root = _system(tmp_path, monkeypatch, available_mb=16_000)  # the host has plenty free
@@ -176,9 +176,9 @@ def test_decoded_images_kept_in_memory_count_and_go_to_disk_under_a_tight_cgroup
     need = footprint(model, training=True).at(8)
     train = tf_data(model)
     train.cached_bytes = 10**9 - need + 1  # the model fits alone, not with the images its data keeps
-    schedule = Schedule("baseline", 1e-3, 1, None)
+    plan = TrainingPlan("baseline", 1e-3, 1, None)
     with pytest.raises(PipelineError) as refused:
-        fit(model, train, validation=train, log_dir=tmp_path / "m", schedule=schedule, batch_size=8, batch_key="b",
+        fit(model, train, validation=train, log_dir=tmp_path / "m", plan=plan, batch_size=8, batch_key="b",
             seed=0)  # fmt: skip
     line = str(refused.value)
     assert "GB of decoded images kept in memory, " in line and "use b " not in line  # no batch fits with them

@@ -18,7 +18,7 @@ from dogs_vs_cats.models import (
     base_of,
     build_baseline,
     build_extractor,
-    build_finetune,
+    build_finetuned,
     build_head,
     load_saved,
     unfreeze,
@@ -158,7 +158,7 @@ def test_every_model_survives_save_and_load(tmp_path: Path) -> None:
     flat = features.reshape(len(features), -1)
     head = build_head(features.shape[1:], HeadConfig(True, 8, 0.5, 1e-3, 4, 1, None), (flat.mean(0), flat.var(0)))
     _round_trip(head, features, tmp_path)
-    _round_trip(build_finetune(extractor, head, augmentation(BOOK.augment, 0)), pixels, tmp_path)
+    _round_trip(build_finetuned(extractor, head, augmentation(BOOK.augment, 0)), pixels, tmp_path)
 
 
 @pytest.mark.parametrize("then_fails", [False, True])
@@ -207,7 +207,7 @@ def test_finetune_model_starts_as_head_on_extractor() -> None:
     features = extractor.predict(pixels, verbose=0)
     flat = features.reshape(len(features), -1)
     head = build_head(features.shape[1:], HeadConfig(True, 8, 0.5, 1e-3, 4, 1, None), (flat.mean(0), flat.var(0)))
-    model = build_finetune(extractor, head, augmentation(BOOK.augment, 0))
+    model = build_finetuned(extractor, head, augmentation(BOOK.augment, 0))
     np.testing.assert_allclose(model.predict(pixels, verbose=0), head.predict(features, verbose=0), rtol=1e-5)
 
 

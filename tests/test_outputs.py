@@ -82,7 +82,7 @@ def test_a_tools_out_folder_holding_the_users_files_gets_one_file_more(
 ) -> None:
     work = []
     monkeypatch.setattr(report, "render", lambda base: work.append(base) or "# page\n")
-    monkeypatch.setattr(report, "check_revision", lambda base: None)
+    monkeypatch.setattr(report, "check_revision", lambda revision: None)
     monkeypatch.setattr(bench, "matmul_rates", lambda precisions, side, pairs: {"float32": 1.0})
     monkeypatch.setattr(bench, "measure", lambda params, images, pairs, matmul: work.append(images) or ([], []))
     monkeypatch.setattr(bench, "epoch_seconds", lambda params, rates: {})

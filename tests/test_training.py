@@ -62,7 +62,7 @@ def test_head_beats_every_shuffled_label_control(trained: Path) -> None:
                 (train.features, shuffled),
                 validation=validation_pair,
                 log_dir=Path(f"metrics/shuffled_head_{seed}"),
-                schedule=dataclasses.replace(params.head.training, patience=None),
+                plan=dataclasses.replace(params.head.plan, patience=None),
                 batch_size=params.head.batch_size,
                 batch_key="head.batch_size",
                 seed=seed,
@@ -229,7 +229,7 @@ def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_lef
     import re
 
     from dogs_vs_cats import paths, training
-    from dogs_vs_cats.config import HeadConfig, Schedule
+    from dogs_vs_cats.config import HeadConfig, TrainingPlan
     from dogs_vs_cats.training import duration
 
     # While it trains, tools.watch's file holds the curves so far after each epoch, and nothing else appears.
@@ -254,7 +254,7 @@ def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_lef
             (x, y),
             validation=(x[:10], y[:10]),
             log_dir=Path("metrics/head"),
-            schedule=Schedule("head", 1e-3, 3, None),
+            plan=TrainingPlan("head", 1e-3, 3, None),
             batch_size=8,
             batch_key="head.batch_size",
             seed=0,
@@ -280,7 +280,7 @@ def test_a_piped_fit_says_what_it_will_run_and_logs_each_epoch_with_the_time_lef
 
 
 def test_a_diverged_fit_stops_at_once_in_one_line_and_saves_nothing(tmp_path: Path, capsys) -> None:
-    from dogs_vs_cats.config import HeadConfig, Schedule
+    from dogs_vs_cats.config import HeadConfig, TrainingPlan
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 6)).astype("float32"), rng.integers(0, 2, 40).astype("float32")
@@ -292,7 +292,7 @@ def test_a_diverged_fit_stops_at_once_in_one_line_and_saves_nothing(tmp_path: Pa
     previous.write_text("{}")
     with inside(tmp_path), pytest.raises(PipelineError) as refused:
         fit(model, (x, y), validation=(x[:10], y[:10]), log_dir=Path("metrics/head"),
-            schedule=Schedule("head", 1e-3, 3, None), batch_size=8, batch_key="head.batch_size", seed=0)  # fmt: skip
+            plan=TrainingPlan("head", 1e-3, 3, None), batch_size=8, batch_key="head.batch_size", seed=0)  # fmt: skip
     assert str(refused.value) == (
         "head: loss is nan at epoch 1, the training diverged and nothing was saved; lower head.learning_rate"
     )

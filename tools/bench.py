@@ -28,11 +28,9 @@ start_program(__name__)  # first: the imports below take seconds (TensorFlow's),
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -48,7 +46,7 @@ from dogs_vs_cats.models import (
     BASES,
     build_baseline,
     build_extractor,
-    build_finetune,
+    build_finetuned,
     build_head,
     built_under,
     unfreeze,
@@ -58,6 +56,17 @@ from dogs_vs_cats.training import compile_binary, seed_everything, set_precision
 from runtime.errors import PipelineError
 from runtime.files import atomic_path, output_file
 from tools import scenarios
+from tools.estimate import epoch_seconds, estimate_repro, ours_rates, rates_under, recommend, split_images
+from tools.hardware import COMPUTE_DTYPE, detect_hardware
+from tools.timing import (
+    PAIRS,
+    PrecisionTiming,
+    Step,
+    Timing,
+    compare,
+    matmul_rates,
+    precision_timings,
+)
 
 BENCH_FILE = Path("bench.json")
 # Each base's own preprocess_input, as the book calls it before conv_base.predict.
@@ -67,129 +76,10 @@ BOOK_PREPROCESS = {
     "resnet50": keras.applications.resnet50.preprocess_input,
     "efficientnetv2b0": keras.applications.efficientnet_v2.preprocess_input,  # the identity: it rescales inside
 }
-PAIRS = 5  # timed (ours, book) pairs per step after the warm-up: enough for a median and a range that mean something
 QUICK_PAIRS = 2  # --quick: the short form, for a first look
 BILINEAR = "bilinear"  # as image_dataset_from_directory resizes: the same work both ways
-FORWARD_SPEEDUP = 3.0  # a forward pass costs about a third of a training step (the backward pass is ~2x)
-
-
-FLOAT32 = "float32"
-# The dtype each precision's layers multiply in, as keras.mixed_precision names them.
-COMPUTE_DTYPE = {FLOAT32: "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of x86 CPUs that multiply bfloat16 in silicon
-GPU_NATIVE = {"mixed_bfloat16": (8, 0), "mixed_float16": (7, 0)}  # the compute capability that has the units
 MATMUL_SIDE = 4096  # square matrices: 137 GFLOP a product, large enough for oneDNN to reach its peak
 QUICK_MATMUL_SIDE = 1024
-
-
-@dataclass(frozen=True)
-class Hardware:
-    """What this machine multiplies in silicon: its CPU's bfloat16 flags, its first GPU's compute capability."""
-
-    cpu_bf16: tuple[str, ...]
-    gpu: tuple[int, int] | None
-
-    def precisions(self) -> list[str]:
-        """The policies worth timing here, float32 first: float16 only on a GPU (CPUs emulate it)."""
-        return [FLOAT32, "mixed_bfloat16"] + (["mixed_float16"] if self.gpu else [])
-
-    def native(self, precision: str) -> str:
-        """What does ``precision`` in silicon here, or "" when nothing does."""
-        if precision == FLOAT32:
-            return "every CPU and GPU"
-        if self.gpu:
-            return f"GPU compute capability {self.gpu[0]}.{self.gpu[1]}" if self.gpu >= GPU_NATIVE[precision] else ""
-        return f"CPU flag {', '.join(self.cpu_bf16)}" if precision == "mixed_bfloat16" and self.cpu_bf16 else ""
-
-
-def detect_hardware(cpuinfo: Path = Path("/proc/cpuinfo")) -> Hardware:
-    """This machine's ``Hardware``: the bfloat16 flags ``cpuinfo`` lists, the compute capability TensorFlow reports."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:  # not Linux: no flags to read, so bfloat16 is not claimed
-        text = ""
-    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
-    gpus = tf.config.list_physical_devices("GPU")
-    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
-    return Hardware(tuple(f for f in BF16_CPU_FLAGS if f in flags), tuple(capability) if capability else None)
-
-
-def matmul_rates(precisions: list[str], side: int, pairs: int) -> dict[str, float]:
-    """GFLOP/s of a ``side`` x ``side`` matmul in each precision's compute dtype, at its fastest of ``rounds``:
-    the most this machine's TensorFlow gets from its cores at that precision, the limit each step is measured
-    against (a convolution can come near it, rarely above)."""
-    rng = np.random.default_rng(0)
-    pair = [tf.constant(rng.standard_normal((side, side), dtype="float32")) for _ in range(2)]
-
-    def product(dtype: str) -> Callable[[], object]:
-        a, b = (tf.cast(m, dtype) for m in pair)
-        return lambda: tf.matmul(a, b)[0, 0].numpy()  # reading one value waits for the product, on a GPU too
-
-    seconds = rounds({p: product(COMPUTE_DTYPE[p]) for p in precisions}, max(pairs, 3))
-    return {p: 2 * side**3 / min(taken) / 1e9 for p, taken in seconds.items()}
-
-
-def recommend(by_precision: list[PrecisionTiming], hardware: Hardware, params: Params) -> tuple[str, str]:
-    """The precision to train in here and why: of those done in silicon, the one whose measured rates make the
-    estimated ``dvc repro`` at ``params`` shortest, if shorter than float32's; else float32. Printed, never applied."""
-    seconds = {
-        precision: sum(estimate_repro(params, rates_under(by_precision, precision)).values())
-        for precision in dict.fromkeys(t.precision for t in by_precision)
-    }
-    native = [precision for precision in seconds if precision != FLOAT32 and hardware.native(precision)]
-    best = min(native, key=seconds.__getitem__, default=None)
-    if best is not None and seconds[best] < seconds[FLOAT32]:
-        gain = seconds[FLOAT32] / seconds[best]
-        return (
-            best,
-            f"{gain:.1f}x float32 over dvc repro's image stages at these params; in silicon: {hardware.native(best)}",
-        )
-    if best is not None:
-        return FLOAT32, f"{best} is in silicon here ({hardware.native(best)}) but would not shorten dvc repro"
-    return FLOAT32, "no bfloat16 in silicon here: no CPU flag " + " or ".join(BF16_CPU_FLAGS) + ", no GPU"
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One step measured both ways in alternating pairs: median images per second of each way, and the
-    ratio ours / book of each pair, summed up as its median and its range over the pairs."""
-
-    step: str
-    images: int
-    ours: float
-    book: float
-    ratio: float
-    low: float
-    high: float
-    pairs: int
-
-    @property
-    def distinguishable(self) -> bool:
-        """Whether every pair says the same: all faster than the book's way, or all slower."""
-        return not self.low <= 1.0 <= self.high
-
-    @property
-    def verdict(self) -> str:
-        if not self.distinguishable:
-            return "not distinguishable"
-        return "faster" if self.ratio > 1 else "slower"
-
-
-def summarize(step: str, images: int, ours_seconds: list[float], book_seconds: list[float]) -> Timing:
-    """A Timing from the seconds of each timed pair (``ours_seconds[i]`` ran next to ``book_seconds[i]``)."""
-    if not ours_seconds or len(ours_seconds) != len(book_seconds):
-        raise ValueError("one book timing per timing of ours, at least one pair")
-    ratios = [book / ours for ours, book in zip(ours_seconds, book_seconds, strict=True)]
-    return Timing(
-        step,
-        images,
-        ours=images / statistics.median(ours_seconds),
-        book=images / statistics.median(book_seconds),
-        ratio=statistics.median(ratios),
-        low=min(ratios),
-        high=max(ratios),
-        pairs=len(ratios),
-    )
 
 
 def write_images(folder: Path, count: int, size: int, seed: int) -> list[Path]:
@@ -204,36 +94,6 @@ def write_images(folder: Path, count: int, size: int, seed: int) -> list[Path]:
     return files
 
 
-def rounds(
-    ways: dict[str, Callable[[], object]], pairs: int, clock: Callable[[], float] = time.perf_counter
-) -> dict[str, list[float]]:
-    """The seconds of each way: each run once to warm up (tracing, caches), then ``pairs`` rounds of all of
-    them in turn (ABAB...), so a slow spell of the machine hits every way alike and each round compares like
-    with like."""
-    for work in ways.values():
-        work()
-    seconds: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(pairs):
-        for name, work in ways.items():
-            start = clock()
-            work()
-            seconds[name].append(clock() - start)
-    return seconds
-
-
-def compare(
-    step: str,
-    images: int,
-    ours: Callable[[], object],
-    book: Callable[[], object],
-    pairs: int = PAIRS,
-    clock: Callable[[], float] = time.perf_counter,
-) -> Timing:
-    """Both ways of a step in alternating pairs, ours then the book's (``rounds``); see ``summarize``."""
-    seconds = rounds({"ours": ours, "book": book}, pairs, clock)
-    return summarize(step, images, seconds["ours"], seconds["book"])
-
-
 def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The book's input: ``load_img`` and ``img_to_array`` per file, stacked into batches, labels from folders."""
     for start in range(0, len(files), batch_size):
@@ -245,31 +105,6 @@ def book_batches(files: list[Path], size: int, batch_size: int) -> Iterator[tupl
             ]
         )
         yield pixels, np.array([CLASS_NAMES.index(f.parent.name) for f in chunk], dtype="float32")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One heavy step the pipeline's way: its model, the work of one pass over the images, FLOPs per image."""
-
-    model: keras.Model
-    work: Callable[[], object]
-    flops: float
-
-
-@dataclass(frozen=True)
-class PrecisionTiming:
-    """One heavy step ours under one precision, timed in rounds with the others: median images per second,
-    the median ratio to float32's time in the same round and its range, the GFLOP/s that rate achieves and
-    its fraction of this machine's matmul rate at the precision's compute dtype."""
-
-    step: str
-    precision: str
-    rate: float
-    ratio: float
-    low: float
-    high: float
-    gflops: float
-    fraction: float
 
 
 def forward_flops(model: keras.Model) -> float:
@@ -286,15 +121,22 @@ def train_flops(model: keras.Model) -> float:
     return 2.0 * (sum(m for m, _ in costs) + 2 * sum(m for m, _ in costs[first:]))
 
 
-def pipeline_steps(params: Params, dataset, epochs, features: Path) -> dict[str, Step]:
+def _plain_head(cfg: HeadConfig) -> HeadConfig:
+    """The head without standardization, which needs training features the bench does not have."""
+    return HeadConfig(**{**asdict(cfg), "normalize": False})
+
+
+def pipeline_steps(
+    params: Params, dataset: tf.data.Dataset, decoded_once: tf.data.Dataset, features: Path
+) -> dict[str, Step]:
     """The heavy steps the pipeline's way, their models built under the global policy in force: extraction with
     ``features.base`` streamed to ``features`` batch by batch as ``extract_features`` does, and one epoch of
-    ``fit`` of the baseline and of fine-tuning on images decoded once, as the training stages do."""
+    ``fit`` of the baseline and of fine-tuning on ``decoded_once``, as the training stages do."""
     size = params.image.side
     extractor = build_extractor(size, FeaturesConfig(params.features.base, "none"))
     baseline = build_baseline(size, params.baseline, augmentation(params.augment, params.seed))
     compile_binary(baseline, params.baseline.learning_rate, params.train.jit_compile)
-    finetuned = build_finetune(
+    finetuned = build_finetuned(
         extractor,
         build_head(extractor.output_shape[1:], _plain_head(params.head)),
         augmentation(params.augment, params.seed),
@@ -303,7 +145,9 @@ def pipeline_steps(params: Params, dataset, epochs, features: Path) -> dict[str,
     compile_binary(finetuned, params.finetune.learning_rate, params.train.jit_compile)
 
     def one_epoch(model: keras.Model) -> Callable[[], object]:
-        return lambda: model.fit(epochs, epochs=1, verbose=0, shuffle=False)  # the dataset is not shuffled: nor is fit
+        return lambda: model.fit(
+            decoded_once, epochs=1, verbose=0, shuffle=False
+        )  # the dataset is not shuffled: nor is fit
 
     return {
         "extract_features": Step(
@@ -328,13 +172,13 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         files = write_images(Path(tmp), count, size, params.seed)
         dataset = image_dataset("train", size, batch_size, root=Path(tmp))
-        epochs = image_dataset("train", size, batch_size, root=Path(tmp), decode_once=True)
+        decoded_once = image_dataset("train", size, batch_size, root=Path(tmp), decode_once=True)
         features = Path(tmp) / "features.npz"
 
         def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             return book_batches(files, size, batch_size)  # decoded afresh on every pass, as tf.data does
 
-        ours = pipeline_steps(params, dataset, epochs, features)
+        ours = pipeline_steps(params, dataset, decoded_once, features)
         # The book's twin of the same base: the bare keras.applications network and its module's preprocess_input;
         # the book's training steps: train_on_batch per batch on the same compiled models.
         conv_base = BASES[params.features.base].build(include_top=False, weights=None, input_shape=(size, size, 3))
@@ -356,7 +200,7 @@ def measure(
         for precision in precisions:
             if precision not in built:
                 with built_under(precision):
-                    built[precision] = pipeline_steps(params, dataset, epochs, features)
+                    built[precision] = pipeline_steps(params, dataset, decoded_once, features)
         by_precision = [
             timing
             for step in ours
@@ -365,99 +209,6 @@ def measure(
             )
         ]
     return timings, by_precision
-
-
-def precision_timings(
-    step: str,
-    images: int,
-    steps: dict[str, Step],
-    pairs: int,
-    matmul: dict[str, float],
-    clock: Callable[[], float] = time.perf_counter,
-) -> list[PrecisionTiming]:
-    """One step under each precision of ``steps`` (float32 first), in ``rounds``: each one's rate, its ratio to
-    float32 round by round, and its GFLOP/s as a fraction of ``matmul`` (GFLOP/s by policy)."""
-    seconds = rounds({precision: s.work for precision, s in steps.items()}, pairs, clock)
-    timings = []
-    for precision, taken in seconds.items():
-        ratios = [base / t for base, t in zip(seconds[FLOAT32], taken, strict=True)]
-        rate = images / statistics.median(taken)
-        gflops = rate * steps[precision].flops / 1e9
-        timings.append(
-            PrecisionTiming(
-                step,
-                precision,
-                rate=rate,
-                ratio=statistics.median(ratios),
-                low=min(ratios),
-                high=max(ratios),
-                gflops=gflops,
-                fraction=gflops / matmul[precision],
-            )
-        )
-    return timings
-
-
-def _plain_head(cfg: HeadConfig) -> HeadConfig:
-    """The head without standardization, which needs training features the bench does not have."""
-    return HeadConfig(**{**asdict(cfg), "normalize": False})
-
-
-# The image-training stages and the model each trains, as evaluate names it.
-TRAINED = {"train_baseline": "baseline", "train_frozen": "frozen", "finetune": "finetuned"}
-
-
-def _images(params: Params) -> dict[str, int]:
-    """Images in each split (both classes) at these params."""
-    return {split: 2 * n for split, n in params.sample.counts().items()}
-
-
-def _rates(rates: dict[str, float]) -> dict[str, tuple[float, float]]:
-    """Images per second of each trained model, (training, forward only), from the heavy steps' ``rates``.
-
-    Forward-only passes are counted at ``FORWARD_SPEEDUP`` times the model's training rate; the frozen model
-    runs its frozen base forward only either way (its head costs next to nothing), so at the extraction rate.
-    Estimates from measured rates, not timings.
-    """
-    return {
-        "baseline": (rates["baseline_step"], FORWARD_SPEEDUP * rates["baseline_step"]),
-        "frozen": (rates["extract_features"], rates["extract_features"]),
-        "finetuned": (rates["finetune_step"], FORWARD_SPEEDUP * rates["finetune_step"]),
-    }
-
-
-def ours_rates(timings: list[Timing]) -> dict[str, float]:
-    """Images per second of each step the pipeline's way, at ``train.precision``."""
-    return {t.step: t.ours for t in timings}
-
-
-def rates_under(by_precision: list[PrecisionTiming], precision: str) -> dict[str, float]:
-    """Images per second of each heavy step under ``precision``."""
-    return {t.step: t.rate for t in by_precision if t.precision == precision}
-
-
-def epoch_seconds(params: Params, rates: dict[str, float]) -> dict[str, float]:
-    """Seconds one epoch of each image-training stage would take at these rates (images/s by step) and
-    ``params.sample`` counts: the training images at the model's training rate, then the validation images
-    forward only (``_rates``)."""
-    images, models = _images(params), _rates(rates)
-    return {
-        stage: images["train"] / models[model][0] + images["validation"] / models[model][1]
-        for stage, model in TRAINED.items()
-    }
-
-
-def estimate_repro(params: Params, rates: dict[str, float]) -> dict[str, float]:
-    """Seconds each Dogs vs. Cats stage of ``dvc repro`` that runs images through a network would take at these
-    rates and params (``epoch_seconds`` times the epochs; the digits study is not measured here)."""
-    images, epoch = _images(params), epoch_seconds(params, rates)
-    return {
-        "train_baseline": params.baseline.epochs * epoch["train_baseline"],
-        "extract_features": sum(images.values()) / rates["extract_features"],
-        "train_frozen": params.frozen.epochs * epoch["train_frozen"],
-        "finetune": params.finetune.epochs * epoch["finetune"],
-        "evaluate": sum(images["test"] / forward for _, forward in _rates(rates).values()),
-    }
 
 
 def load_line(when: str, load: float, cores: int) -> str:
@@ -498,7 +249,7 @@ def precision_report(by_precision: list[PrecisionTiming], matmul: dict[str, floa
 def estimate_lines(params: Params, precision: str, rates: dict[str, float]) -> list[str]:
     """The estimated wall time of ``dvc repro``'s image stages at ``rates``, measured under ``precision``."""
     epochs, estimate = epoch_seconds(params, rates), estimate_repro(params, rates)
-    counts = ", ".join(f"{n:,} {s}" for s, n in _images(params).items())
+    counts = ", ".join(f"{n:,} {s}" for s, n in split_images(params).items())
     lines = [f"estimated dvc repro at {precision} ({counts} images): {sum(estimate.values()) / 3600:.1f} h"]
     for stage, seconds in estimate.items():
         each = f"  ({epochs[stage] / 60:.1f} min an epoch)" if stage in epochs else ""

@@ -20,6 +20,7 @@ import sys
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import DIGITS_DATASETS
 from runtime.errors import PipelineError, one_line
+from tools.cells import accuracy_cell
 from tools.scenarios import flag_value
 
 MODELS = tuple(paths.EVALUATED_MODELS)
@@ -106,7 +107,7 @@ def _model_cell(result: object) -> str:
     cell = f"{result['accuracy']:.3f}"
     interval = result.get("accuracy_ci95") or {}
     if isinstance(interval.get("low"), int | float) and isinstance(interval.get("high"), int | float):
-        cell += f" [{interval['low']:.3f}, {interval['high']:.3f}]"
+        cell = accuracy_cell(cell, interval["low"], interval["high"], EVALUATE)
     if isinstance(result.get("roc_auc"), int | float):
         cell += f" / {result['roc_auc']:.3f}"
     return cell

@@ -24,6 +24,7 @@ from dogs_vs_cats import paths, stats
 from dogs_vs_cats.classes import DIGITS_DATASETS
 from runtime.errors import PipelineError, one_line
 from runtime.files import atomic_path, output_file
+from tools.cells import accuracy_cell, number
 
 REPORT_NAME = "report.md"
 COLUMNS = {
@@ -36,77 +37,79 @@ COLUMNS = {
 }
 
 
-def model_names(base: str) -> dict[str, str]:
-    """How the page names each model, given the pretrained base they used."""
+def model_names(pretrained: str) -> dict[str, str]:
+    """How the page names each model, given the pretrained network they used."""
     return {
         "baseline": "baseline convnet",
-        "head": f"{base} features + head",
-        "frozen": f"frozen {base} + head, augmented",
-        "finetuned": f"fine-tuned {base}",
+        "head": f"{pretrained} features + head",
+        "frozen": f"frozen {pretrained} + head, augmented",
+        "finetuned": f"fine-tuned {pretrained}",
     }
 
 
-def models_table(results: dict, base: str, source: Path = paths.EVALUATE_METRICS) -> str:
+def models_table(results: dict, pretrained: str, source: Path = paths.EVALUATE_METRICS) -> str:
     """The four models side by side, as a Markdown table: every metric, the accuracy's 95 % interval, and cost."""
     lines = [
         "| model | " + " | ".join(COLUMNS.values()) + " | accuracy 95 % CI | params | GMACs/image |",
         "|---" * (len(COLUMNS) + 4) + "|",
     ]
-    for key, name in model_names(base).items():
-        section = results.get(key, {})
-        if not isinstance(section, dict):
-            raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
-        cells = [_number(section.get(metric), f"{source}: {key}.{metric}") for metric in COLUMNS]
+    for key, name in model_names(pretrained).items():
+        section = _section(results, key, source)
+        cells = [number(section.get(metric), f"{source}: {key}.{metric}") for metric in COLUMNS]
         interval = section.get("accuracy_ci95")
         if interval is not None and not (isinstance(interval, dict) and {"low", "high"} <= interval.keys()):
             raise PipelineError(f"{source}: {key}.accuracy_ci95 has no low and high; run dvc repro evaluate")
-        cells.append(f"{_number(interval['low'], source)} to {_number(interval['high'], source)}" if interval else "-")
-        cells.append(f"{_number(section['params'], source, '{:,}')}" if "params" in section else "-")
-        cells.append(f"{_number(section['gmacs'], source, '{:.3f}')}" if "gmacs" in section else "-")
+        cells.append(f"{number(interval['low'], source)} to {number(interval['high'], source)}" if interval else "-")
+        cells.append(f"{number(section['params'], source, '{:,}')}" if "params" in section else "-")
+        cells.append(f"{number(section['gmacs'], source, '{:.3f}')}" if "gmacs" in section else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def change_against(model: str, base: str) -> tuple[str, str, str, str]:
-    """``model``'s test accuracy at ``base``, the change since, McNemar's p and its verdict, as table cells: the
-    exact test on the per-image predictions of both revisions (committed, so any clone can run it)."""
+def _section(results: dict, key: str, source: Path) -> dict:
+    """Model ``key``'s metrics in ``results``, or one line naming ``source`` when they are no table."""
+    section = results.get(key, {})
+    if not isinstance(section, dict):
+        raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
+    return section
+
+
+def change_against(model: str, revision: str) -> tuple[str, str, str, str]:
+    """``model``'s test accuracy at the git ``revision``, the change since, McNemar's p and its verdict, as table
+    cells: the exact test on the per-image predictions of both revisions (committed, so any clone can run it)."""
     path = paths.predictions_file(model)
     if not path.is_file():
         return "-", "-", "-", "no predictions here"
-    shown = subprocess.run(["git", "show", f"{base}:{path.as_posix()}"], capture_output=True)
+    shown = subprocess.run(["git", "show", f"{revision}:{path.as_posix()}"], capture_output=True)
     if shown.returncode != 0:
-        return "-", "-", "-", f"no predictions at `{base}`"
-    here, there = _predictions(path.read_bytes(), str(path)), _predictions(shown.stdout, f"{base}:{path}")
-    paired = here.merge(there, on="file", suffixes=("", "_base"))
+        return "-", "-", "-", f"no predictions at `{revision}`"
+    here, there = _predictions(path.read_bytes(), str(path)), _predictions(shown.stdout, f"{revision}:{path}")
+    paired = here.merge(there, on="file", suffixes=("", "_there"))
     if not len(paired) == len(here) == len(there):
         return "-", "-", "-", "different test images: not comparable"
     right_here = (paired["label"] == paired["predicted"]).to_numpy()
-    right_there = (paired["label_base"] == paired["predicted_base"]).to_numpy()
+    right_there = (paired["label_there"] == paired["predicted_there"]).to_numpy()
     test = stats.mcnemar(right_there, right_here)
     verdict = "**significant**" if test["significant"] else "within noise"
     change = right_here.mean() - right_there.mean()
     return f"{right_there.mean():.4f}", f"{change:+.4f}", f"{test['p_value']:.3g}", verdict
 
 
-def summary_table(results: dict, pretrained: str, base: str, source: Path = paths.EVALUATE_METRICS) -> str:
+def summary_table(results: dict, pretrained: str, revision: str, source: Path = paths.EVALUATE_METRICS) -> str:
     """What a reviewer reads first: per model the test accuracy with its 95 % interval, ROC AUC, and the
-    change against ``base`` with McNemar's verdict."""
+    change against the git ``revision`` with McNemar's verdict."""
     lines = [
-        f"| model | accuracy [95 % CI] | ROC AUC | at `{base}` | change | McNemar p | verdict |",
+        f"| model | accuracy [95 % CI] | ROC AUC | at `{revision}` | change | McNemar p | verdict |",
         "|---" * 7 + "|",
     ]
     for key, name in model_names(pretrained).items():
-        section = results.get(key, {})
-        if not isinstance(section, dict):
-            raise PipelineError(f"{source}: {key} is {section!r:.60}, not a table of metrics; run dvc repro evaluate")
-        accuracy = _number(section.get("accuracy"), f"{source}: {key}.accuracy")
+        section = _section(results, key, source)
+        accuracy = number(section.get("accuracy"), f"{source}: {key}.accuracy")
         interval = section.get("accuracy_ci95")
         if isinstance(interval, dict) and {"low", "high"} <= interval.keys():
-            accuracy += (
-                f" [{_number(interval['low'], source, '{:.3f}')}, {_number(interval['high'], source, '{:.3f}')}]"
-            )
-        auc = _number(section.get("roc_auc"), f"{source}: {key}.roc_auc")
-        lines.append(f"| {name} | {accuracy} | {auc} | " + " | ".join(change_against(key, base)) + " |")
+            accuracy = accuracy_cell(accuracy, interval["low"], interval["high"], str(source))
+        auc = number(section.get("roc_auc"), f"{source}: {key}.roc_auc")
+        lines.append(f"| {name} | {accuracy} | {auc} | " + " | ".join(change_against(key, revision)) + " |")
     return "\n".join(lines)
 
 
@@ -121,7 +124,7 @@ def digits_table(metrics_dir: Path = paths.METRICS_DIR) -> str:
         path = metrics_dir / paths.digits_metrics(dataset).relative_to(paths.METRICS_DIR)  # metrics_dir: a copy
         if path.is_file():
             results = _read_json(path)
-            cells = [_number(results.get(metric), f"{path}: {metric}") for metric in DIGITS_COLUMNS]
+            cells = [number(results.get(metric), f"{path}: {metric}") for metric in DIGITS_COLUMNS]
             lines.append(f"| {dataset} | {results.get('test_images', '?')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else "No digits metrics yet: run `dvc repro`."
 
@@ -143,15 +146,6 @@ def _predictions(data: bytes, where: str) -> pd.DataFrame:
     return table
 
 
-def _number(value: object, where: str = "", form: str = "{:.4f}") -> str:
-    """A metric as the tables show it; ``-`` for none, and one line naming ``where`` for a value that is no number."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PipelineError(f"{where}: is {value!r:.60}, not a number; run dvc repro evaluate")
-    return form.format(value)
-
-
 def _read_json(path: Path) -> dict:
     """A metrics file as a dict, or one line naming it."""
     try:
@@ -163,14 +157,18 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def check_revision(base: str) -> None:
-    """One line unless ``base`` names a commit of this git repository."""
+def check_revision(revision: str) -> None:
+    """One line unless ``revision`` names a commit of this git repository."""
     try:
-        found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], capture_output=True)
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], capture_output=True
+        )
     except OSError:
         raise PipelineError("git is not installed; the report compares against a git revision") from None
     if found.returncode != 0:
-        raise PipelineError(f"--base {base}: no such git revision here; name a branch, tag or commit (git fetch it)")
+        raise PipelineError(
+            f"--base {revision}: no such git revision here; name a branch, tag or commit (git fetch it)"
+        )
 
 
 def dvc_markdown(args: list[str]) -> str:
@@ -184,13 +182,13 @@ def dvc_markdown(args: list[str]) -> str:
 
 
 def render(
-    base: str,
+    revision: str,
     evaluate_json: Path = paths.EVALUATE_METRICS,
     features_json: Path = paths.FEATURES_METRICS,
     metrics_dir: Path = paths.METRICS_DIR,
 ) -> str:
     """The whole page: the summary a pull request's reviewer reads, the rest folded in ``<details>``."""
-    parts = [f"# Dogs vs. Cats: the models against `{base}`", ""]
+    parts = [f"# Dogs vs. Cats: the models against `{revision}`", ""]
     details = []
     if evaluate_json.is_file():
         results = _read_json(evaluate_json)
@@ -201,14 +199,14 @@ def render(
             f"On the held-out test split ({results.get('test_images', '?')} images); a change is **significant** when "
             f"the exact McNemar test on the images both revisions scored gives p < {stats.SIGNIFICANT}.",
             "",
-            summary_table(results, pretrained, base, evaluate_json),
+            summary_table(results, pretrained, revision, evaluate_json),
         ]
         details += ["### Every metric of each model", "", models_table(results, pretrained, evaluate_json), ""]
     else:
         parts.append(f"No `{evaluate_json}` yet: run `dvc repro`.")
     parts += ["", "## Digits: MNIST and Fashion-MNIST", "", digits_table(metrics_dir)]
-    parts += ["", f"## Params changed against `{base}`", "", dvc_markdown(["params", "diff", base])]
-    details += [f"### `dvc metrics diff {base}`", "", dvc_markdown(["metrics", "diff", base]), ""]
+    parts += ["", f"## Params changed against `{revision}`", "", dvc_markdown(["params", "diff", revision])]
+    details += [f"### `dvc metrics diff {revision}`", "", dvc_markdown(["metrics", "diff", revision]), ""]
     parts += [
         "",
         "<details><summary>Every metric, and what changed against the base</summary>",
@@ -216,7 +214,7 @@ def render(
         *details,
         "</details>",
         "",
-        f"Plots: `dvc plots diff {base}` renders the training curves, confusion matrices, ROC curves and the "
+        f"Plots: `dvc plots diff {revision}` renders the training curves, confusion matrices, ROC curves and the "
         "galleries of the most confidently wrong test images "
         f"(committed under `{paths.EVALUATE_DIR.as_posix()}/gallery/`).",
         "",
