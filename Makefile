@@ -26,8 +26,9 @@ test: setup
 	actionlint
 	python -m pytest
 
+# The bottom of the pyramid (tests/unit): functions on their own, in about a minute.
 test-fast: setup
-	python -m pytest -m "not slow"
+	python -m pytest tests/unit
 
 # configs/$(SCENARIO).yaml (demo: generated 96 px images, a random VGG16) as an experiment; params.yaml stays.
 # The flags are read first: a scenario that does not exist stops here, not in a run of the default params.

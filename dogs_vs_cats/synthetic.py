@@ -3,7 +3,7 @@
 The classes differ only in what a convnet sees: cats are round faces with pointed ears and horizontal
 stripes; dogs are square faces with hanging ears and vertical stripes. Colour, brightness, position,
 size and aspect ratio are drawn from the same ranges for both, so no global statistic of the pixels
-(mean colour, contrast) tells them apart: ``tests/test_synthetic.py`` checks that a nearest-mean
+(mean colour, contrast) tells them apart: ``tests/unit/test_synthetic.py`` checks that a nearest-mean
 classifier stays near chance.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import io
 import os
@@ -184,13 +185,31 @@ def copy_of_trained(trained: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder where every stage up to finetune has run, in process, on the LEARNABLE config."""
+def trained(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder where every stage up to finetune has run, in process, on the LEARNABLE config.
+
+    Trained once per test session: the first pytest-xdist worker that asks trains it in the session's shared
+    temp folder while the other waits, and each worker gets a copy of its own, since tests run stages in it."""
+    root = tmp_path_factory.mktemp("trained")
+    if worker_id == "master":  # one process (-n 0): the session's temp folder is this process's alone
+        _train_every_stage(root)
+        return root
+    session = tmp_path_factory.getbasetemp().parent  # .../pytest-N, shared by this session's workers only
+    shared = session / "trained"
+    with open(session / "trained.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a worker dies
+        if not shared.is_dir():
+            building = tmp_path_factory.mktemp("building")
+            _train_every_stage(building)
+            building.rename(shared)  # whole or not at all: a worker that failed half way leaves nothing
+    shutil.copytree(shared, root, dirs_exist_ok=True)
+    return root
+
+
+def _train_every_stage(root: Path) -> None:
     from stages import download, extract_features, finetune, sample, train_baseline, train_frozen, train_head
 
-    root = tmp_path_factory.mktemp("trained")
     write_params(root / "params.yaml", LEARNABLE)
     with inside(root):
         for stage in (download, sample, train_baseline, extract_features, train_head, train_frozen, finetune):
             stage.main()
-    return root

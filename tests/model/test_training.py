@@ -19,7 +19,7 @@ from dogs_vs_cats.training import compile_binary, fit, seed_everything
 from runtime.errors import PipelineError
 from tests.conftest import LEARNABLE, inside, run_stage
 
-LEARNED = 0.85  # the baseline's test accuracy; chance is 0.5, and no colour cue helps (tests/test_synthetic.py)
+LEARNED = 0.85  # the baseline's test accuracy; chance is 0.5, and no colour cue helps (tests/unit/test_synthetic.py)
 HEAD_LEARNED = 0.7  # the head sees features of a random VGG16 at 32 px: less, but far above chance
 MARGIN = 0.15  # by which the head must beat the best of its shuffled-label controls
 

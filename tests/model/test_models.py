@@ -70,7 +70,7 @@ def test_baseline_too_deep_for_the_image_is_a_config_error() -> None:
 
 
 def test_extractor_is_vgg16_without_top() -> None:
-    # At 180 px (the book's size) tests/test_bases.py checks its shape and size with every other base.
+    # At 180 px (the book's size) tests/model/test_bases.py checks its shape and size with every other base.
     extractor = build_extractor(32, RANDOM_VGG16)
     assert extractor.output_shape[1:] == (1, 1, 512)
     assert extractor.count_params() == VGG16_NOTOP_PARAMS

@@ -295,7 +295,7 @@ def test_a_piped_repro_logs_one_line_per_epoch_not_a_progress_bar(project: Path)
         assert not re.search(r"^E\d{4} |\berror\b", log, re.M | re.I), re.search(
             r"^.*(^E\d{4} |error).*$", log, re.M | re.I
         )
-        # nor TensorFlow's start-up lines, which its two native libraries print once each (tests/test_logs.py)
+        # nor TensorFlow's start-up lines, which its two native libraries print once each (tests/pipeline/test_logs.py)
         assert not re.search(r"^[IWE]\d{4} |^WARNING: All log messages before absl", log, re.M)
         assert log.count("on the CPU (no GPU)") == 6  # train_baseline, train_head, train_frozen, finetune, digits x2
     # evaluate says how far it is: one line for each model's pass over the test split.

@@ -1,6 +1,6 @@
 """The generated cats and dogs: told apart by shape and texture, not by any global statistic of the pixels.
 
-That a convnet does learn them is tests/test_training.py's baseline test, on the same generator."""
+That a convnet does learn them is tests/model/test_training.py's baseline test, on the same generator."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from dogs_vs_cats import digits_sources, images, paths
 from dogs_vs_cats.config import ConfigError, load_params
 from runtime.errors import PipelineError
 from tests.conftest import REPO, call_stage, inside
-from tests.test_digits import idx_bytes, small_split
+from tests.model.test_digits import idx_bytes, small_split
 from tools import predict, report, scenarios
 
 shutil_usage = namedtuple("usage", "total used free", defaults=[10**6])

@@ -65,7 +65,7 @@ def test_only_the_job_that_never_checks_out_code_can_write() -> None:
 
 
 def test_the_report_workflow_installs_every_package_the_report_imports() -> None:
-    from tests.test_dvc_yaml import PACKAGES, imported_modules
+    from tests.repo.test_dvc_yaml import PACKAGES, imported_modules
 
     distributions = {"sklearn": "scikit-learn", "ruamel": "ruamel.yaml"}
     imported = set()

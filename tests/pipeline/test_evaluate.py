@@ -258,7 +258,7 @@ def test_evaluate_scores_every_model_from_its_own_predictions(evaluated: Path) -
     models = ["baseline", "head", "frozen", "finetuned"]
     assert list(pairs) == [f"{a}_vs_{b}" for i, a in enumerate(models) for b in models[i + 1 :]]
     assert all(0.0 <= pair["p_value"] <= 1.0 for pair in pairs.values())
-    assert results["baseline"]["accuracy"] >= 0.85  # learnable data, a working model (tests/test_training.py)
+    assert results["baseline"]["accuracy"] >= 0.85  # learnable data, a working model (tests/model/test_training.py)
     assert results["head"]["accuracy"] >= 0.7
 
 

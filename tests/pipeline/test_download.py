@@ -119,7 +119,7 @@ def test_kaggle_credentials_are_found_where_kaggle_looks(tmp_path: Path) -> None
 
 def test_a_client_that_exits_on_bad_credentials_is_one_line(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """kaggle's authenticate() calls exit(1) when it rejects the credentials: the stage says so in one line.
-    Everything past authentication runs the real client: tests/test_kaggle_client.py."""
+    Everything past authentication runs the real client: tests/pipeline/test_kaggle_client.py."""
     write_params(workdir / "params.yaml", {"data.source": "kaggle"})
     monkeypatch.setenv("KAGGLE_API_TOKEN", "not-a-real-token")
 

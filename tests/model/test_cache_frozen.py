@@ -14,7 +14,7 @@ from dogs_vs_cats.config import FeaturesConfig, load_params
 from dogs_vs_cats.datasets import image_dataset, load_features
 from dogs_vs_cats.models import base_of, build_extractor, build_finetuned, build_head, split_frozen, unfreeze
 from stages import finetune
-from tests.conftest import LEARNABLE, inside, write_params
+from tests.conftest import LEARNABLE, REPO, inside, write_params
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ from tests.conftest import LEARNABLE, inside, write_params
 def test_the_split_model_computes_what_the_whole_model_computes(base: str, size: int, first: str) -> None:
     keras.utils.set_random_seed(3)
     extractor = build_extractor(size, FeaturesConfig(base, "none"))
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = load_params(REPO / "params.yaml")
     head = build_head(extractor.output_shape[1:], params.head)
     whole = build_finetuned(extractor, head, keras.Sequential([keras.layers.Identity()]))
     unfreeze(extractor, "top")
