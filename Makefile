@@ -26,7 +26,7 @@ test: setup
 	actionlint
 	python -m pytest
 
-# The bottom of the pyramid (tests/unit): functions on their own, in about a minute.
+# The bottom of the pyramid (tests/unit): functions on their own.
 test-fast: setup
 	python -m pytest tests/unit
 
