@@ -18,7 +18,7 @@ from dogs_vs_cats import paths
 from dogs_vs_cats.classes import CLASS_NAMES
 from dogs_vs_cats.memory import usable_memory
 from runtime.errors import PipelineError
-from runtime.files import atomic_path, input_file, remove_stale_temps, temp_dir
+from runtime.files import atomic_path, npz_arrays, remove_stale_temps, temp_dir
 from runtime.progress import keras_verbosity, progress
 from runtime.tf_log import captured_stderr
 
@@ -204,6 +204,7 @@ def extract_split(model: keras.Model, dataset: tf.data.Dataset, path: Path, show
 
 def load_features(split: str) -> Features:
     """Read ``data/features/<split>.npz``."""
-    path = input_file(paths.features_file(split), "run dvc repro extract_features")
-    with np.load(path, allow_pickle=False) as data:
-        return Features(data["features"], data["labels"], data["files"])
+    arrays = npz_arrays(
+        paths.features_file(split), ("features", "labels", "files"), "run dvc repro -f extract_features"
+    )
+    return Features(*arrays)

@@ -11,7 +11,7 @@ import numpy as np
 from dogs_vs_cats import paths
 from dogs_vs_cats.classes import DIGITS_DATASETS
 from runtime.errors import PipelineError
-from runtime.files import atomic_path, input_file
+from runtime.files import atomic_path, npz_arrays
 
 SIDE = 28  # pixels; both datasets' images are 28x28 grayscale
 CLASSES = 10
@@ -30,9 +30,8 @@ class Split:
 
 def load_split(dataset: str, split: str) -> Split:
     """One split written by ``digits_data``."""
-    path = input_file(paths.digits_data_dir(dataset) / f"{split}.npz", f"run dvc repro digits_data@{dataset}")
-    with np.load(path, allow_pickle=False) as data:
-        return Split(data["x"], data["y"])
+    path = paths.digits_data_dir(dataset) / f"{split}.npz"
+    return Split(*npz_arrays(path, ("x", "y"), f"run dvc repro -f digits_data@{dataset}"))
 
 
 def split_validation(train: Split, count: int, seed: int) -> tuple[Split, Split]:

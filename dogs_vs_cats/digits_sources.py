@@ -62,7 +62,8 @@ IDX_FILES = {  # the original names, the same for both datasets
 def from_files(folder: Path) -> tuple[Split, Split]:
     """A local copy: one ``.npz`` in Keras' layout, or else the four original ``*-ubyte.gz`` files."""
     if not folder.is_dir():
-        raise PipelineError(f"{folder}: not found; put the dataset's files there (see {paths.DIGITS_ARCHIVE_DIR})")
+        what = "a file, not a folder" if os.path.lexists(folder) else "not found"
+        raise PipelineError(f"{folder}: {what}; put the dataset's files there (see {paths.DIGITS_ARCHIVE_DIR})")
     archives = sorted(folder.glob("*.npz"))
     if len(archives) > 1:
         raise PipelineError(f"{folder}: holds {len(archives)} .npz files; keep one")

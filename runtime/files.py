@@ -13,6 +13,7 @@ import re
 import shutil
 import stat
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,15 @@ from runtime.processes import gone, start_time
 
 
 def input_file(path: Path, fix: str) -> Path:
-    """``path``, once it is known to be a regular file; else a PipelineError naming it, what is there, and the
-    ``fix`` (e.g. "run dvc repro sample"). A FIFO would hang the read, a device or folder is no data."""
+    """``path``, once it is known to be a regular file this process can read; else a PipelineError naming it,
+    what is there, and the ``fix`` (e.g. "run dvc repro sample"). A FIFO would hang the read, a device or
+    folder is no data, and a file without read permission would fail later, deep in a library."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
+        if stat.S_ISREG(mode):
+            with open(path, "rb"):  # a regular file: opening it cannot block
+                pass
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; {fix}") from None
     except OSError as error:
@@ -35,6 +40,22 @@ def input_file(path: Path, fix: str) -> Path:
         kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
         raise PipelineError(f"{path}: {kind}, not a file; {fix}")
     return path
+
+
+def npz_arrays(path: Path, keys: tuple[str, ...], fix: str) -> list:
+    """The arrays ``keys`` of the ``.npz`` file ``path``, once ``input_file`` passed it; a damaged file, another
+    kind of file, or one without those arrays is a PipelineError naming it and the ``fix``."""
+    import numpy as np  # here: a program that reads no arrays does not import numpy for this module
+
+    input_file(path, fix)
+    try:
+        with open(path, "rb") as stream, zipfile.ZipFile(stream) as archive:  # an .npz is a zip of .npy files
+            if not {f"{key}.npy" for key in keys} <= set(archive.namelist()):
+                raise ValueError("arrays missing")
+            with np.load(path, allow_pickle=False) as data:
+                return [data[key] for key in keys]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise PipelineError(f"{path}: not a .npz file holding {', '.join(keys)}; {fix}") from None
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Iterator
 
 from runtime.errors import PipelineError
-from runtime.tf_log import quiet_cpu_start
 
 ENDINGS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}  # the one line each signal ends a program with
 
@@ -27,10 +26,12 @@ def start_program(name: str) -> None:
     notebook it changes nothing."""
     if name != "__main__":
         return
-    _open_stderr()
     for signum in ENDINGS:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # one a parent ignored (nohup) stays ignored
             signal.signal(signum, _end_at_once)
+    _open_stderr()
+    from runtime.tf_log import quiet_cpu_start  # here, after the handlers: its imports take tens of milliseconds
+
     quiet_cpu_start()
 
 

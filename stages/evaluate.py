@@ -32,10 +32,11 @@ from dogs_vs_cats.costs import layer_costs, precision_of, takes_images, totals
 from dogs_vs_cats.datasets import image_dataset, labels_of, load_features, resized_pixels
 from dogs_vs_cats.images import read_image
 from dogs_vs_cats.models import load_saved, predicted_labels
-from runtime.errors import PipelineError
+from runtime.errors import PipelineError, one_line
 from runtime.files import atomic_path, input_file, write_json
 from runtime.progress import keras_verbosity
 
+MANIFEST_COLUMNS = ("split", "path", "sha256")  # what the test split is checked by
 THUMBNAIL = 128  # gallery tile side, pixels
 
 
@@ -70,12 +71,17 @@ def roc_points(model: str, labels: np.ndarray, probabilities: np.ndarray) -> pd.
 
 def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
     """The manifest's test rows, after checking every test file is there, unchanged, and alone."""
-    manifest = pd.read_csv(input_file(manifest_path, "run dvc repro sample"))
+    again = "run dvc repro -f sample"
+    try:
+        manifest = pd.read_csv(input_file(manifest_path, again))
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise PipelineError(f"{manifest_path}: not a CSV file ({one_line(error)}); {again}") from None
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise PipelineError(f"{manifest_path}: has no column {missing[0]}, not the manifest sample writes; {again}")
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     for row in test.itertuples():
-        file = sample_dir / row.path
-        if not file.is_file():
-            raise PipelineError(f"{file}: listed in {manifest_path} but missing; run dvc repro -f sample")
+        file = input_file(sample_dir / row.path, f"it is listed in {manifest_path}; run dvc repro -f sample")
         if hashlib.sha256(file.read_bytes()).hexdigest() != row.sha256:
             raise PipelineError(f"{file}: changed since sampling (sha256 differs); run dvc repro -f sample")
     on_disk = {p.relative_to(sample_dir).as_posix() for p in (sample_dir / "test").rglob("*") if p.is_file()}

@@ -14,6 +14,7 @@ start_program(__name__)  # first: the imports below take seconds (TensorFlow's),
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,11 @@ import pandas as pd
 from dogs_vs_cats import paths, stats
 from dogs_vs_cats.classes import DIGITS_DATASETS
 from runtime.errors import PipelineError, one_line
-from runtime.files import atomic_path, output_file
+from runtime.files import atomic_path, input_file, output_file
 from tools.cells import accuracy_cell, number
 
 REPORT_NAME = "report.md"
+DVC_TIMEOUT = 300  # seconds for a dvc command: it reads git and the workspace, never the network
 COLUMNS = {
     "accuracy": "accuracy",
     "precision": "precision",
@@ -78,7 +80,7 @@ def change_against(model: str, revision: str) -> tuple[str, str, str, str]:
     """``model``'s test accuracy at the git ``revision``, the change since, McNemar's p and its verdict, as table
     cells: the exact test on the per-image predictions of both revisions (committed, so any clone can run it)."""
     path = paths.predictions_file(model)
-    if not path.is_file():
+    if not _present(path):
         return "-", "-", "-", "no predictions here"
     shown = subprocess.run(["git", "show", f"{revision}:{path.as_posix()}"], capture_output=True)
     if shown.returncode != 0:
@@ -122,7 +124,7 @@ def digits_table(metrics_dir: Path = paths.METRICS_DIR) -> str:
     lines.append("|---" * (len(DIGITS_COLUMNS) + 2) + "|")
     for dataset in DIGITS_DATASETS:
         path = metrics_dir / paths.digits_metrics(dataset).relative_to(paths.METRICS_DIR)  # metrics_dir: a copy
-        if path.is_file():
+        if _present(path):
             results = _read_json(path)
             cells = [number(results.get(metric), f"{path}: {metric}") for metric in DIGITS_COLUMNS]
             lines.append(f"| {dataset} | {results.get('test_images', '?')} | " + " | ".join(cells) + " |")
@@ -144,6 +146,12 @@ def _predictions(data: bytes, where: str) -> pd.DataFrame:
     if missing:
         raise PipelineError(f"{where}: has no column {missing[0]}; run dvc repro evaluate there")
     return table
+
+
+def _present(path: Path) -> bool:
+    """Whether a stage's output ``path`` is there to report on: False when nothing is, True for a file this
+    process can read, and one line for anything else (a folder, or a FIFO that would hang the report)."""
+    return os.path.lexists(path) and bool(input_file(path, "run dvc repro"))
 
 
 def _read_json(path: Path) -> dict:
@@ -174,7 +182,11 @@ def check_revision(revision: str) -> None:
 def dvc_markdown(args: list[str]) -> str:
     """What a ``dvc ... --md`` command prints, or its error as a sentence."""
     # This interpreter's DVC, whatever is first on PATH.
-    result = subprocess.run([sys.executable, "-m", "dvc", *args, "--md"], capture_output=True, text=True)
+    command = [sys.executable, "-m", "dvc", *args, "--md"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=DVC_TIMEOUT)
+    except subprocess.TimeoutExpired:  # e.g. a FIFO among the metrics files, which DVC opens and waits on
+        raise PipelineError(f"dvc {' '.join(args)} gave no answer in {DVC_TIMEOUT} s; check metrics/") from None
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
         return f"`dvc {' '.join(args)}` failed: {reason}"
@@ -190,11 +202,10 @@ def render(
     """The whole page: the summary a pull request's reviewer reads, the rest folded in ``<details>``."""
     parts = [f"# Dogs vs. Cats: the models against `{revision}`", ""]
     details = []
-    if evaluate_json.is_file():
+    if _present(evaluate_json):
         results = _read_json(evaluate_json)
-        pretrained = (
-            str(_read_json(features_json).get("base", "pretrained")) if features_json.is_file() else "pretrained"
-        )
+        features = _read_json(features_json) if _present(features_json) else {}
+        pretrained = str(features.get("base", "pretrained"))
         parts += [
             f"On the held-out test split ({results.get('test_images', '?')} images); a change is **significant** when "
             f"the exact McNemar test on the images both revisions scored gives p < {stats.SIGNIFICANT}.",
@@ -223,7 +234,7 @@ def render(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="main", help="git revision to compare against (default: main)")
     parser.add_argument(
         "--out", type=Path, default=Path(REPORT_NAME), help=f"the page's file, or a folder for {REPORT_NAME}"

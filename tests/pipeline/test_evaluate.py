@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import struct
 import warnings
@@ -134,7 +135,21 @@ def test_test_split_is_checked_against_the_manifest(tmp_path: Path) -> None:
         evaluate.checked_test_split(manifest, sample_dir)
 
     (sample_dir / "test/dog/dog.3.jpg").unlink()
-    with pytest.raises(PipelineError, match=r"dog\.3\.jpg: listed in .*manifest.csv but missing"):
+    with pytest.raises(PipelineError, match=r"dog\.3\.jpg: not found; it is listed in .*manifest.csv; run dvc"):
+        evaluate.checked_test_split(manifest, sample_dir)
+    os.mkfifo(sample_dir / "test/dog/dog.3.jpg")  # never read: it would hang
+    with pytest.raises(PipelineError, match=r"dog\.3\.jpg: a FIFO, not a file; it is listed in .*manifest.csv"):
+        evaluate.checked_test_split(manifest, sample_dir)
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [(b"", "not a CSV file"), (b"path,label\nx.jpg,cat\n", "has no column split, not the manifest sample writes")],
+)
+def test_a_damaged_manifest_is_one_line(tmp_path: Path, content: bytes, error: str) -> None:
+    manifest, sample_dir = _sample(tmp_path)
+    manifest.write_bytes(content)
+    with pytest.raises(PipelineError, match=rf"manifest.csv: {error}.*; run dvc repro -f sample$"):
         evaluate.checked_test_split(manifest, sample_dir)
 
 

@@ -124,6 +124,14 @@ def test_an_encrypted_npz_member_is_one_line(tmp_path: Path) -> None:
         digits_sources.from_files(tmp_path / "mnist")
 
 
+def test_a_file_where_the_digits_folder_should_be_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "mnist").write_bytes(b"")
+    with pytest.raises(PipelineError, match=r"mnist: a file, not a folder; put the dataset's files there"):
+        digits_sources.from_files(tmp_path / "mnist")
+    with pytest.raises(PipelineError, match=r"other: not found; put the dataset's files there"):
+        digits_sources.from_files(tmp_path / "other")
+
+
 # ---- 16-bit and float images ----
 
 
@@ -316,6 +324,22 @@ def test_report_on_a_base_whose_predictions_are_not_ours_is_one_line(
         path.write_text("file,label,predicted\nx.jpg,cat,cat\n")
         with pytest.raises(PipelineError, match=f"main:metrics/evaluate/predictions/baseline.csv: {says}"):
             report.change_against("baseline", "main")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_report_on_metrics_that_are_no_file_is_one_line_not_a_hang(tmp_path: Path, kind: str) -> None:
+    # A FIFO there hung the report for ever (dvc metrics diff opened it); a folder passed for "no metrics yet".
+    (tmp_path / "metrics").mkdir()
+    target = tmp_path / "metrics/evaluate.json"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    with inside(tmp_path):
+        _git("init", "-q", "-b", "main")
+        _git("commit", "-q", "--allow-empty", "-m", "base")
+        result = call_stage("report", tmp_path, args=("--base", "main"))
+    what = "a FIFO" if kind == "fifo" else "a folder"
+    assert result.returncode == 1
+    assert result.stderr == f"error: metrics/evaluate.json: {what}, not a file; run dvc repro\n"
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_report_against_a_revision_that_does_not_exist_is_one_line(tmp_path: Path) -> None:

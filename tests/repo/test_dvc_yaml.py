@@ -219,3 +219,32 @@ def test_comments_name_only_params_the_stage_reads() -> None:
             for key in re.findall(r"\b([a-z_]+)\.[a-z_]+\b", comment):
                 if key in sections:
                     assert any(p == key or p.startswith(f"{key}.") for p in read), (stage, comment)
+
+
+def _entry_points() -> list[str]:
+    """The modules of stages/ and tools/ that run as programs (``if __name__ == "__main__"``)."""
+    return [
+        module
+        for package in ("stages", "tools")
+        for module in _modules(package)
+        if 'if __name__ == "__main__":' in (REPO / f"{module.replace('.', '/')}.py").read_text()
+    ]
+
+
+@pytest.mark.parametrize("module", _entry_points())
+def test_each_program_starts_before_any_import_of_the_study_or_tensorflow(module: str) -> None:
+    # start_program(__name__) first: Ctrl-C during the imports that follow (TensorFlow's take seconds) is one
+    # line, and TensorFlow's C++ start-up lines stay out of the log. Only __future__ and its own import before it.
+    body = ast.parse((REPO / f"{module.replace('.', '/')}.py").read_text()).body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    body = [node for node in body if not (isinstance(node, ast.ImportFrom) and node.module == "__future__")]
+    first, second = body[0], body[1]
+    assert isinstance(first, ast.ImportFrom) and first.module == "runtime.program"
+    assert "start_program" in {alias.name for alias in first.names}
+    assert ast.unparse(second) == "start_program(__name__)"
+
+
+def test_the_entry_points_are_found() -> None:
+    assert {"stages.train_baseline", "stages.digits_data", "tools.predict", "tools.watch"} <= set(_entry_points())
+    assert "tools.cells" not in _entry_points()

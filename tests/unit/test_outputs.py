@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import PipelineError
-from runtime.files import atomic_path, output_file
+from runtime.files import atomic_path, input_file, npz_arrays, output_file
 from tests.conftest import call_stage
 from tools import bench, report
 
@@ -106,3 +106,55 @@ def test_a_tools_out_folder_holding_the_users_files_gets_one_file_more(
     assert call_stage(tool, workdir, args=("--out", str(home / name), "--force")).returncode == 0
     assert (home / name).read_bytes() == written
     assert {k: v for k, v in _contents(home).items() if k != name} == mine
+
+
+def test_an_input_is_a_readable_regular_file_or_one_line_saying_what_is_there(tmp_path: Path) -> None:
+    fix = "run dvc repro sample"
+    (tmp_path / "good.csv").write_text("a\n")
+    assert input_file(tmp_path / "good.csv", fix) == tmp_path / "good.csv"
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # reading it would hang: refused before any read
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    for path, what in [
+        (tmp_path / "missing", "not found"),
+        (tmp_path / "dangling", "not found"),
+        (tmp_path / "folder", "a folder, not a file"),
+        (tmp_path / "fifo", "a FIFO, not a file"),
+        (Path("/dev/null"), "a device or socket, not a file"),
+    ]:
+        with pytest.raises(PipelineError) as error:
+            input_file(path, fix)
+        assert str(error.value) == f"{path}: {what}; {fix}"
+
+
+def test_an_input_that_cannot_be_read_is_one_line_not_a_traceback_later(tmp_path: Path) -> None:
+    # A regular file without read permission passes stat(); /proc/1/mem is one even for root, who reads any mode.
+    unreadable = tmp_path / "manifest.csv"
+    unreadable.symlink_to("/proc/1/mem")
+    try:
+        open(unreadable, "rb").close()
+    except OSError:
+        pass
+    else:
+        pytest.skip("this process may read /proc/1/mem")
+    with pytest.raises(PipelineError, match=r"manifest.csv: cannot read it \(Permission denied\); run dvc repro"):
+        input_file(unreadable, "run dvc repro")
+
+
+def test_npz_arrays_refuses_a_damaged_or_foreign_file_in_one_line(tmp_path: Path) -> None:
+    import numpy as np
+
+    fix = "run dvc repro -f extract_features"
+    np.savez(tmp_path / "good.npz", x=np.arange(3), y=np.ones(2))
+    x, y = npz_arrays(tmp_path / "good.npz", ("x", "y"), fix)
+    assert x.tolist() == [0, 1, 2] and y.tolist() == [1.0, 1.0]
+    (tmp_path / "text.npz").write_text("garbage\n")  # np.load would have said "pickled (object) data"
+    with open(tmp_path / "array.npz", "wb") as npy:
+        np.save(npy, np.arange(3))  # an .npy, not an .npz
+    np.savez(tmp_path / "other.npz", x=np.arange(3))  # without y
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes((tmp_path / "good.npz").read_bytes()[:100])
+    for name in ("text.npz", "array.npz", "other.npz", "cut.npz"):
+        with pytest.raises(PipelineError) as error:
+            npz_arrays(tmp_path / name, ("x", "y"), fix)
+        assert str(error.value) == f"{tmp_path / name}: not a .npz file holding x, y; {fix}"
