@@ -149,7 +149,11 @@ def exp_show(args: list[str]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    print(table(exp_show(sys.argv[1:] if argv is None else argv)))
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):  # the other arguments are dvc exp show's: its help is `dvc exp show --help`
+        print(f"usage: python -m tools.compare [dvc exp show's arguments]\n\n{__doc__.strip()}")
+        return
+    print(table(exp_show(argv)))
 
 
 if __name__ == "__main__":

@@ -72,3 +72,10 @@ def test_an_unreadable_params_file_is_one_line_naming_it(where: str) -> None:
     with pytest.raises(PipelineError, match=r"workspace: .*'?params\.yaml'?.* corrupted; fix the file") as error:
         compare.table(shown(workspace=workspace))
     assert "\n" not in str(error.value)
+
+
+def test_help_is_the_tools_own_not_a_dvc_error(capsys: pytest.CaptureFixture) -> None:
+    compare.main(["--help"])  # its other arguments go to dvc exp show, which would answer --help with no JSON
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m tools.compare [dvc exp show's arguments]\n")
+    assert "make compare" in out
