@@ -63,16 +63,20 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def run(main: Callable[[], None]) -> None:
+def run(main: Callable[[], None], *, no_arguments: bool = False) -> None:
     """Run a stage's ``main`` and turn a PipelineError into one line on stderr and exit status 1.
 
     SIGINT and SIGTERM unwind the stack, so every ``atomic_path`` removes its temporary output, then end the
-    program with one line and exit status 128 + the signal's number.
+    program with one line and exit status 128 + the signal's number. A program with ``no_arguments`` (a DVC
+    stage, whose settings are params.yaml's) answers ``--help`` with what it does, and refuses any other
+    argument before it starts work that may take hours.
     """
     for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate)):
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, handler)
     try:
+        if no_arguments and _answered(main):
+            return
         main()
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -81,6 +85,20 @@ def run(main: Callable[[], None]) -> None:
         _end(signal.SIGINT)
     except Terminated:
         _end(signal.SIGTERM)
+
+
+def _answered(main: Callable[[], None]) -> bool:
+    """True when the arguments asked for help and got it; a PipelineError for any other argument."""
+    module = sys.modules[main.__module__]
+    name = module.__spec__.name if main.__module__ == "__main__" and module.__spec__ else main.__module__
+    arguments = sys.argv[1:]
+    if arguments in (["-h"], ["--help"]):
+        print(f"usage: python -m {name}  (dvc repro runs it with the settings in params.yaml)\n")
+        print((module.__doc__ or "").strip())
+        return True
+    if arguments:
+        raise PipelineError(f"python -m {name} takes no arguments, not {arguments[0]!r}; set its params in params.yaml")
+    return False
 
 
 def _end(signum: int) -> None:

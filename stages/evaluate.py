@@ -274,4 +274,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, no_arguments=True)

@@ -62,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, no_arguments=True)

@@ -106,3 +106,32 @@ def test_progress_through_a_pipe_is_a_few_whole_lines(monkeypatch: pytest.Monkey
     lines = piped.getvalue().splitlines()
     assert "\r" not in piped.getvalue() and len(lines) <= 3, lines  # the start, the end, one per 30 s between
     assert lines[-1].startswith("sampling: 5000/5000 img [")
+
+
+def test_a_stage_answers_help_and_refuses_an_argument_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # `python -m stages.train_baseline --help` in the repository started hours of training: it read no arguments.
+    from runtime.program import run
+    from stages import download
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml: any work would fail on it, not on the argument
+    monkeypatch.setattr(sys, "argv", ["download.py", "--help"])
+    run(download.main, no_arguments=True)
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m stages.download  (dvc repro runs it with the settings in params.yaml)\n")
+    assert download.__doc__.strip().splitlines()[0] in out
+    monkeypatch.setattr(sys, "argv", ["download.py", "--epochs=3"])
+    with pytest.raises(SystemExit) as exit_status:
+        run(download.main, no_arguments=True)
+    assert exit_status.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: python -m stages.download takes no arguments, not '--epochs=3'; set its params in params.yaml\n"
+    )
+
+
+def test_every_stage_without_arguments_asks_run_to_refuse_them() -> None:
+    for path in sorted((REPO / "stages").glob("*.py")):
+        source = path.read_text()
+        if 'if __name__ == "__main__":' in source and "sys.argv" not in source:  # the digits stages read theirs
+            assert "run(main, no_arguments=True)" in source, path.name
