@@ -36,7 +36,7 @@ from runtime.errors import PipelineError, one_line
 from runtime.files import atomic_path, input_file, write_json
 from runtime.progress import keras_verbosity
 
-MANIFEST_COLUMNS = ("split", "path", "sha256")  # what the test split is checked by
+TEST_SPLIT_COLUMNS = ("split", "path", "sha256")  # the manifest's columns the test split is checked by
 THUMBNAIL = 128  # gallery tile side, pixels
 
 
@@ -76,7 +76,7 @@ def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
         manifest = pd.read_csv(input_file(manifest_path, again))
     except (ValueError, UnicodeDecodeError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
         raise PipelineError(f"{manifest_path}: not a CSV file ({one_line(error)}); {again}") from None
-    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    missing = [column for column in TEST_SPLIT_COLUMNS if column not in manifest.columns]
     if missing:
         raise PipelineError(f"{manifest_path}: has no column {missing[0]}, not the manifest sample writes; {again}")
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)

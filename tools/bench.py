@@ -145,9 +145,8 @@ def pipeline_steps(
     compile_binary(finetuned, params.finetune.learning_rate, params.train.jit_compile)
 
     def one_epoch(model: keras.Model) -> Callable[[], object]:
-        return lambda: model.fit(
-            decoded_once, epochs=1, verbose=0, shuffle=False
-        )  # the dataset is not shuffled: nor is fit
+        # The dataset is not shuffled: nor is fit.
+        return lambda: model.fit(decoded_once, epochs=1, verbose=0, shuffle=False)
 
     return {
         "extract_features": Step(

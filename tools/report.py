@@ -151,7 +151,10 @@ def _predictions(data: bytes, where: str) -> pd.DataFrame:
 def _present(path: Path) -> bool:
     """Whether a stage's output ``path`` is there to report on: False when nothing is, True for a file this
     process can read, and one line for anything else (a folder, or a FIFO that would hang the report)."""
-    return os.path.lexists(path) and bool(input_file(path, "run dvc repro"))
+    if not os.path.lexists(path):
+        return False
+    input_file(path, "run dvc repro")
+    return True
 
 
 def _read_json(path: Path) -> dict:
