@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test test-fast demo report compare lint format bench
+.PHONY: setup repro test test-fast demo search report compare lint format bench
 setup: $(STAMP)
 
 # The stamp's name is the checksum of requirements.txt: set-up reruns when its content changes, never for
@@ -40,6 +40,14 @@ demo: setup
 	flags="$$(python -m tools.scenarios -- "$$SCENARIO")" && \
 	eval dvc exp run --temp --name "$$SCENARIO-$$(date +%Y%m%d-%H%M%S)" "$$flags"
 	dvc exp show --no-pager --md -n 1 --drop '.*' --keep 'Experiment|^(baseline|head|frozen|finetuned)\.(accuracy|roc_auc)$$|^metrics/digits/[a-z_]+\.json:accuracy$$'
+
+# A search with Optuna over configs/search/$(SEARCH).yaml, each trial an experiment (docs/experiments-and-scaling.md):
+# SEARCH_ARGS="--trials 40", "--storage grpc://host:13000 --push origin" to join a study of several machines.
+# The name reaches the shell as one quoted word from the environment, never as text of the recipe.
+SEARCH ?= digits
+export SEARCH
+search: setup
+	python -m tools.search "$$SEARCH" $(SEARCH_ARGS)
 
 lint: setup
 	ruff check .

@@ -1,0 +1,517 @@
+"""Search params with Optuna: each trial one DVC experiment, and any number of machines on one study.
+
+``python -m tools.search digits`` runs the study of ``configs/search/digits.yaml``: its TPE sampler (seeded by
+``seed`` in params.yaml) proposes values for the file's params keys, each trial runs as ``dvc exp run --temp -n
+digits-<number> -S key=value ... <targets>``, and the trial's value is a validation number read from its
+experiment's metrics. The test split never chooses: the best trial's test number is reported once, at the end.
+
+The study lives in Optuna's storage: by default a journal file in ``data/cache/search/``; ``--storage`` takes a
+journal file, an RDB URL (``postgresql://...``) or ``grpc://host:port`` of ``python -m tools.search --serve``.
+Workers anywhere that use one storage share the study; with ``--push REMOTE`` each pushes its experiments.
+A worker killed in any way leaves its trial to the next worker, which runs the same params again first.
+"""
+
+from __future__ import annotations
+
+from runtime.program import run, start_program
+
+start_program(__name__)  # first: the imports below take seconds, and Ctrl-C during them ends in one line
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from dogs_vs_cats import paths
+from dogs_vs_cats.config import load_params
+from dogs_vs_cats.typed_yaml import ConfigError, read_yaml
+from runtime.errors import PipelineError, one_line
+from runtime.processes import gone, start_time
+from tools.scenarios import flag_value
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "configs" / "search"
+SEARCH_DIR = paths.CACHE_DIR / "search"  # the default storage and each trial's log: scratch space
+NAME = re.compile(r"[A-Za-z0-9_-]+")  # a study's name: part of each experiment's name, a Git ref
+SPACE_KEYS = {"trials", "run", "objective", "test", "params"}
+HEARTBEAT = 30  # seconds between a running trial's signs of life in the storage
+STALE = 600  # seconds without one after which another machine's running trial counts as lost
+STOP_WAIT = 60  # seconds a trial's dvc exp run gets to end after Ctrl-C before it is killed
+
+
+@dataclass(frozen=True)
+class Metric:
+    """``file:dotted.key`` of a metrics file in an experiment."""
+
+    file: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.key}"
+
+
+@dataclass(frozen=True)
+class Space:
+    """A search space file: what one trial runs, what it is judged by, and the params it varies."""
+
+    path: Path
+    trials: int
+    run: list[str]
+    objective: Metric
+    direction: str
+    test: Metric | None
+    params: dict[str, BaseDistribution]
+
+    def fingerprint(self) -> str:
+        """What makes two runs one study: everything but the number of trials, which may grow."""
+        described = {key: optuna.distributions.distribution_to_json(dist) for key, dist in self.params.items()}
+        text = json.dumps([self.run, str(self.objective), self.direction, described], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def space_path(name: str) -> Path:
+    """A name in ``configs/search/`` (``digits``) or the path of a search space file."""
+    if NAME.fullmatch(name):
+        path = SPACES_DIR / f"{name}.yaml"
+        if path.is_file():
+            return path
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    raise PipelineError(f"no search space {name!r}: give one of {known} (configs/search/) or a .yaml file")
+
+
+def load_space(path: Path) -> Space:
+    """Read and check a search space: every problem is one line naming the file and the key, before any trial."""
+    raw = read_yaml(path)
+    where = str(path)
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{where}: must map trials, run, objective, test and params")
+    unknown, missing = sorted(set(raw) - SPACE_KEYS), sorted({"run", "objective", "params"} - set(raw))
+    if unknown or missing:
+        problem = f"has {', '.join(unknown)}" if unknown else f"has no {', '.join(missing)}"
+        raise PipelineError(f"{where}: {problem}; its keys are {', '.join(sorted(SPACE_KEYS))}")
+    trials = raw.get("trials", 20)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise PipelineError(f"{where}: trials is {trials!r}; give a whole number, 1 or more")
+    targets = raw["run"] if isinstance(raw["run"], list) else [raw["run"]]
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise PipelineError(f"{where}: run must name the dvc.yaml stages a trial runs, e.g. [digits_evaluate@mnist]")
+    objective = raw["objective"]
+    if not isinstance(objective, dict) or set(objective) != {"metric", "direction"}:
+        raise PipelineError(f"{where}: objective must have metric (file:key) and direction (maximize | minimize)")
+    if objective["direction"] not in ("maximize", "minimize"):
+        raise PipelineError(f"{where}: objective.direction is {objective['direction']!r}; use maximize or minimize")
+    chosen_by = metric(objective["metric"], f"{where}: objective.metric")
+    if not chosen_by.key.rpartition(".")[2].startswith("val_"):
+        raise PipelineError(
+            f"{where}: objective.metric {chosen_by} is no validation number; choose by a training stage's "
+            "best.val_loss or best.val_accuracy (the test split never chooses)"
+        )
+    test = metric(raw["test"], f"{where}: test") if raw.get("test") is not None else None
+    if not isinstance(raw["params"], dict) or not raw["params"]:
+        raise PipelineError(f"{where}: params must map params.yaml keys to their ranges or choices")
+    space = {key: distribution(value, f"{where}: {key}") for key, value in raw["params"].items()}
+    for key, dist in space.items():
+        check_values(key, dist, where)
+    return Space(path, trials, targets, chosen_by, objective["direction"], test, space)
+
+
+def metric(text: Any, where: str) -> Metric:
+    file, _, key = text.partition(":") if isinstance(text, str) else ("", "", "")
+    if not file.endswith(".json") or not key:
+        raise PipelineError(
+            f"{where} is {text!r}; write it as a metrics file and its key, metrics/x.json:best.val_loss"
+        )
+    return Metric(file, key)
+
+
+def distribution(value: Any, where: str) -> BaseDistribution:
+    """A list is a choice; ``{low, high, log?, step?}`` a range, of ints when both ends are ints."""
+    if isinstance(value, list):
+        if not value or not all(v is None or isinstance(v, (str, int, float, bool)) for v in value):
+            raise PipelineError(f"{where}: choices must be a list of single values (strings, numbers, true/false)")
+        return CategoricalDistribution(value)
+    if not isinstance(value, dict) or not {"low", "high"} <= set(value) or set(value) - {"low", "high", "log", "step"}:
+        raise PipelineError(f"{where}: give a list of choices or {{low: ..., high: ...}} (log: true and step optional)")
+    low, high, log, step = value["low"], value["high"], value.get("log", False), value.get("step")
+    numbers = (low, high) if step is None else (low, high, step)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers) or not isinstance(log, bool):
+        raise PipelineError(f"{where}: low, high and step must be numbers and log true or false")
+    if not low < high:
+        raise PipelineError(f"{where}: low {low} is not below high {high}; the range is empty")
+    if log and low <= 0:
+        raise PipelineError(f"{where}: log: true needs low above 0, not {low}")
+    if log and step is not None:
+        raise PipelineError(f"{where}: give log or step, not both")
+    if all(isinstance(v, int) for v in numbers):
+        return IntDistribution(low, high, log=log, step=step or 1)
+    return FloatDistribution(float(low), float(high), log=log, step=step)
+
+
+def check_values(key: str, dist: BaseDistribution, where: str) -> None:
+    """Each end of a range and each choice must be a value params.yaml's schema takes for ``key``."""
+    values = dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)
+    for value in values:
+        try:
+            load_params(overrides={key: value})
+        except ConfigError as error:
+            raise PipelineError(f"{where}: {key}: {shown(value)} is refused ({error})") from None
+
+
+def shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def open_storage(option: str, study: str) -> Any:
+    """Optuna's storage for ``--storage``: ``grpc://host:port``, an RDB URL, or a journal file (the default)."""
+    if option.startswith("grpc://"):
+        host, _, port = option.removeprefix("grpc://").rpartition(":")
+        if not host or not port.isdigit():
+            raise PipelineError(f"--storage {option}: write it as grpc://HOST:PORT")
+        with warnings.catch_warnings():  # experimental in Optuna 5.1; the warning would be in every log
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+    if "://" in option:
+        return option  # an RDB URL (sqlite:///, postgresql://, mysql://): Optuna opens it
+    path = Path(option or SEARCH_DIR / f"{study}.journal")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def open_study(space: Space, name: str, storage: Any, option: str) -> optuna.Study:
+    """The study ``name`` in ``storage``, created on first use; one line if it was made with another space."""
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=space.direction, load_if_exists=True)
+    except Exception as error:  # a driver missing, a server unreachable: Optuna and gRPC raise many kinds
+        raise PipelineError(f"--storage {option or 'default'}: cannot open study {name} ({one_line(error)})") from None
+    fingerprint = study.user_attrs.get("space")
+    if fingerprint is None:
+        study.set_user_attr("space", space.fingerprint())
+    elif fingerprint != space.fingerprint():
+        raise PipelineError(
+            f"study {name} was started with another search space than {space.path}; "
+            "restore the file, or start a new study with --study NAME"
+        )
+    return study
+
+
+def experiment_refs() -> dict[str, str]:
+    """Every experiment in this clone: its name and Git ref."""
+    listed = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], capture_output=True, text=True
+    )
+    refs = [ref for ref in listed.stdout.split() if ref.count("/") == 4]  # refs/exps/ab/cdef.../name
+    return {ref.rpartition("/")[2]: ref for ref in refs}
+
+
+def read_metric(ref: str, wanted: Metric) -> float:
+    shown_file = subprocess.run(["git", "show", f"{ref}:{wanted.file}"], capture_output=True, text=True)
+    if shown_file.returncode:
+        raise PipelineError(f"the experiment has no {wanted.file}; is it an output of the stages in run?")
+    value: Any = json.loads(shown_file.stdout)
+    for part in wanted.key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise PipelineError(f"{wanted.file} has no number at {wanted.key}")
+    return float(value)
+
+
+class TrialFailed(Exception):
+    """A trial ran and gave no result: its error line is recorded with it, and the study goes on."""
+
+
+class Worker:
+    """One machine's part of a study: asks for trials until the study has its number, runs each as an experiment."""
+
+    def __init__(self, space: Space, study: optuna.Study, trials: int, push: str, seed: int) -> None:
+        self.space, self.study, self.trials, self.push, self.seed = space, study, trials, push, seed
+        self.name = study.study_name
+        self.echo = sys.stdout.isatty()  # a terminal sees each trial's output; a log gets one line per trial
+        self.logs = SEARCH_DIR / self.name
+        self.host = socket.gethostname()
+
+    def given_back(self) -> set[int]:
+        """The trials that were stopped before their end: each one's params were queued again."""
+        return {t.user_attrs["rerun_of"] for t in self.study.get_trials(deepcopy=False) if "rerun_of" in t.user_attrs}
+
+    def counted(self) -> list[FrozenTrial]:
+        """The trials that use up the study's number: finished, failed with an error, or running now."""
+        given_back = self.given_back()
+        states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
+        return [t for t in self.study.get_trials(deepcopy=False, states=states) if t.number not in given_back]
+
+    def run(self) -> None:
+        self.recover_lost()
+        self.refuse_foreign_experiments()
+        while (done := len(self.counted())) < self.trials:
+            # A fresh sampler per trial, seeded by seed and the trials so far: a study proposes the same trials
+            # whether it ran in one go or was stopped and continued.
+            self.study.sampler = optuna.samplers.TPESampler(seed=self.seed + done)
+            trial = self.study.ask(dict(self.space.params))
+            if len(self.counted()) > self.trials:  # another worker took the last trial at the same moment
+                self.give_back(trial.number, trial.params)
+                break
+            self.run_trial(trial)
+        self.summary()
+
+    def recover_lost(self) -> None:
+        """Trials whose worker is gone (killed on this machine; silent for STALE seconds on another) go back to
+        the study, their params queued first; a run one left behind here is stopped."""
+        for lost in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = lost.user_attrs
+            if attrs.get("host") == self.host:
+                if not gone(attrs.get("pid", 0), attrs.get("started", 0)):
+                    continue  # another worker on this machine
+                stop_group(attrs.get("group", 0), attrs.get("group_started", 0))
+            elif time.time() - attrs.get("alive", 0) < STALE:
+                continue  # another machine's, alive
+            print(f"{self.name}-{lost.number}: its worker is gone; its params run again", flush=True)
+            self.give_back(lost.number, lost.params)
+
+    def give_back(self, number: int, params: dict[str, Any]) -> None:
+        """End trial ``number`` unfinished and queue its params, to run first as a new trial."""
+        self.study.tell(number, state=TrialState.FAIL)
+        self.study.enqueue_trial(params, user_attrs={"rerun_of": number})
+
+    def refuse_foreign_experiments(self) -> None:
+        """An experiment named like a trial this study has not run (a study of the same name whose storage is
+        gone) would be overwritten by a trial: one line instead."""
+        known = {f"{self.name}-{t.number}" for t in self.study.get_trials(deepcopy=False)}
+        trial_name = re.compile(rf"{re.escape(self.name)}-\d+")
+        foreign = sorted(name for name in experiment_refs() if trial_name.fullmatch(name) and name not in known)
+        if foreign:
+            raise PipelineError(
+                f"experiments {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} are not this study's "
+                f"trials (its storage does not know them): remove them (dvc exp remove {' '.join(foreign[:3])}) "
+                "or name this study otherwise (--study NAME)"
+            )
+
+    def run_trial(self, trial: optuna.Trial) -> None:
+        experiment = f"{self.name}-{trial.number}"
+        me = os.getpid()
+        for key, value in {"experiment": experiment, "host": self.host, "pid": me, "started": start_time(me)}.items():
+            trial.set_user_attr(key, value)
+        try:
+            with heartbeat(trial):
+                value, test = self.execute(trial, experiment)
+        except TrialFailed as failure:
+            trial.set_user_attr("error", str(failure))
+            self.study.tell(trial, state=TrialState.FAIL)
+            print(f"{experiment}  {params_text(trial.params)}  failed: {failure}", flush=True)
+            return
+        except BaseException:  # Ctrl-C, SIGTERM: the trial goes back to the study, to run again first
+            self.give_back(trial.number, trial.params)
+            raise
+        if test is not None:
+            trial.set_user_attr("test", test)
+        self.study.tell(trial, value)
+        self.push_experiment(experiment)
+        best = self.study.best_trial
+        print(
+            f"{experiment}  {params_text(trial.params)}  {self.space.objective.key} {value:.4f}  "
+            f"best {best.value:.4f} ({self.name}-{best.number})",
+            flush=True,
+        )
+
+    def execute(self, trial: optuna.Trial, experiment: str) -> tuple[float, float | None]:
+        """Run the trial as the experiment ``experiment``: its objective value and test number."""
+        flags = [flag for key, value in trial.params.items() for flag in ("-S", f"{key}={flag_value(value)}")]
+        command = ["dvc", "exp", "run", "--temp", "-n", experiment, *flags, *self.space.run]
+        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+        trial.set_user_attr("revision", revision.strip())
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{experiment}.log"
+        if self.echo:
+            print(f"{experiment}: {' '.join(command)}", flush=True)
+        if run_logged(command, log, self.echo, trial) != 0:
+            raise TrialFailed(f"{error_line(log)} (log: {log})")
+        ref = experiment_refs().get(experiment)
+        if ref is None:
+            raise TrialFailed(f"dvc exp run made no experiment {experiment} (log: {log})")
+        try:
+            return read_metric(ref, self.space.objective), read_metric(
+                ref, self.space.test
+            ) if self.space.test else None
+        except PipelineError as error:
+            raise TrialFailed(f"{error} ({self.space.path})") from None
+
+    def push_experiment(self, experiment: str) -> None:
+        if not self.push:
+            return
+        pushed = subprocess.run(["dvc", "exp", "push", self.push, experiment], capture_output=True, text=True)
+        if pushed.returncode:
+            lines = [line for line in (pushed.stdout + pushed.stderr).splitlines() if line.strip()]
+            said = lines[-1] if lines else "dvc exp push failed"
+            print(f"{experiment}: not pushed to {self.push}: {said}", file=sys.stderr, flush=True)
+
+    def summary(self) -> None:
+        given_back = self.given_back()
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.number not in given_back]
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        failed = [t for t in trials if t.state == TrialState.FAIL]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if not done:
+            raise PipelineError(f"study {self.name}: no trial finished ({len(failed)} failed; logs in {self.logs})")
+        best = self.study.best_trial
+        test = best.user_attrs.get("test")
+        tested = f", test {self.space.test.key} {test:.4f}" if test is not None and self.space.test else ""
+        still = f"; {len(running)} still running elsewhere" if running else ""
+        print(
+            f"study {self.name}: {len(done)} finished, {len(failed)} failed{still}. Best: {self.name}-"
+            f"{best.number} ({params_text(best.params)}): {self.space.objective.key} {best.value:.4f}{tested}; "
+            f"dvc exp apply {self.name}-{best.number}",
+            flush=True,
+        )
+
+
+def params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{key}={shown(value)}" for key, value in params.items())
+
+
+@contextlib.contextmanager
+def heartbeat(trial: optuna.Trial) -> Iterator[None]:
+    """Renew the trial's ``alive`` time every HEARTBEAT seconds while it runs: other machines then know it is not
+    lost."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT):
+            with contextlib.suppress(Exception):  # a storage that blinks must not end the trial
+                trial.set_user_attr("alive", time.time())
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def run_logged(command: list[str], log: Path, echo: bool, trial: optuna.Trial) -> int:
+    """Run ``command`` in its own process group, its output into ``log`` (and the terminal when ``echo``).
+
+    Its own group: a Ctrl-C or SIGTERM here reaches the stage through one SIGINT to the group, which ends the
+    stage in one line (its checkpoint kept) and dvc after it; what is left after STOP_WAIT seconds is killed."""
+    with log.open("wb") as out:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        trial.set_user_attr("group", child.pid)
+        trial.set_user_attr("group_started", start_time(child.pid))
+        try:
+            assert child.stdout is not None
+            while chunk := child.stdout.read1(65536):
+                out.write(chunk)
+                if echo:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            return child.wait()
+        finally:
+            if child.poll() is None:
+                stop_group(child.pid, start_time(child.pid))
+
+
+def stop_group(group: int, started: int) -> None:
+    """SIGINT to process group ``group`` (its leader started at ``started``), then SIGKILL if it lives on."""
+    if not group or gone(group, started):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGINT)
+    deadline = time.monotonic() + STOP_WAIT
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+
+
+def error_line(log: Path) -> str:
+    """The line that says why a trial failed: the stage's ``error:`` line, else DVC's ``ERROR:``, else the last."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    for prefix in ("error:", "ERROR:"):
+        found = [line for line in lines if line.startswith(prefix)]
+        if found:
+            return found[-1]
+    return lines[-1] if lines else "dvc exp run failed and printed nothing"
+
+
+def serve(address: str, option: str) -> None:
+    """Serve a storage to workers on other machines through Optuna's gRPC proxy, until Ctrl-C."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise PipelineError(f"--serve {address}: write it as HOST:PORT, e.g. 0.0.0.0:13000")
+    if option.startswith("grpc://"):
+        raise PipelineError("--serve shares a journal file or an RDB URL; --storage grpc:// is a served one")
+    storage = open_storage(option or str(SEARCH_DIR / "studies.journal"), "studies")
+    if isinstance(storage, str):
+        storage = optuna.storages.RDBStorage(storage)
+    print(
+        f"serving {option or SEARCH_DIR / 'studies.journal'} to workers: --storage grpc://<this machine>:{port}",
+        flush=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.run_grpc_proxy_server(storage, host=host, port=int(port))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tools.search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("space", nargs="?", help="a search space: a name in configs/search/ (digits) or a .yaml file")
+    parser.add_argument("--trials", default="", help="the study's number of trials (default: the space file's)")
+    parser.add_argument("--study", default="", help="the study's name (default: the space's); a new name, a new study")
+    parser.add_argument(
+        "--storage",
+        default="",
+        help="journal file, RDB URL or grpc://HOST:PORT (default: data/cache/search/<study>.journal)",
+    )
+    parser.add_argument("--push", default="", metavar="REMOTE", help="dvc exp push each trial to this Git remote")
+    parser.add_argument(
+        "--serve",
+        default="",
+        metavar="HOST:PORT",
+        help="serve --storage to other machines' workers (Optuna's gRPC proxy) instead of searching",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is one line of ours
+    if args.serve:
+        serve(args.serve, args.storage)
+        return
+    if not args.space:
+        raise PipelineError("name a search space (digits), or --serve HOST:PORT")
+    space = load_space(space_path(args.space))
+    name = args.study or space.path.stem
+    if not NAME.fullmatch(name):
+        raise PipelineError(f"--study {name!r}: use letters, digits, - and _ (it names each trial's experiment)")
+    if args.trials and not (args.trials.isdigit() and int(args.trials) > 0):
+        raise PipelineError(f"--trials {args.trials!r}: give a whole number, 1 or more")
+    if not Path("dvc.yaml").is_file() or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode:
+        raise PipelineError("run the search at the root of a Git clone of the project with a commit (dvc.yaml here)")
+    study = open_study(space, name, open_storage(args.storage, name), args.storage)
+    Worker(space, study, int(args.trials or space.trials), args.push, load_params().seed).run()
+
+
+if __name__ == "__main__":
+    run(main)
