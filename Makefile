@@ -47,7 +47,7 @@ demo: setup
 SEARCH ?= digits
 export SEARCH
 search: setup
-	python -m tools.search "$$SEARCH" $(SEARCH_ARGS)
+	python -m tools.search $(SEARCH_ARGS) -- "$$SEARCH"
 
 lint: setup
 	ruff check .

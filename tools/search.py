@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -52,7 +53,7 @@ NAME = re.compile(r"[A-Za-z0-9_-]+")  # a study's name: part of each experiment'
 SPACE_KEYS = {"trials", "run", "objective", "test", "params"}
 HEARTBEAT = 30  # seconds between a running trial's signs of life in the storage
 STALE = 600  # seconds without one after which another machine's running trial counts as lost
-STOP_WAIT = 60  # seconds a trial's dvc exp run gets to end after Ctrl-C before it is killed
+STOP_WAIT = 30  # seconds a trial's dvc exp run gets to end after Ctrl-C before it is killed
 
 
 @dataclass(frozen=True)
@@ -277,12 +278,12 @@ class Worker:
         the study, their params queued first; a run one left behind here is stopped."""
         for lost in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             attrs = lost.user_attrs
-            if attrs.get("host") == self.host:
-                if not gone(attrs.get("pid", 0), attrs.get("started", 0)):
+            if "pid" in attrs and attrs.get("host") == self.host:
+                if not gone(attrs["pid"], attrs.get("started", 0)):
                     continue  # another worker on this machine
                 stop_group(attrs.get("group", 0), attrs.get("group_started", 0))
-            elif time.time() - attrs.get("alive", 0) < STALE:
-                continue  # another machine's, alive
+            elif time.time() - attrs.get("alive", lost.datetime_start.timestamp()) < STALE:
+                continue  # alive, or asked for a moment ago and not yet marked as its worker's
             print(f"{self.name}-{lost.number}: its worker is gone; its params run again", flush=True)
             self.give_back(lost.number, lost.params)
 
@@ -307,7 +308,8 @@ class Worker:
     def run_trial(self, trial: optuna.Trial) -> None:
         experiment = f"{self.name}-{trial.number}"
         me = os.getpid()
-        for key, value in {"experiment": experiment, "host": self.host, "pid": me, "started": start_time(me)}.items():
+        mine = {"experiment": experiment, "alive": time.time(), "host": self.host, "pid": me, "started": start_time(me)}
+        for key, value in mine.items():
             trial.set_user_attr(key, value)
         try:
             with heartbeat(trial):
@@ -315,7 +317,7 @@ class Worker:
         except TrialFailed as failure:
             trial.set_user_attr("error", str(failure))
             self.study.tell(trial, state=TrialState.FAIL)
-            print(f"{experiment}  {params_text(trial.params)}  failed: {failure}", flush=True)
+            print(f"{experiment}  {self.params_text(trial.params)}  failed: {failure}", flush=True)
             return
         except BaseException:  # Ctrl-C, SIGTERM: the trial goes back to the study, to run again first
             self.give_back(trial.number, trial.params)
@@ -326,7 +328,7 @@ class Worker:
         self.push_experiment(experiment)
         best = self.study.best_trial
         print(
-            f"{experiment}  {params_text(trial.params)}  {self.space.objective.key} {value:.4f}  "
+            f"{experiment}  {self.params_text(trial.params)}  {self.space.objective.key} {value:.4f}  "
             f"best {best.value:.4f} ({self.name}-{best.number})",
             flush=True,
         )
@@ -362,6 +364,10 @@ class Worker:
             said = lines[-1] if lines else "dvc exp push failed"
             print(f"{experiment}: not pushed to {self.push}: {said}", file=sys.stderr, flush=True)
 
+    def params_text(self, params: dict[str, Any]) -> str:
+        """``key=value ...`` in the order of the search space (a storage may give them in another)."""
+        return " ".join(f"{key}={shown(params[key])}" for key in self.space.params if key in params)
+
     def summary(self) -> None:
         given_back = self.given_back()
         trials = [t for t in self.study.get_trials(deepcopy=False) if t.number not in given_back]
@@ -376,14 +382,10 @@ class Worker:
         still = f"; {len(running)} still running elsewhere" if running else ""
         print(
             f"study {self.name}: {len(done)} finished, {len(failed)} failed{still}. Best: {self.name}-"
-            f"{best.number} ({params_text(best.params)}): {self.space.objective.key} {best.value:.4f}{tested}; "
+            f"{best.number} ({self.params_text(best.params)}): {self.space.objective.key} {best.value:.4f}{tested}; "
             f"dvc exp apply {self.name}-{best.number}",
             flush=True,
         )
-
-
-def params_text(params: dict[str, Any]) -> str:
-    return " ".join(f"{key}={shown(value)}" for key, value in params.items())
 
 
 @contextlib.contextmanager
@@ -424,24 +426,29 @@ def run_logged(command: list[str], log: Path, echo: bool, trial: optuna.Trial) -
             return child.wait()
         finally:
             if child.poll() is None:
-                stop_group(child.pid, start_time(child.pid))
+                stop_group(child.pid, start_time(child.pid), child)
 
 
-def stop_group(group: int, started: int) -> None:
-    """SIGINT to process group ``group`` (its leader started at ``started``), then SIGKILL if it lives on."""
+def stop_group(group: int, started: int, child: subprocess.Popen | None = None) -> None:
+    """SIGINT to process group ``group`` (its leader started at ``started``; ``child`` when it is ours to reap),
+    then SIGKILL if it lives on after STOP_WAIT seconds."""
     if not group or gone(group, started):
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGINT)
     deadline = time.monotonic() + STOP_WAIT
     while time.monotonic() < deadline:
+        if child is not None and child.poll() is not None:
+            return  # our child ended (a zombie would still answer killpg)
         try:
             os.killpg(group, 0)
         except ProcessLookupError:
             return
-        time.sleep(0.2)
+        time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGKILL)
+    if child is not None:
+        child.wait()
 
 
 def error_line(log: Path) -> str:
@@ -510,7 +517,10 @@ def main(argv: list[str] | None = None) -> None:
     if not Path("dvc.yaml").is_file() or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode:
         raise PipelineError("run the search at the root of a Git clone of the project with a commit (dvc.yaml here)")
     study = open_study(space, name, open_storage(args.storage, name), args.storage)
-    Worker(space, study, int(args.trials or space.trials), args.push, load_params().seed).run()
+    try:
+        Worker(space, study, int(args.trials or space.trials), args.push, load_params().seed).run()
+    except (optuna.exceptions.OptunaError, grpc.RpcError) as error:  # the storage went away, or refused a change
+        raise PipelineError(f"study {name}: its storage failed ({type(error).__name__}: {one_line(error)})") from None
 
 
 if __name__ == "__main__":
