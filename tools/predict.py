@@ -360,7 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or globs")
     parser.add_argument("--model", type=Path, default=paths.FINETUNED_MODEL, help="a saved image model")
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text")
-    parser.add_argument("--imagenet", action="store_true", help="top-5 ImageNet classes from the pretrained network")
+    parser.add_argument("--imagenet", action="store_true", help="top-5 ImageNet classes from a pretrained network")
     parser.add_argument(
         "--explain",
         type=Path,
@@ -370,8 +370,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="with --explain: replace overlays written before")
     parser.add_argument(
         "--base",
-        help="with --imagenet: comma-separated keras.applications networks side by side, in lower case, e.g. "
-        f"vgg16,resnet101v2,convnexttiny (default features.base); {LIST} lists them",
+        metavar="NAMES",
+        help="with --imagenet: keras.applications networks side by side, lower-case and comma-separated, e.g. "
+        f"vgg16,resnet101v2,convnexttiny (default features.base); --base {LIST} shows every name",
     )
     args = parser.parse_args(argv)
     if not args.paths and args.base != LIST:
