@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,6 +68,18 @@ class ImagenetPreprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def preprocess_mode(preprocess_input: Callable) -> str:
+    """The ImagenetPreprocess mode that does what a ``keras.applications`` module's ``preprocess_input`` does: the
+    one that gives the same numbers on a few random pixels. Keras names a module's mode only inside its code."""
+    probe = np.random.default_rng(0).uniform(0, 255, (1, 2, 2, 3)).astype("float32")
+    expected = np.asarray(preprocess_input(probe.copy()))  # some modify their argument in place
+    for mode in ImagenetPreprocess.MODES:
+        actual = keras.ops.convert_to_numpy(ImagenetPreprocess(mode, dtype="float32")(probe))
+        if actual.shape == expected.shape and np.allclose(actual, expected, rtol=1e-5, atol=1e-4):
+            return mode
+    raise ValueError(f"{preprocess_input.__module__}.preprocess_input matches no ImagenetPreprocess mode")
+
+
 @dataclass(frozen=True)
 class BaseSpec:
     """A pretrained convolutional base from ``keras.applications`` and what goes with it."""
@@ -75,19 +88,68 @@ class BaseSpec:
     model_name: str  # the name Keras gives the model, to recognise it inside a saved extractor
     preprocess: str  # an ImagenetPreprocess mode
     min_size: int  # smallest input side Keras accepts without the top
-    imagenet_size: int  # input side of the network with its ImageNet top
     top_block: tuple[str, ...]  # layer-name prefixes of the last block: what ``finetune.unfreeze: top`` trains
 
 
 BASES: dict[str, BaseSpec] = {
-    "vgg16": BaseSpec(keras.applications.VGG16, "vgg16", "caffe", 32, 224, ("block5",)),
-    "xception": BaseSpec(keras.applications.Xception, "xception", "tf", 71, 299, ("block14",)),
-    "resnet50": BaseSpec(keras.applications.ResNet50, "resnet50", "caffe", 32, 224, ("conv5_block3",)),
+    "vgg16": BaseSpec(keras.applications.VGG16, "vgg16", "caffe", 32, ("block5",)),
+    "xception": BaseSpec(keras.applications.Xception, "xception", "tf", 71, ("block14",)),
+    "resnet50": BaseSpec(keras.applications.ResNet50, "resnet50", "caffe", 32, ("conv5_block3",)),
     # EfficientNetV2 rescales and normalizes inside the Keras model: it takes raw 0-255 pixels.
     "efficientnetv2b0": BaseSpec(
-        keras.applications.EfficientNetV2B0, "efficientnetv2-b0", "none", 32, 224, ("block6h", "top_")
+        keras.applications.EfficientNetV2B0, "efficientnetv2-b0", "none", 32, ("block6h", "top_")
     ),
 }
+
+
+@dataclass(frozen=True)
+class ImagenetNetwork:
+    """A whole network of ``keras.applications``, ImageNet top included (``predict --imagenet``)."""
+
+    build: Callable[..., keras.Model]
+    preprocess_input: Callable  # its module's; ImagenetPreprocess does the same (preprocess_mode)
+    side: int  # the input side it was trained at
+
+
+# The networks Keras trained at another input side than DEFAULT_SIDE, and that side. Keras states it only in its
+# code (each constructor's ``default_size``); tests/model/test_imagenet_networks.py checks every network against it.
+DEFAULT_SIDE = 224
+NATIVE_SIDES = {
+    "EfficientNetB1": 240,
+    "EfficientNetB2": 260,
+    "EfficientNetB3": 300,
+    "EfficientNetB4": 380,
+    "EfficientNetB5": 456,
+    "EfficientNetB6": 528,
+    "EfficientNetB7": 600,
+    "EfficientNetV2B1": 240,
+    "EfficientNetV2B2": 260,
+    "EfficientNetV2B3": 300,
+    "EfficientNetV2S": 384,
+    "EfficientNetV2M": 480,
+    "EfficientNetV2L": 480,
+    "InceptionResNetV2": 299,
+    "InceptionV3": 299,
+    "NASNetLarge": 331,
+    "Xception": 299,
+}
+
+
+def _imagenet_networks() -> dict[str, ImagenetNetwork]:
+    """Every network ``keras.applications`` ships, by its constructor's name in lower case (``resnet101v2``).
+
+    The constructors are its capitalized names; the module that defines one has its ``preprocess_input``.
+    """
+    networks = {}
+    for name in sorted(dir(keras.applications)):
+        if name[:1].isupper():
+            build = getattr(keras.applications, name)
+            preprocess_input = sys.modules[build.__module__].preprocess_input
+            networks[name.lower()] = ImagenetNetwork(build, preprocess_input, NATIVE_SIDES.get(name, DEFAULT_SIDE))
+    return networks
+
+
+IMAGENET_NETWORKS = _imagenet_networks()
 
 
 def conv_output_size(size: int, cfg: BaselineConfig) -> int:
@@ -126,7 +188,7 @@ def build_extractor(image_size: int, cfg: FeaturesConfig) -> keras.Model:
     spec = BASES[cfg.base]
     if image_size < spec.min_size:
         raise ConfigError(f"{paths.PARAMS}: image.side {image_size} is below {cfg.base}'s minimum {spec.min_size}")
-    base = _pretrained(cfg, include_top=False, input_shape=(image_size, image_size, 3))
+    base = _pretrained(spec.build, cfg.base, cfg.weights, include_top=False, input_shape=(image_size, image_size, 3))
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = ImagenetPreprocess(spec.preprocess, name="preprocess")(inputs)
     # training=False keeps any BatchNorm in the base in inference mode, even while fine-tuning.
@@ -134,47 +196,53 @@ def build_extractor(image_size: int, cfg: FeaturesConfig) -> keras.Model:
     return keras.Model(inputs, outputs, name="extractor")
 
 
-def build_imagenet_classifier(cfg: FeaturesConfig) -> keras.Model:
-    """Preprocessing + the whole pretrained network with its 1,000-class ImageNet top, at its own input size."""
-    spec = BASES[cfg.base]
-    shape = (spec.imagenet_size, spec.imagenet_size, 3)
-    network = _pretrained(cfg, include_top=True, input_shape=shape)
+def build_imagenet_classifier(name: str, weights: str) -> keras.Model:
+    """Preprocessing + the whole network ``name`` of IMAGENET_NETWORKS with its 1,000-class ImageNet top, at the
+    side it was trained at; ``weights`` as ``features.weights`` says."""
+    spec = IMAGENET_NETWORKS[name]
+    shape = (spec.side, spec.side, 3)
+    # input_shape even at the native side: MobileNetV3 with random weights would otherwise take any side.
+    network = _pretrained(spec.build, name, weights, include_top=True, input_shape=shape)
     inputs = keras.Input(shape, name="image")
-    outputs = network(ImagenetPreprocess(spec.preprocess, name="preprocess")(inputs), training=False)
-    return keras.Model(inputs, outputs, name=f"{cfg.base}_imagenet")
+    preprocess = ImagenetPreprocess(preprocess_mode(spec.preprocess_input), name="preprocess")
+    outputs = network(preprocess(inputs), training=False)
+    return keras.Model(inputs, outputs, name=f"{name}_imagenet")
 
 
-def _pretrained(cfg: FeaturesConfig, include_top: bool, input_shape: tuple[int, int, int]) -> keras.Model:
-    """``keras.applications`` builds the base; every way its weights can fail becomes one ConfigError."""
+def _pretrained(
+    build: Callable[..., keras.Model], name: str, weights: str, include_top: bool, input_shape: tuple[int, int, int]
+) -> keras.Model:
+    """``build`` (a ``keras.applications`` constructor) makes network ``name`` with ``weights`` (as
+    ``features.weights`` says); every way its weights can fail becomes one ConfigError."""
     kind = "full" if include_top else "notop"
-    weights = _weights_argument(cfg, kind)
+    weights = _weights_argument(weights, name, kind)
     try:
-        return BASES[cfg.base].build(include_top=include_top, weights=weights, input_shape=input_shape)
+        return build(include_top=include_top, weights=weights, input_shape=input_shape)
     except Exception as error:
         # Keras raises a bare Exception for a failed download and ValueError/OSError for a bad file.
         if "URL fetch failure" in str(error):
             raise ConfigError(
-                f"{paths.PARAMS}: features.weights is imagenet, but Keras could not download {cfg.base}'s weights "
+                f"{paths.PARAMS}: features.weights is imagenet, but Keras could not download {name}'s weights "
                 "(no network?); set features.weights to a local .h5 file, or none for random weights"
             ) from None
         if weights not in (None, "imagenet"):
             raise ConfigError(
-                f"{paths.PARAMS}: features.weights {weights} is not a {cfg.base} {kind} weights file "
+                f"{paths.PARAMS}: features.weights {weights} is not a {name} {kind} weights file "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:160]}); give the right .h5 file"
             ) from None
         raise
 
 
-def _weights_argument(cfg: FeaturesConfig, kind: str) -> str | None:
-    if cfg.weights == "none":
+def _weights_argument(weights: str, name: str, kind: str) -> str | None:
+    if weights == "none":
         return None
-    if cfg.weights == "imagenet":
+    if weights == "imagenet":
         return "imagenet"
-    path = Path(cfg.weights)
+    path = Path(weights)
     if not path.is_file():
         raise ConfigError(
-            f"{paths.PARAMS}: features.weights {cfg.weights} does not exist; use imagenet, none or the path of "
-            f"{cfg.base}'s {kind} .h5 weights file"
+            f"{paths.PARAMS}: features.weights {weights} does not exist; use imagenet, none or the path of "
+            f"{name}'s {kind} .h5 weights file"
         )
     return os.fspath(path)
 

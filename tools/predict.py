@@ -8,8 +8,10 @@ still classified, and the exit status is then 1.
 
 ``--imagenet`` instead runs the pretrained network with its ImageNet top (``features.base`` and
 ``features.weights`` from params.yaml) and prints each image's top-5 ImageNet classes; ``--base
-vgg16,resnet50,xception`` runs several and prints their guesses side by side. The class names work
-offline: when Keras cannot download its class index, the shipped ``tools/imagenet_classes.tsv`` names them.
+vgg16,resnet50,xception`` runs several and prints their guesses side by side: any network of
+``keras.applications`` by its name in lower case, each at its own input side and with its own preprocessing
+(``--imagenet --base list`` lists them). The class names work offline: when Keras cannot download its class
+index, the shipped ``tools/imagenet_classes.tsv`` names them.
 
 ``--explain OUT_DIR`` also writes each photo with its Grad-CAM heatmap over it (where the model looked), as
 ``<name>.gradcam.png``; an overlay already there is replaced only with ``--force``.
@@ -47,7 +49,13 @@ from dogs_vs_cats.datasets import resized_pixels
 from dogs_vs_cats.digits_io import CLASSES, SIDE
 from dogs_vs_cats.images import BadImage, check_training_decodes, is_high_depth, read_file, read_image
 from dogs_vs_cats.memory import check_fits
-from dogs_vs_cats.models import BASES, build_imagenet_classifier, load_saved, predicted_labels
+from dogs_vs_cats.models import (
+    IMAGENET_NETWORKS,
+    build_imagenet_classifier,
+    load_saved,
+    predicted_labels,
+    preprocess_mode,
+)
 from runtime.errors import PipelineError
 from runtime.files import atomic_path, output_dir, replaceable
 
@@ -274,7 +282,7 @@ def classify_imagenet(bases: list[str], weights: str, files: list[Path], batch_s
         print("note: features.weights is none: the network's weights are random, so are its classes", file=sys.stderr)
     rows = []
     for index, base in enumerate(bases):
-        model = build_imagenet_classifier(FeaturesConfig(base, weights))
+        model = build_imagenet_classifier(base, weights)
         batch = min(batch_size, len(files)) or 1
         check_fits(model, batch, "image.batch_size", f"predicting with {base}", training=False)
         read: list[Path] = []
@@ -330,12 +338,29 @@ def write(rows: list[dict], fmt: str, out: TextIO) -> None:
             out.write("\t".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in shown) + "\n")
 
 
+LIST = "list"  # --base list: the networks --imagenet can run
+PREPROCESSING = {  # ImagenetPreprocess's modes, as --base list describes them
+    "caffe": "caffe: RGB to BGR, minus ImageNet's mean",
+    "tf": "tf: scaled to -1..1",
+    "torch": "torch: scaled to 0..1, then ImageNet's mean and standard deviation",
+    "none": "inside the network: raw 0-255 pixels",
+}
+
+
+def write_networks(out: TextIO) -> None:
+    """``--base list``: each network ``--imagenet`` can run, its input side and its preprocessing."""
+    out.write(f"{'network':<20}{'input':<10}preprocessing\n")
+    for name, network in IMAGENET_NETWORKS.items():
+        side = f"{network.side}x{network.side}"
+        out.write(f"{name:<20}{side:<10}{PREPROCESSING[preprocess_mode(network.preprocess_input)]}\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or globs")
     parser.add_argument("--model", type=Path, default=paths.FINETUNED_MODEL, help="a saved image model")
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text")
-    parser.add_argument("--imagenet", action="store_true", help="top-5 ImageNet classes from the pretrained network")
+    parser.add_argument("--imagenet", action="store_true", help="top-5 ImageNet classes from a pretrained network")
     parser.add_argument(
         "--explain",
         type=Path,
@@ -345,19 +370,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="with --explain: replace overlays written before")
     parser.add_argument(
         "--base",
-        help="with --imagenet: comma-separated bases side by side, e.g. vgg16,resnet50 (default features.base)",
+        metavar="NAMES",
+        help="with --imagenet: keras.applications networks side by side, lower-case and comma-separated, e.g. "
+        f"vgg16,resnet101v2,convnexttiny (default features.base); --base {LIST} shows every name",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.paths and args.base != LIST:
+        parser.error("the following arguments are required: PATH")  # argparse's words: only --base list needs none
+    return args
 
 
 def imagenet_bases(option: str | None, cfg: FeaturesConfig) -> list[str]:
-    """The bases ``--base`` names (default ``features.base``), checked."""
+    """The networks ``--base`` names (default ``features.base``), checked."""
     if option is None:
         return [cfg.base]
     bases = [base.strip() for base in option.split(",") if base.strip()]
-    unknown = [base for base in bases if base not in BASES]
+    unknown = [base for base in bases if base not in IMAGENET_NETWORKS]
     if unknown or not bases:
-        raise PipelineError(f"--base {option}: unknown base {unknown[0] if unknown else ''!r}; use {', '.join(BASES)}")
+        raise PipelineError(
+            f"--base {option}: unknown network {unknown[0] if unknown else ''!r}; "
+            f"python -m tools.predict --imagenet --base {LIST} lists the {len(IMAGENET_NETWORKS)} there are"
+        )
     if bases != [cfg.base] and cfg.weights not in ("imagenet", "none"):
         raise PipelineError(f"--base {option}: features.weights is a file for {cfg.base}; use imagenet or none")
     return bases
@@ -365,7 +398,13 @@ def imagenet_bases(option: str | None, cfg: FeaturesConfig) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.base is not None and not args.imagenet:
+        raise PipelineError("--base chooses the networks of --imagenet; add --imagenet, or leave --base out")
+    if args.base == LIST:
+        write_networks(sys.stdout)
+        return
     params = load_params()
+    bases = imagenet_bases(args.base, params.features) if args.imagenet else []  # before any photo is read
     files, errors = expand(args.paths)
     batch_size = params.image.batch_size
     results = sys.stdout
@@ -373,12 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.redirect_stdout(sys.stderr):
         if args.imagenet and args.explain:
             raise PipelineError("--explain works with a cat/dog model, not with --imagenet")
-        if args.base is not None and not args.imagenet:
-            raise PipelineError("--base chooses the networks of --imagenet; add --imagenet, or leave --base out")
         overlays = overlay_paths(files, args.explain, args.force) if args.explain else None
         if args.imagenet:
-            rows = classify_imagenet(imagenet_bases(args.base, params.features), params.features.weights, files,
-                                     batch_size, errors)  # fmt: skip
+            rows = classify_imagenet(bases, params.features.weights, files, batch_size, errors)
         else:
             model = load_saved(args.model)
             print(f"predict: {args.model} computes in {precision_of(model)}, as it was trained", file=sys.stderr)

@@ -185,7 +185,11 @@ def test_imagenet_runs_several_bases_side_by_side(trained: Path, photos: Path, c
 @pytest.mark.parametrize(
     ("option", "weights", "error"),
     [
-        ("vgg16,alexnet", "none", "--base vgg16,alexnet: unknown base 'alexnet'; use vgg16, xception"),
+        (
+            "vgg16,alexnet",
+            "none",
+            "--base vgg16,alexnet: unknown network 'alexnet'; python -m tools.predict --imagenet --base list lists",
+        ),
         ("vgg16,resnet50", "data/weights/v.h5", "--base vgg16,resnet50: features.weights is a file for vgg16"),
     ],
 )
