@@ -174,10 +174,10 @@ def test_offline_the_imagenet_names_come_from_the_shipped_file(monkeypatch, caps
 
 def test_imagenet_runs_several_bases_side_by_side(trained: Path, photos: Path, capsys) -> None:
     with inside(trained):
-        predict.main([str(photos / "cat.jpg"), "--imagenet", "--base", "vgg16,resnet50"])
+        predict.main([str(photos / "cat.jpg"), "--imagenet", "--base", "mobilenet,mobilenetv3small"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(photos / "cat.jpg")
-    assert lines[1].split() == ["rank", "vgg16", "resnet50"]
+    assert lines[1].split() == ["rank", "mobilenet", "mobilenetv3small"]
     assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3", "4", "5"]
     assert all(len(line.split()) == 5 for line in lines[2:])  # rank, then name (p) for each base
 
