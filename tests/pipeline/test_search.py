@@ -151,7 +151,7 @@ def test_two_clones_share_one_study_through_the_grpc_proxy_and_push_every_trial(
 
     best = study.best_trial
     for clone in (a, b):
-        sh(["dvc", "exp", "pull", "origin", *sorted(names)], clone)
+        sh(["dvc", "exp", "pull", "origin"], clone)  # as the docs say: every experiment of this commit
         assert set(experiments(clone)) >= names
         for trial in finished:
             ran = params_of(clone, experiments(clone)[f"digits-{trial.number}"])
