@@ -177,6 +177,25 @@ def check_values(key: str, dist: BaseDistribution, where: str) -> None:
             raise PipelineError(f"{where}: {key}: {shown(value)} is refused ({error})") from None
 
 
+def check_targets(space: Space) -> None:
+    """Each stage of ``run`` is in dvc.yaml, and the stages it runs write the objective's and test's files: one
+    line now, not a failed trial each."""
+    from dvc.exceptions import DvcException  # DVC takes a second to import; only here
+    from dvc.repo import Repo
+
+    repo = Repo(os.curdir, uninitialized=True)
+    written = set()
+    for target in space.run:
+        try:
+            stages = repo.stage.collect(target, with_deps=True)
+        except DvcException as error:
+            raise PipelineError(f"{space.path}: run: {one_line(error)}; dvc stage list names the stages") from None
+        written |= {str(out.def_path) for stage in stages for out in stage.outs}
+    for key, wanted in (("objective.metric", space.objective), ("test", space.test)):
+        if wanted is not None and wanted.file not in written:
+            raise PipelineError(f"{space.path}: {key} {wanted}: no stage that run runs writes {wanted.file}")
+
+
 def shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -516,6 +535,7 @@ def main(argv: list[str] | None = None) -> None:
         raise PipelineError(f"--trials {args.trials!r}: give a whole number, 1 or more")
     if not Path("dvc.yaml").is_file() or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode:
         raise PipelineError("run the search at the root of a Git clone of the project with a commit (dvc.yaml here)")
+    check_targets(space)
     study = open_study(space, name, open_storage(args.storage, name), args.storage)
     try:
         Worker(space, study, int(args.trials or space.trials), args.push, load_params().seed).run()

@@ -7,6 +7,7 @@ params; tests/pipeline/test_search.py runs real trials, on two clones and one st
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -54,6 +55,33 @@ def test_the_shipped_digits_space_reads_into_optuna_distributions() -> None:
     assert space.params["digits.network"].choices == ("lenet5", "book", "strong")
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in search.SPACES_DIR.glob("*.yaml")))
+def test_each_shipped_space_names_params_stages_and_metrics_that_exist(name: str) -> None:
+    space = search.load_space(search.space_path(name))  # its params and values: the schema's
+    search.check_targets(space)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (
+            ("run: [digits_evaluate@mnist]", "run: [digits_evaluate@mnsit]"),
+            "run: Stage 'digits_evaluate@mnsit' not found",
+        ),
+        (
+            ("mnist/metrics.json:best", "fashion_mnist/metrics.json:best"),
+            "no stage that run runs writes metrics/digits/fa",
+        ),
+    ],
+)
+def test_a_stage_that_is_not_there_or_a_metric_no_stage_writes_is_one_line(
+    tmp_path: Path, change: tuple[str, str], said: str
+) -> None:
+    path = space_file(tmp_path, GOOD.replace(*change))
+    with pytest.raises(PipelineError, match=re.escape(said)):
+        search.check_targets(search.load_space(path))
+
+
 def test_ranges_of_ints_are_int_ranges_and_of_floats_float_ranges(tmp_path: Path) -> None:
     space = search.load_space(space_file(tmp_path, GOOD))
     assert isinstance(space.params["digits.batch_size"], optuna.distributions.IntDistribution)
@@ -91,7 +119,9 @@ def test_a_bad_space_is_one_line_naming_the_file_and_key_before_any_trial(
 
 
 def test_a_space_name_that_is_no_file_lists_the_shipped_ones() -> None:
-    with pytest.raises(PipelineError, match=r"no search space 'digit': give one of digits \(configs/search/\)"):
+    with pytest.raises(
+        PipelineError, match=r"no search space .digit.: give one of digits, finetune, head \(configs/search/\)"
+    ):
         search.space_path("digit")
 
 
