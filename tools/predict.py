@@ -384,7 +384,8 @@ def imagenet_bases(option: str | None, cfg: FeaturesConfig) -> list[str]:
     """The networks ``--base`` names (default ``features.base``), checked."""
     if option is None:
         return [cfg.base]
-    bases = [base.strip() for base in option.split(",") if base.strip()]
+    # Keras's names in any case (VGG16), each network once however often it is named.
+    bases = list(dict.fromkeys(base.strip().lower() for base in option.split(",") if base.strip()))
     unknown = [base for base in bases if base not in IMAGENET_NETWORKS]
     if unknown or not bases:
         raise PipelineError(

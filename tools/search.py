@@ -49,7 +49,7 @@ from tools.scenarios import flag_value
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "configs" / "search"
 SEARCH_DIR = paths.CACHE_DIR / "search"  # the default storage and each trial's log: scratch space
-NAME = re.compile(r"[A-Za-z0-9_-]+")  # a study's name: part of each experiment's name, a Git ref
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a study's name: in each experiment's name, a Git ref
 SPACE_KEYS = {"trials", "run", "objective", "test", "params"}
 HEARTBEAT = 30  # seconds between a running trial's signs of life in the storage
 STALE = 600  # seconds without one after which another machine's running trial counts as lost
@@ -82,7 +82,7 @@ class Space:
     def fingerprint(self) -> str:
         """What makes two runs one study: everything but the number of trials, which may grow."""
         described = {key: optuna.distributions.distribution_to_json(dist) for key, dist in self.params.items()}
-        text = json.dumps([self.run, str(self.objective), self.direction, described], sort_keys=True)
+        text = json.dumps([self.run, str(self.objective), self.direction, str(self.test), described], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -113,7 +113,7 @@ def load_space(path: Path) -> Space:
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise PipelineError(f"{where}: trials is {trials!r}; give a whole number, 1 or more")
     targets = raw["run"] if isinstance(raw["run"], list) else [raw["run"]]
-    if not targets or not all(isinstance(t, str) and t for t in targets):
+    if not targets or not all(isinstance(t, str) and t and not t.startswith("-") for t in targets):
         raise PipelineError(f"{where}: run must name the dvc.yaml stages a trial runs, e.g. [digits_evaluate@mnist]")
     objective = raw["objective"]
     if not isinstance(objective, dict) or set(objective) != {"metric", "direction"}:
@@ -126,6 +126,8 @@ def load_space(path: Path) -> Space:
             f"{where}: objective.metric {chosen_by} is no validation number; choose by a training stage's "
             "best.val_loss or best.val_accuracy (the test split never chooses)"
         )
+    if chosen_by.key.endswith("loss") and objective["direction"] == "maximize":
+        raise PipelineError(f"{where}: objective.direction maximize for {chosen_by.key}, a loss; use minimize")
     test = metric(raw["test"], f"{where}: test") if raw.get("test") is not None else None
     if not isinstance(raw["params"], dict) or not raw["params"]:
         raise PipelineError(f"{where}: params must map params.yaml keys to their ranges or choices")
@@ -162,6 +164,10 @@ def distribution(value: Any, where: str) -> BaseDistribution:
         raise PipelineError(f"{where}: log: true needs low above 0, not {low}")
     if log and step is not None:
         raise PipelineError(f"{where}: give log or step, not both")
+    if step is not None and (
+        step <= 0 or abs(round((high - low) / step) * step - (high - low)) > 1e-9 * abs(high - low)
+    ):
+        raise PipelineError(f"{where}: step {step} does not divide {low}..{high} into whole steps")
     if all(isinstance(v, int) for v in numbers):
         return IntDistribution(low, high, log=log, step=step or 1)
     return FloatDistribution(float(low), float(high), log=log, step=step)
@@ -184,13 +190,20 @@ def check_targets(space: Space) -> None:
     from dvc.repo import Repo
 
     repo = Repo(os.curdir, uninitialized=True)
-    written = set()
+    written, read = set(), set()
     for target in space.run:
         try:
             stages = repo.stage.collect(target, with_deps=True)
         except DvcException as error:
             raise PipelineError(f"{space.path}: run: {one_line(error)}; dvc stage list names the stages") from None
         written |= {str(out.def_path) for stage in stages for out in stage.outs}
+        read |= {key for stage in stages for dep in stage.deps if hasattr(dep, "read_params") for key in dep.params}
+    for key in space.params:
+        if not any(key == section or key.startswith(f"{section}.") for section in read):
+            raise PipelineError(
+                f"{space.path}: {key} is no param of the stages that run runs ({', '.join(space.run)}); "
+                "a trial would not change with it"
+            )
     for key, wanted in (("objective.metric", space.objective), ("test", space.test)):
         if wanted is not None and wanted.file not in written:
             raise PipelineError(f"{space.path}: {key} {wanted}: no stage that run runs writes {wanted.file}")
@@ -212,8 +225,33 @@ def open_storage(option: str, study: str) -> Any:
     if "://" in option:
         return option  # an RDB URL (sqlite:///, postgresql://, mysql://): Optuna opens it
     path = Path(option or SEARCH_DIR / f"{study}.journal")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    check_journal(path, option)
+    try:
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except (OSError, ValueError) as error:  # ValueError: JSON that is no journal after all
+        raise PipelineError(f"--storage {path}: cannot use it as the study's journal ({one_line(error)})") from None
+
+
+def check_journal(path: Path, option: str) -> None:
+    """A journal file is new, or one Optuna wrote (JSON lines with op codes): never a user's file, a FIFO, a
+    folder. Its folder is made if missing."""
+    where = f"--storage {option}" if option else str(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            return
+        if not path.is_file():
+            raise PipelineError(f"{where}: not a regular file; give a journal file's path (it is made if missing)")
+        with path.open("rb") as journal:
+            first = journal.readline(1 << 16)
+    except OSError as error:
+        raise PipelineError(f"{where}: cannot use it ({error.strerror or error}); give another path") from None
+    try:
+        is_journal = not first or "op_code" in json.loads(first)
+    except (ValueError, TypeError):
+        is_journal = False
+    if not is_journal:
+        raise PipelineError(f"{where}: holds something other than an Optuna journal; give a new file's path")
 
 
 def open_study(space: Space, name: str, storage: Any, option: str) -> optuna.Study:
@@ -222,15 +260,36 @@ def open_study(space: Space, name: str, storage: Any, option: str) -> optuna.Stu
         study = optuna.create_study(storage=storage, study_name=name, direction=space.direction, load_if_exists=True)
     except Exception as error:  # a driver missing, a server unreachable: Optuna and gRPC raise many kinds
         raise PipelineError(f"--storage {option or 'default'}: cannot open study {name} ({one_line(error)})") from None
-    fingerprint = study.user_attrs.get("space")
-    if fingerprint is None:
-        study.set_user_attr("space", space.fingerprint())
-    elif fingerprint != space.fingerprint():
+    now = {"space": space.fingerprint(), "base": base_of(space)}
+    started = {key: study.user_attrs.get(key) for key in now}
+    if started != now and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if started["space"] != now["space"]:
+            raise PipelineError(
+                f"study {name} was started with another search space than {space.path}; "
+                "restore the file, or start a new study with --study NAME"
+            )
         raise PipelineError(
-            f"study {name} was started with another search space than {space.path}; "
-            "restore the file, or start a new study with --study NAME"
+            f"study {name} was started on another commit or other params.yaml values (those outside its space): "
+            "its trials would not compare; check out that state, or start a new study with --study NAME"
         )
+    for key, value in now.items():  # a study with no finished trial yet takes the space and base it is given
+        if started[key] != value:
+            study.set_user_attr(key, value)
     return study
+
+
+def base_of(space: Space) -> str:
+    """What every trial of a study starts from: the commit, and params.yaml's values outside the space."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    params = read_yaml(paths.PARAMS)
+    for key in space.params:
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return hashlib.sha256(json.dumps([commit, params], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def experiment_refs() -> dict[str, str]:
@@ -341,9 +400,18 @@ class Worker:
         except BaseException:  # Ctrl-C, SIGTERM: the trial goes back to the study, to run again first
             self.give_back(trial.number, trial.params)
             raise
-        if test is not None:
-            trial.set_user_attr("test", test)
-        self.study.tell(trial, value)
+        try:
+            if test is not None:
+                trial.set_user_attr("test", test)
+            self.study.tell(trial, value)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker took it for lost (no heartbeat)
+            print(
+                f"{experiment}: another worker gave this trial up for lost meanwhile (no heartbeat for {STALE} s); "
+                "its experiment stays, and its params run again as a new trial",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         self.push_experiment(experiment)
         best = self.study.best_trial
         print(
@@ -379,8 +447,7 @@ class Worker:
             return
         pushed = subprocess.run(["dvc", "exp", "push", self.push, experiment], capture_output=True, text=True)
         if pushed.returncode:
-            lines = [line for line in (pushed.stdout + pushed.stderr).splitlines() if line.strip()]
-            said = lines[-1] if lines else "dvc exp push failed"
+            said = error_line(pushed.stdout + pushed.stderr)
             print(f"{experiment}: not pushed to {self.push}: {said}", file=sys.stderr, flush=True)
 
     def params_text(self, params: dict[str, Any]) -> str:
@@ -432,7 +499,8 @@ def run_logged(command: list[str], log: Path, echo: bool, trial: optuna.Trial) -
     Its own group: a Ctrl-C or SIGTERM here reaches the stage through one SIGINT to the group, which ends the
     stage in one line (its checkpoint kept) and dvc after it; what is left after STOP_WAIT seconds is killed."""
     with log.open("wb") as out:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        with stoppable_children():
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         trial.set_user_attr("group", child.pid)
         trial.set_user_attr("group_started", start_time(child.pid))
         try:
@@ -446,6 +514,20 @@ def run_logged(command: list[str], log: Path, echo: bool, trial: optuna.Trial) -
         finally:
             if child.poll() is None:
                 stop_group(child.pid, start_time(child.pid), child)
+
+
+@contextlib.contextmanager
+def stoppable_children() -> Iterator[None]:
+    """Children started here stop on stop_group's SIGINT even where this search ignores SIGINT (started with ``&``
+    by a script): an ignored signal is inherited, a handler is not. This process still ignores it meanwhile."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def stop_group(group: int, started: int, child: subprocess.Popen | None = None) -> None:
@@ -470,9 +552,10 @@ def stop_group(group: int, started: int, child: subprocess.Popen | None = None) 
         child.wait()
 
 
-def error_line(log: Path) -> str:
+def error_line(log: Path | str) -> str:
     """The line that says why a trial failed: the stage's ``error:`` line, else DVC's ``ERROR:``, else the last."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    text = log.read_text(errors="replace") if isinstance(log, Path) else log
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for prefix in ("error:", "ERROR:"):
         found = [line for line in lines if line.startswith(prefix)]
         if found:
@@ -483,8 +566,13 @@ def error_line(log: Path) -> str:
 def serve(address: str, option: str) -> None:
     """Serve a storage to workers on other machines through Optuna's gRPC proxy, until Ctrl-C."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise PipelineError(f"--serve {address}: write it as HOST:PORT, e.g. 0.0.0.0:13000")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PipelineError(f"--serve {address}: write it as HOST:PORT with a port of 1-65535, e.g. 0.0.0.0:13000")
+    try:  # gRPC binds with SO_REUSEPORT: a second server on a port in use would start, and split the workers
+        with socket.create_server((host, int(port))):
+            pass
+    except OSError as error:
+        raise PipelineError(f"--serve {address}: cannot listen there ({error.strerror or error})") from None
     if option.startswith("grpc://"):
         raise PipelineError("--serve shares a journal file or an RDB URL; --storage grpc:// is a served one")
     storage = open_storage(option or str(SEARCH_DIR / "studies.journal"), "studies")
@@ -522,6 +610,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is one line of ours
+    # A closed terminal or ssh session ends a search as SIGTERM does (its trial given back, its run
+    # stopped), and a server.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup's stays
+        signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    if not Path("dvc.yaml").is_file() or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode:
+        raise PipelineError("run the search at the root of a Git clone of the project with a commit (dvc.yaml here)")
     if args.serve:
         serve(args.serve, args.storage)
         return
@@ -530,11 +624,12 @@ def main(argv: list[str] | None = None) -> None:
     space = load_space(space_path(args.space))
     name = args.study or space.path.stem
     if not NAME.fullmatch(name):
-        raise PipelineError(f"--study {name!r}: use letters, digits, - and _ (it names each trial's experiment)")
+        named = "--study" if args.study else f"the study's name (the space file's, {space.path.name}; or --study)"
+        raise PipelineError(f"{named} {name!r}: use up to 64 letters, digits, - and _, starting with a letter or digit")
     if args.trials and not (args.trials.isdigit() and int(args.trials) > 0):
         raise PipelineError(f"--trials {args.trials!r}: give a whole number, 1 or more")
-    if not Path("dvc.yaml").is_file() or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode:
-        raise PipelineError("run the search at the root of a Git clone of the project with a commit (dvc.yaml here)")
+    if args.push and subprocess.run(["git", "remote", "get-url", args.push], capture_output=True).returncode:
+        raise PipelineError(f"--push {args.push}: no such Git remote here; git remote -v lists them")
     check_targets(space)
     study = open_study(space, name, open_storage(args.storage, name), args.storage)
     try:

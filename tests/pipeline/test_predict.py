@@ -182,6 +182,13 @@ def test_imagenet_runs_several_bases_side_by_side(trained: Path, photos: Path, c
     assert all(len(line.split()) == 5 for line in lines[2:])  # rank, then name (p) for each base
 
 
+def test_base_takes_keras_names_in_any_case_and_each_network_once() -> None:
+    from dogs_vs_cats.config import FeaturesConfig
+
+    chosen = predict.imagenet_bases("VGG16, vgg16,MobileNet,vgg16", FeaturesConfig("vgg16", "none"))
+    assert chosen == ["vgg16", "mobilenet"]
+
+
 @pytest.mark.parametrize(
     ("option", "weights", "error"),
     [

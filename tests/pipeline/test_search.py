@@ -66,9 +66,12 @@ def params_of(clone: Path, ref: str) -> dict:
 def test_a_search_killed_half_way_ends_in_one_line_and_continues_with_the_same_params(clones) -> None:
     _, a, _ = clones
     log = a / "data/cache/search/killed/killed-0.log"
+    # Started as a script's `&` starts it: SIGINT ignored, which its children would inherit, and the trial's
+    # dvc exp run would not stop on the SIGINT the search sends it.
     worker = subprocess.Popen(
         [sys.executable, "-m", "tools.search", "digits", "--study", "killed", "--trials", "1"],
         cwd=a, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while not (log.is_file() and "Running stage 'digits_train@mnist'" in log.read_text()):

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 from runtime.errors import PipelineError
+from tests.conftest import write_params
 from tools import search
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,9 +227,121 @@ def test_a_running_trial_of_a_live_worker_is_left_alone(tmp_path: Path) -> None:
     assert len(worker.ran) == 2 and shared.get_trials()[0].state == TrialState.RUNNING
 
 
-def test_a_study_refuses_a_changed_space_under_the_same_name(tmp_path: Path) -> None:
+def test_a_study_refuses_a_changed_space_once_a_trial_finished(tmp_path: Path) -> None:
     storage = search.open_storage(str(tmp_path / "s.journal"), "s")
-    search.open_study(search.load_space(search.space_path("digits")), "s", storage, "")
+    shipped = search.load_space(search.space_path("digits"))
     changed = search.load_space(space_file(tmp_path, GOOD))
+    search.open_study(changed, "s", storage, "")
+    FakeWorker(search.open_study(shipped, "s", storage, ""), 1).run()  # no trial had finished: a fix is taken
     with pytest.raises(PipelineError, match="was started with another search space"):
         search.open_study(changed, "s", storage, "")
+    test_changed = space_file(
+        tmp_path, (search.SPACES_DIR / "digits.yaml").read_text().replace(":accuracy", ":f1_macro")
+    )
+    with pytest.raises(PipelineError, match="was started with another search space"):  # test: is part of it
+        search.open_study(search.load_space(test_changed), "s", storage, "")
+
+
+def test_a_study_refuses_another_commit_or_other_params_outside_its_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    monkeypatch.chdir(project)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "p"]):
+        subprocess.run(["git", *command], check=True)
+    space = search.load_space(search.space_path("digits"))
+    storage = search.open_storage("s.journal", "s")
+    FakeWorker(search.open_study(space, "s", storage, ""), 1).run()
+    params = (project / "params.yaml").read_text()
+    write_params(project / "params.yaml", {"digits.dropout": 0.3})  # in the space: the trials vary it
+    search.open_study(space, "s", storage, "")
+    write_params(project / "params.yaml", {"digits.epochs": 3})  # outside the space
+    with pytest.raises(PipelineError, match=r"started on another commit or other params\.yaml values"):
+        search.open_study(space, "s", storage, "")
+    (project / "params.yaml").write_text(params)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "q"])
+    with pytest.raises(PipelineError, match="started on another commit"):
+        search.open_study(space, "s", storage, "")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "a user's file", "not a journal's JSON"])
+def test_a_storage_path_that_is_no_journal_is_one_line_and_stays_untouched(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "store"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("my notes\n" if kind == "a user's file" else '{"notes": 1}\n')
+    before = path.read_text() if path.is_file() else None
+    with pytest.raises(PipelineError, match=f"--storage {re.escape(str(path))}: "):
+        search.open_storage(str(path), "s")
+    assert (path.read_text() if path.is_file() else None) == before
+
+
+def test_a_trial_another_worker_took_for_lost_is_left_to_it_and_the_search_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    class Overtaken(FakeWorker):
+        def execute(self, trial: optuna.Trial, experiment: str) -> tuple[float, float | None]:
+            if trial.number == 0:
+                self.give_back(trial.number, trial.params)  # what recover_lost does in another worker
+            return super().execute(trial, experiment)
+
+    worker = Overtaken(study(tmp_path), 2)
+    worker.run()
+    trials = worker.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].user_attrs["rerun_of"] == 0 and trials[1].params == trials[0].params
+    assert "digits-0: another worker gave this trial up for lost" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (("digits.network: [book, strong]", "evaluate.threshold: {low: 0.3, high: 0.7}"), "is no param of the stages"),
+        (('best.val_accuracy"', 'best.val_loss"'), "a loss; use minimize"),
+        (("run: [digits_evaluate@mnist]", "run: [-f]"), "run must name the dvc.yaml stages"),
+        (("{low: 32, high: 256}", "{low: 32, high: 256, step: 100}"), "step 100 does not divide 32..256"),
+    ],
+)
+def test_a_space_that_could_not_judge_its_trials_is_one_line(
+    tmp_path: Path, change: tuple[str, str], said: str
+) -> None:
+    path = space_file(tmp_path, GOOD.replace(*change))
+    with pytest.raises(PipelineError, match=re.escape(said)):
+        search.check_targets(search.load_space(path))
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["digits", "--study=-x"], "--study '-x': use up to 64 letters"),
+        (["digits", "--push", "nosuch"], "--push nosuch: no such Git remote here"),
+        (["--serve", "127.0.0.1:99999"], "with a port of 1-65535"),
+    ],
+)
+def test_wrong_options_are_one_line_before_any_work(args: list[str], said: str) -> None:
+    with pytest.raises(PipelineError, match=re.escape(said)):
+        search.main(args)
+
+
+def test_a_second_server_on_a_port_in_use_is_refused_and_sighup_ends_a_server(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "tools.search", "--serve", f"127.0.0.1:{port}", "--storage"]
+    server = subprocess.Popen([*command, str(tmp_path / "a.journal")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert server.stdout is not None and "serving" in server.stdout.readline()
+        second = subprocess.run([*command, str(tmp_path / "b.journal")], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert second.returncode == 1 and second.stderr.startswith(f"error: --serve 127.0.0.1:{port}: cannot listen")
+    finally:
+        server.send_signal(signal.SIGHUP)  # the terminal or ssh session closed
+        _, err = server.communicate(timeout=30)
+    assert (server.returncode, err) == (128 + signal.SIGTERM, "error: terminated\n")
