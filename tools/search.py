@@ -397,7 +397,7 @@ class Worker:
             self.study.tell(trial, state=TrialState.FAIL)
             print(f"{experiment}  {self.params_text(trial.params)}  failed: {failure}", flush=True)
             return
-        except BaseException:  # Ctrl-C, SIGTERM: the trial goes back to the study, to run again first
+        except BaseException:  # Ctrl-C, SIGTERM, a metric missing: the trial goes back, to run again first
             self.give_back(trial.number, trial.params)
             raise
         try:
@@ -435,12 +435,13 @@ class Worker:
         ref = experiment_refs().get(experiment)
         if ref is None:
             raise TrialFailed(f"dvc exp run made no experiment {experiment} (log: {log})")
+        # A metric the experiment lacks is the space file's mistake, not the trial's: the search stops in one line,
+        # the trial given back (its params run first once the file is fixed), instead of failing every trial.
         try:
-            return read_metric(ref, self.space.objective), read_metric(
-                ref, self.space.test
-            ) if self.space.test else None
+            objective = read_metric(ref, self.space.objective)
+            return objective, read_metric(ref, self.space.test) if self.space.test else None
         except PipelineError as error:
-            raise TrialFailed(f"{error} ({self.space.path})") from None
+            raise PipelineError(f"{experiment}: {error}; fix {self.space.path}") from None
 
     def push_experiment(self, experiment: str) -> None:
         if not self.push:

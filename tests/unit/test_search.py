@@ -193,6 +193,18 @@ def test_a_failed_trial_is_recorded_with_its_error_line_and_the_study_goes_on(
     assert all("test" not in line for line in lines[:-1])
 
 
+def test_a_metric_the_experiment_lacks_stops_the_search_and_gives_the_trial_back(tmp_path: Path) -> None:
+    class NoMetric(FakeWorker):
+        def execute(self, trial: optuna.Trial, experiment: str) -> tuple[float, float | None]:
+            raise PipelineError(f"{experiment}: metrics/digits/mnist.json has no number at acuracy; fix space.yaml")
+
+    stopped = NoMetric(study(tmp_path), 3)
+    with pytest.raises(PipelineError, match=r"fix space\.yaml"):
+        stopped.run()
+    trials = stopped.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING] and not stopped.counted()
+
+
 def test_the_study_ends_at_its_number_of_trials_counted_over_every_run(tmp_path: Path) -> None:
     FakeWorker(study(tmp_path), 2).run()
     again = FakeWorker(study(tmp_path), 2)
