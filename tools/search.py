@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -158,6 +159,8 @@ def distribution(value: Any, where: str) -> BaseDistribution:
     numbers = (low, high) if step is None else (low, high, step)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers) or not isinstance(log, bool):
         raise PipelineError(f"{where}: low, high and step must be numbers and log true or false")
+    if not all(math.isfinite(v) for v in numbers):
+        raise PipelineError(f"{where}: low, high and step must be finite numbers")
     if not low < high:
         raise PipelineError(f"{where}: low {low} is not below high {high}; the range is empty")
     if log and low <= 0:
@@ -228,8 +231,11 @@ def open_storage(option: str, study: str) -> Any:
     check_journal(path, option)
     try:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    except (OSError, ValueError) as error:  # ValueError: JSON that is no journal after all
-        raise PipelineError(f"--storage {path}: cannot use it as the study's journal ({one_line(error)})") from None
+    except Exception as error:  # Optuna reads the whole journal here: a damaged line raises what it meets
+        raise PipelineError(
+            f"--storage {path}: cannot read it as an Optuna journal ({type(error).__name__}: {one_line(error)}); "
+            "give a new file's path, or restore the journal"
+        ) from None
 
 
 def check_journal(path: Path, option: str) -> None:
@@ -237,6 +243,9 @@ def check_journal(path: Path, option: str) -> None:
     folder. Its folder is made if missing."""
     where = f"--storage {option}" if option else str(path)
     try:
+        for folder in (path.parent, *path.parent.parents):
+            if folder.exists() and not folder.is_dir():
+                raise PipelineError(f"{where}: {folder} is a file, not a folder; give another path")
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             return
@@ -247,9 +256,10 @@ def check_journal(path: Path, option: str) -> None:
     except OSError as error:
         raise PipelineError(f"{where}: cannot use it ({error.strerror or error}); give another path") from None
     try:
-        is_journal = not first or "op_code" in json.loads(first)
-    except (ValueError, TypeError):
-        is_journal = False
+        record = json.loads(first) if first else None
+    except ValueError:
+        record = ""
+    is_journal = record is None or (isinstance(record, dict) and isinstance(record.get("op_code"), int))
     if not is_journal:
         raise PipelineError(f"{where}: holds something other than an Optuna journal; give a new file's path")
 
@@ -567,6 +577,7 @@ def error_line(log: Path | str) -> str:
 def serve(address: str, option: str) -> None:
     """Serve a storage to workers on other machines through Optuna's gRPC proxy, until Ctrl-C."""
     host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:13000, as gRPC writes an IPv6 address
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise PipelineError(f"--serve {address}: write it as HOST:PORT with a port of 1-65535, e.g. 0.0.0.0:13000")
     try:  # gRPC binds with SO_REUSEPORT: a second server on a port in use would start, and split the workers

@@ -278,7 +278,10 @@ def test_a_study_refuses_another_commit_or_other_params_outside_its_space(
         search.open_study(space, "s", storage, "")
 
 
-@pytest.mark.parametrize("kind", ["folder", "fifo", "a user's file", "not a journal's JSON"])
+JSON_NOT_JOURNAL = {"other JSON": '{"notes": 1}\n', "a string": '"op_code"\n', "op code only": '{"op_code": 0}\n'}
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "a user's file", *JSON_NOT_JOURNAL])
 def test_a_storage_path_that_is_no_journal_is_one_line_and_stays_untouched(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "store"
     if kind == "folder":
@@ -286,11 +289,18 @@ def test_a_storage_path_that_is_no_journal_is_one_line_and_stays_untouched(tmp_p
     elif kind == "fifo":
         os.mkfifo(path)
     else:
-        path.write_text("my notes\n" if kind == "a user's file" else '{"notes": 1}\n')
+        path.write_text(JSON_NOT_JOURNAL.get(kind, "my notes\n"))
     before = path.read_text() if path.is_file() else None
     with pytest.raises(PipelineError, match=f"--storage {re.escape(str(path))}: "):
         search.open_storage(str(path), "s")
     assert (path.read_text() if path.is_file() else None) == before
+
+
+def test_a_storage_path_under_a_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(PipelineError, match=r"notes\.txt is a file, not a folder"):
+        search.open_storage(str(tmp_path / "notes.txt/s.journal"), "s")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_a_trial_another_worker_took_for_lost_is_left_to_it_and_the_search_goes_on(
@@ -317,6 +327,7 @@ def test_a_trial_another_worker_took_for_lost_is_left_to_it_and_the_search_goes_
         (('best.val_accuracy"', 'best.val_loss"'), "a loss; use minimize"),
         (("run: [digits_evaluate@mnist]", "run: [-f]"), "run must name the dvc.yaml stages"),
         (("{low: 32, high: 256}", "{low: 32, high: 256, step: 100}"), "step 100 does not divide 32..256"),
+        (("{low: 32, high: 256}", "{low: 32.0, high: 256.0, step: .inf}"), "must be finite numbers"),
     ],
 )
 def test_a_space_that_could_not_judge_its_trials_is_one_line(
