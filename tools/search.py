@@ -45,8 +45,9 @@ from dogs_vs_cats import paths
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.typed_yaml import ConfigError, read_yaml
 from runtime.errors import PipelineError, one_line
+from runtime.files import input_file
 from runtime.processes import gone, start_time
-from tools.scenarios import flag_value
+from tools.scenarios import set_flags
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "configs" / "search"
 SEARCH_DIR = paths.CACHE_DIR / "search"  # the default storage and each trial's log: scratch space
@@ -242,19 +243,21 @@ def check_journal(path: Path, option: str) -> None:
     """A journal file is new, or one Optuna wrote (JSON lines with op codes): never a user's file, a FIFO, a
     folder. Its folder is made if missing."""
     where = f"--storage {option}" if option else str(path)
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise PipelineError(f"{where}: {folder} is a file, not a folder; give another path")
     try:
-        for folder in (path.parent, *path.parent.parents):
-            if folder.exists() and not folder.is_dir():
-                raise PipelineError(f"{where}: {folder} is a file, not a folder; give another path")
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            return
-        if not path.is_file():
-            raise PipelineError(f"{where}: not a regular file; give a journal file's path (it is made if missing)")
-        with path.open("rb") as journal:
-            first = journal.readline(1 << 16)
     except OSError as error:
         raise PipelineError(f"{where}: cannot use it ({error.strerror or error}); give another path") from None
+    if not path.exists():
+        return
+    try:
+        input_file(path, "give a journal file's path (it is made if missing)")
+    except PipelineError as error:  # its line names the path; say which option gave it
+        raise PipelineError(f"--storage {error}" if option else str(error)) from None
+    with path.open("rb") as journal:  # a regular file that opened: cannot block
+        first = journal.readline(1 << 16)
     try:
         record = json.loads(first) if first else None
     except ValueError:
@@ -432,10 +435,7 @@ class Worker:
 
     def execute(self, trial: optuna.Trial, experiment: str) -> tuple[float, float | None]:
         """Run the trial as the experiment ``experiment``: its objective value and test number."""
-        flags = [flag for key, value in trial.params.items() for flag in ("-S", f"{key}={flag_value(value)}")]
-        command = ["dvc", "exp", "run", "--temp", "-n", experiment, *flags, *self.space.run]
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
-        trial.set_user_attr("revision", revision.strip())
+        command = ["dvc", "exp", "run", "--temp", "-n", experiment, *set_flags(trial.params), *self.space.run]
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{experiment}.log"
         if self.echo:
