@@ -538,14 +538,9 @@ def test_editing_a_module_changes_only_the_stages_that_run_it(project: Path, mod
     assert set(status) == EDITED[module], status
 
 
-def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> None:
-    sh(["git", "add", "-A"], project)
-    sh(["git", "commit", "-q", "-m", "tiny run"], project)
-    before = (project / "models/baseline.keras").read_bytes()
-    out = sh(["dvc", "exp", "run", "-S", "head.learning_rate=2e-3"], project)
-    assert ran(out) == ["train_head", "finetune", "evaluate"]
-    assert (project / "models/baseline.keras").read_bytes() == before
-
+def _a_head_change_shows_in_diffs_and_the_report(project: Path) -> None:
+    """After ``dvc exp run -S head.learning_rate=2e-3`` in ``project``: DVC's tables and diffs, and ``make report``
+    against HEAD, show the change and its results."""
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], project))
     (workspace,) = [row for row in shown if row["rev"] == "workspace"]
     assert workspace["data"]["params"]["params.yaml"]["data"]["head"]["learning_rate"] == 0.002
@@ -587,6 +582,119 @@ def test_head_only_change_reruns_only_what_follows_the_head(project: Path) -> No
     assert "| mnist | 359 |" in summary and "| fashion_mnist | 30 |" in summary
     assert "metrics/train_head/metrics.json" in folded and folded.rstrip().count("</details>") == 1
     assert not re.search(r"\]\((?!https?://)", report) and str(project) not in report  # no relative or local links
+
+
+def _clone(origin: Path, folder: Path) -> Path:
+    sh(["git", "clone", "-q", str(origin), str(folder)], folder.parent)
+    sh(["git", "config", "user.email", "test@example.com"], folder)
+    sh(["git", "config", "user.name", "test"], folder)
+    return folder
+
+
+def _grid_row(rows: list, name: str) -> tuple[dict, dict]:
+    """An experiment's params and test metrics in ``dvc exp show --json``."""
+    data = _experiment(rows, name)["data"]
+    return data["params"]["params.yaml"]["data"], data["metrics"]["metrics/evaluate.json"]["data"]
+
+
+# It commits the workspace as the previous tests left it (a finished run), runs experiments in it and leaves it as
+# committed, with the results the commit records, for the tests below.
+@pytest.mark.slow
+def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(project: Path, tmp_path: Path) -> None:
+    # Machine A (the project: it ran the tiny pipeline) shares its run through a bare Git repository and a
+    # local-folder DVC remote, standing in for GitHub and S3.
+    origin, storage = tmp_path / "origin.git", tmp_path / "storage"
+    sh(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+    sh(["dvc", "remote", "add", "--default", "storage", str(storage)], project)
+    sh(["git", "add", "-A"], project)
+    sh(["git", "commit", "-q", "-m", "tiny run, shared"], project)
+    sh(["git", "remote", "add", "origin", str(origin)], project)
+    sh(["git", "push", "-q", "origin", "main"], project)
+    sh(["dvc", "push", "--run-cache"], project)
+
+    # Machine B gets the data, features and models without running a stage.
+    b = _clone(origin, tmp_path / "b")
+    sh(["dvc", "pull"], b)
+    assert json.loads(sh(["dvc", "status", "--json"], b)) == {}
+    assert ran(sh(["dvc", "repro"], b), [*STAGES, *DIGITS, "export"]) == []
+    assert (b / "models/finetuned.keras").read_bytes() == (project / "models/finetuned.keras").read_bytes()
+
+    # DVC's model registry: a version is a GTO tag (what `gto register` makes); anyone with the Git URL then
+    # gets the model by its name, from the DVC remote.
+    for artifact in ("finetuned", "mnist-export"):
+        sh(["git", "tag", "-a", f"{artifact}@v0.1.0", "-m", f"Registering artifact {artifact} version v0.1.0"], project)
+    sh(["git", "push", "-q", "origin", "--tags"], project)
+    got = tmp_path / "got"
+    got.mkdir()
+    sh(["dvc", "artifacts", "get", str(origin), "finetuned", "-o", str(got / "finetuned.keras")], got)
+    assert (got / "finetuned.keras").read_bytes() == (project / "models/finetuned.keras").read_bytes()
+    sh(["dvc", "artifacts", "get", str(origin), "mnist-export", "-o", str(got / "mnist")], got)
+    card = (project / "models/export/mnist/MODEL_CARD.md").read_text()
+    assert (got / "mnist/MODEL_CARD.md").read_text() == card and (got / "mnist/saved_model").is_dir()
+
+    # A grid split between the two machines: each runs one point and pushes it, with its run-cache. A's point
+    # changes the head alone: it re-runs only what follows the head, and leaves the baseline as it was.
+    before = (project / "models/baseline.keras").read_bytes()
+    out = sh(["dvc", "exp", "run", "--name", "grid-a", "-S", "head.learning_rate=2e-3"], project)
+    assert ran(out) == ["train_head", "finetune", "evaluate"]
+    assert (project / "models/baseline.keras").read_bytes() == before
+    _a_head_change_shows_in_diffs_and_the_report(project)
+    out = sh(["dvc", "exp", "run", "--name", "grid-b", "-S", "evaluate.threshold=0.6"], b)
+    assert ran(out) == ["evaluate"]
+    for machine, name in ((project, "grid-a"), (b, "grid-b")):
+        sh(["dvc", "exp", "push", "--run-cache", "origin", name], machine)
+
+    # Machine C sees both points in one table.
+    c = _clone(origin, tmp_path / "c")
+    sh(["dvc", "exp", "pull", "origin", "grid-a", "grid-b"], c)
+    rows = json.loads(sh(["dvc", "exp", "show", "--json"], c))
+    committed = YAML(typ="safe").load(sh(["git", "show", "HEAD:params.yaml"], project))
+    (params_a, metrics_a), (params_b, metrics_b) = _grid_row(rows, "grid-a"), _grid_row(rows, "grid-b")
+    assert (params_a["head"]["learning_rate"], params_a["evaluate"]["threshold"]) == (
+        0.002,
+        committed["evaluate"]["threshold"],
+    )
+    assert (params_b["head"]["learning_rate"], params_b["evaluate"]["threshold"]) == (
+        committed["head"]["learning_rate"],
+        0.6,
+    )
+    for metrics in (metrics_a, metrics_b):
+        assert metrics["test_images"] == 2 * TINY["sample.test_per_class"]
+    # make compare: one row per point, the param it changed, each model's accuracy, interval and AUC as recorded.
+    table = sh([sys.executable, "-m", "tools.compare"], c).strip().splitlines()
+    assert len(table[0].split("|")) == 2 + 2 + 4 + 2  # experiment, changed params, four models, two datasets
+    cells = {
+        row.strip("|").split("|")[0].strip(): [cell.strip() for cell in row.strip("|").split("|")] for row in table
+    }
+    for name, change, metrics in (
+        ("grid-a", "head.learning_rate=0.002", metrics_a),
+        ("grid-b", "evaluate.threshold=0.6", metrics_b),
+    ):
+        assert cells[name][1] == change
+        for column, model in enumerate(("baseline", "head", "frozen", "finetuned"), start=2):
+            result = metrics[model]
+            interval = result["accuracy_ci95"]
+            expected = (
+                f"{result['accuracy']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}] / {result['roc_auc']:.3f}"
+            )
+            assert cells[name][column] == expected
+
+    # C takes B's point as its workspace: params and metrics from Git, models from the DVC remote.
+    sh(["dvc", "exp", "apply", "grid-b"], c)
+    sh(["dvc", "pull"], c)
+    assert json.loads(sh(["dvc", "status", "--json"], c)) == {}
+    assert json.loads((c / "metrics/evaluate.json").read_text()) == metrics_b
+    for model in ("baseline", "head", "frozen", "finetuned"):  # B's metrics are those of B's predictions, at 0.6
+        table = pd.read_csv(c / f"metrics/evaluate/predictions/{model}.csv")
+        assert (table["predicted"] == np.where(table["probability"] >= 0.6, "dog", "cat")).all()
+        assert metrics_b[model]["accuracy"] == pytest.approx((table["label"] == table["predicted"]).mean())
+
+    # Back on A, a point already run (the committed learning rate) comes from the run-cache: nothing runs.
+    out = sh(["dvc", "exp", "run", "-S", f"head.learning_rate={committed['head']['learning_rate']}"], project)
+    assert ran(out, STAGES + DIGITS) == []
+    for stage in ("train_head", "finetune", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run" in out
+    assert sh(["git", "status", "--porcelain", "--", "params.yaml", "dvc.lock", "metrics"], project) == ""
 
 
 def _experiment(rows: list, name: str) -> dict:
@@ -647,102 +755,3 @@ def test_the_demo_scenario_differs_from_tiny_only_in_size() -> None:
         "-S",
         "head.normalize=true",
     ]
-
-
-def _clone(origin: Path, folder: Path) -> Path:
-    sh(["git", "clone", "-q", str(origin), str(folder)], folder.parent)
-    sh(["git", "config", "user.email", "test@example.com"], folder)
-    sh(["git", "config", "user.name", "test"], folder)
-    return folder
-
-
-def _grid_row(rows: list, name: str) -> tuple[float, dict]:
-    """An experiment's ``evaluate.threshold`` and test metrics in ``dvc exp show --json``."""
-    data = _experiment(rows, name)["data"]
-    threshold = data["params"]["params.yaml"]["data"]["evaluate"]["threshold"]
-    return threshold, data["metrics"]["metrics/evaluate.json"]["data"]
-
-
-# Last: it commits the workspace as the previous tests left it (a finished run), and runs experiments in it.
-@pytest.mark.slow
-def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(project: Path, tmp_path: Path) -> None:
-    # Machine A (the project: it ran the tiny pipeline) shares its run through a bare Git repository and a
-    # local-folder DVC remote, standing in for GitHub and S3.
-    origin, storage = tmp_path / "origin.git", tmp_path / "storage"
-    sh(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
-    sh(["dvc", "remote", "add", "--default", "storage", str(storage)], project)
-    # After `dvc exp run` in the workspace (an earlier test), Git's index can hold an output's old blob with the
-    # stat of its new content, rewritten in place within the same second and at the same size: `git add -A`
-    # alone then commits the old metrics/evaluate/predictions/finetuned.csv beside the new dvc.lock. Re-read all.
-    sh(["git", "add", "--renormalize", "."], project)
-    sh(["git", "add", "-A"], project)
-    sh(["git", "commit", "-q", "-m", "tiny run, shared"], project)
-    sh(["git", "remote", "add", "origin", str(origin)], project)
-    sh(["git", "push", "-q", "origin", "main"], project)
-    sh(["dvc", "push", "--run-cache"], project)
-
-    # Machine B gets the data, features and models without running a stage.
-    b = _clone(origin, tmp_path / "b")
-    sh(["dvc", "pull"], b)
-    assert json.loads(sh(["dvc", "status", "--json"], b)) == {}
-    assert ran(sh(["dvc", "repro"], b), [*STAGES, *DIGITS, "export"]) == []
-    assert (b / "models/finetuned.keras").read_bytes() == (project / "models/finetuned.keras").read_bytes()
-
-    # DVC's model registry: a version is a GTO tag (what `gto register` makes); anyone with the Git URL then
-    # gets the model by its name, from the DVC remote.
-    for artifact in ("finetuned", "mnist-export"):
-        sh(["git", "tag", "-a", f"{artifact}@v0.1.0", "-m", f"Registering artifact {artifact} version v0.1.0"], project)
-    sh(["git", "push", "-q", "origin", "--tags"], project)
-    got = tmp_path / "got"
-    got.mkdir()
-    sh(["dvc", "artifacts", "get", str(origin), "finetuned", "-o", str(got / "finetuned.keras")], got)
-    assert (got / "finetuned.keras").read_bytes() == (project / "models/finetuned.keras").read_bytes()
-    sh(["dvc", "artifacts", "get", str(origin), "mnist-export", "-o", str(got / "mnist")], got)
-    card = (project / "models/export/mnist/MODEL_CARD.md").read_text()
-    assert (got / "mnist/MODEL_CARD.md").read_text() == card and (got / "mnist/saved_model").is_dir()
-
-    # A grid split between the two machines: each runs one point and pushes it, with its run-cache.
-    for machine, name, threshold in ((project, "grid-a", 0.4), (b, "grid-b", 0.6)):
-        out = sh(["dvc", "exp", "run", "--name", name, "-S", f"evaluate.threshold={threshold}"], machine)
-        assert ran(out) == ["evaluate"]
-        sh(["dvc", "exp", "push", "--run-cache", "origin", name], machine)
-
-    # Machine C sees both points in one table.
-    c = _clone(origin, tmp_path / "c")
-    sh(["dvc", "exp", "pull", "origin", "grid-a", "grid-b"], c)
-    rows = json.loads(sh(["dvc", "exp", "show", "--json"], c))
-    (threshold_a, metrics_a), (threshold_b, metrics_b) = _grid_row(rows, "grid-a"), _grid_row(rows, "grid-b")
-    assert (threshold_a, threshold_b) == (0.4, 0.6)
-    for metrics in (metrics_a, metrics_b):
-        assert metrics["test_images"] == 2 * TINY["sample.test_per_class"]
-    # make compare: one row per point, the param it changed, each model's accuracy, interval and AUC as recorded.
-    table = sh([sys.executable, "-m", "tools.compare"], c).strip().splitlines()
-    assert len(table[0].split("|")) == 2 + 2 + 4 + 2  # experiment, changed params, four models, two datasets
-    cells = {
-        row.strip("|").split("|")[0].strip(): [cell.strip() for cell in row.strip("|").split("|")] for row in table
-    }
-    for name, threshold, metrics in (("grid-a", 0.4, metrics_a), ("grid-b", 0.6, metrics_b)):
-        assert cells[name][1] == f"evaluate.threshold={threshold}"
-        for column, model in enumerate(("baseline", "head", "frozen", "finetuned"), start=2):
-            result = metrics[model]
-            interval = result["accuracy_ci95"]
-            expected = (
-                f"{result['accuracy']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}] / {result['roc_auc']:.3f}"
-            )
-            assert cells[name][column] == expected
-
-    # C takes B's point as its workspace: params and metrics from Git, models from the DVC remote.
-    sh(["dvc", "exp", "apply", "grid-b"], c)
-    sh(["dvc", "pull"], c)
-    assert json.loads(sh(["dvc", "status", "--json"], c)) == {}
-    assert json.loads((c / "metrics/evaluate.json").read_text()) == metrics_b
-    for model in ("baseline", "head", "frozen", "finetuned"):  # B's metrics are those of B's predictions, at 0.6
-        table = pd.read_csv(c / f"metrics/evaluate/predictions/{model}.csv")
-        assert (table["predicted"] == np.where(table["probability"] >= 0.6, "dog", "cat")).all()
-        assert metrics_b[model]["accuracy"] == pytest.approx((table["label"] == table["predicted"]).mean())
-
-    # Back on A, a point already run (the committed threshold) comes from the run-cache: nothing runs.
-    out = sh(["dvc", "exp", "run", "-S", "evaluate.threshold=0.5"], project)
-    assert ran(out, STAGES + DIGITS) == [] and "Stage 'evaluate' is cached - skipping run" in out
-    committed = sh(["git", "show", "HEAD:metrics/evaluate.json"], project)
-    assert json.loads((project / "metrics/evaluate.json").read_text()) == json.loads(committed)
