@@ -22,7 +22,16 @@ from tests.conftest import LEARNABLE, REPO, inside, run_stage, write_params
 
 STAGE = "train_baseline"
 EPOCHS = 4
-SETTINGS = {**LEARNABLE, "baseline.epochs": EPOCHS, "baseline.patience": None}
+# Fewer images than LEARNABLE's: nothing here asks that it learns, and an epoch still lasts far longer than a poll.
+SETTINGS = {
+    **LEARNABLE,
+    "data.synthetic.per_class": 80,
+    "sample.train_per_class": 60,
+    "sample.validation_per_class": 10,
+    "sample.test_per_class": 5,
+    "baseline.epochs": EPOCHS,
+    "baseline.patience": None,
+}
 
 
 @pytest.fixture(scope="module")

@@ -225,26 +225,40 @@ def test_each_notebook_runs_headless_on_the_pipelines_outputs(
 
 # Before any test below commits the project's dvc.lock: a clone of it is a fresh clone, without results.
 @pytest.mark.slow
-def test_after_make_demo_the_dogs_vs_cats_notebook_shows_the_demos_experiment(
+def test_make_demo_in_a_fresh_clone_runs_offline_and_the_dogs_vs_cats_notebook_shows_its_experiment(
     project: Path, kernel_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """`make demo` leaves its results in a DVC experiment and the workspace without any: the notebook applies the
-    newest one (`dvc exp apply`) and shows it, where `dvc repro evaluate` would have asked Kaggle for the data."""
+    """`make demo` leaves its results in a DVC experiment, params.yaml and the workspace without any, and shows the
+    experiment's own test metrics; the notebook applies the newest one (`dvc exp apply`) and shows it, where
+    `dvc repro evaluate` would have asked Kaggle for the data."""
     clone = _clone(project, tmp_path / "clone")
     write_params(clone / "params.yaml", {"data.source": "kaggle"}, base=clone / "params.yaml")  # the repository's
     sh(["git", "commit", "-q", "-am", "params.yaml as the repository has it: the data from Kaggle"], clone)
-    # The experiment make demo runs, on the tiny config; with the project's cache, DVC restores every stage.
+    # make demo with the tiny scenario: with the project's cache, DVC restores every stage from its run-cache.
     sh(["dvc", "cache", "dir", "--local", str(project / ".dvc/cache")], clone)
-    name = "demo-20260102-030405"  # as make demo names it
-    flags = ["-S", "data.source=synthetic"]
-    sh(["dvc", "exp", "run", "--temp", "--name", name, *flags], clone)
-    assert not (clone / "dvc.lock").exists()
-    errors, figures, text = outputs_of(execute(clone, "dogs_vs_cats.ipynb", {}))
+    (clone / ".git/installed.stamp").touch()  # make's set-up is this interpreter's environment
+    params = (clone / "params.yaml").read_text()
+    out = sh(["make", "demo", "SCENARIO=tiny", "STAMP=.git/installed.stamp"], clone)
+    assert (clone / "params.yaml").read_text() == params and not (clone / "dvc.lock").exists()
+    assert ran(out, [*STAGES, *DIGITS]) == []
+    (row,) = [line for line in out.splitlines() if "[tiny-" in line]
+    name = row.split("[")[1].split("]")[0]
+    shown = [float(cell) for cell in row.split("|")[2:-1]]
+    # The table shows the demo's own test metrics, read back from DVC: accuracy and ROC AUC of each model.
+    metrics = _experiment(json.loads(sh(["dvc", "exp", "show", "--json"], clone)), name)["data"]["metrics"]
+    results = metrics["metrics/evaluate.json"]["data"]
+    expected = [
+        results[model][key] for model in ("baseline", "head", "frozen", "finetuned") for key in ("accuracy", "roc_auc")
+    ]
+    expected += [metrics[f"metrics/digits/{data}.json"]["data"]["accuracy"] for data in ("mnist", "fashion_mnist")]
+    assert shown == pytest.approx(expected, abs=1e-3)  # then the digits study's test accuracy, per dataset
+    assert results == json.loads((project / "metrics/evaluate.json").read_text())
+
+    errors, figures, text = outputs_of(execute(clone, "dogs_vs_cats.ipynb", {"DEMO": "tiny"}))
     assert not errors
     assert f"dvc exp apply {name}" in text
     assert len(figures) == FIGURES["dogs_vs_cats.ipynb"]
-    evaluated = json.loads((project / "metrics/evaluate.json").read_text())
-    assert json.loads((clone / "metrics/evaluate.json").read_text()) == evaluated  # the experiment's, restored
+    assert json.loads((clone / "metrics/evaluate.json").read_text()) == results  # the experiment's, restored
 
 
 @pytest.mark.slow
@@ -705,29 +719,6 @@ def _experiment(rows: list, name: str) -> dict:
                 if rev.get("name") == name:
                     return rev
     raise AssertionError(f"no experiment {name} in dvc exp show")
-
-
-def test_make_demo_runs_offline_and_leaves_params_alone(project: Path) -> None:
-    # A scenario of the test's own: tiny with a smaller gallery, so the demo's experiment re-runs only
-    # evaluate (the target and commands are make demo's; the whole pipeline runs in the fixture).
-    (project / "configs/quick.yaml").write_text("extends: tiny\nevaluate.gallery_size: 2\n")
-    (project / "installed.stamp").touch()
-    params = (project / "params.yaml").read_text()
-    out = sh(["make", "demo", "SCENARIO=quick", "STAMP=installed.stamp"], project)
-    assert (project / "params.yaml").read_text() == params
-    assert ran(out) == ["evaluate"]
-    (row,) = [line for line in out.splitlines() if "[quick-" in line]
-    name = row.split("[")[1].split("]")[0]
-    shown = [float(cell) for cell in row.split("|")[2:-1]]
-    # The table shows the demo's own test metrics, read back from DVC: accuracy and ROC AUC of each model.
-    metrics = _experiment(json.loads(sh(["dvc", "exp", "show", "--json"], project)), name)["data"]["metrics"]
-    results = metrics["metrics/evaluate.json"]["data"]
-    expected = [
-        results[model][key] for model in ("baseline", "head", "frozen", "finetuned") for key in ("accuracy", "roc_auc")
-    ]
-    expected += [metrics[f"metrics/digits/{data}.json"]["data"]["accuracy"] for data in ("mnist", "fashion_mnist")]
-    assert shown == pytest.approx(expected, abs=1e-3)  # then the digits study's test accuracy, per dataset
-    assert results["test_images"] == 2 * TINY["sample.test_per_class"]
 
 
 def test_a_digits_training_change_touches_no_other_stage(project: Path) -> None:

@@ -122,7 +122,7 @@ def test_two_clones_share_one_study_through_the_grpc_proxy_and_push_every_trial(
     )  # fmt: skip
     try:
         assert server.stdout is not None and "serving" in server.stdout.readline()
-        joined = f"--trials 3 --storage grpc://127.0.0.1:{port} --push origin"
+        joined = f"--trials 2 --storage grpc://127.0.0.1:{port} --push origin"  # one each, in parallel
         (a / ".git/installed.stamp").touch()  # make's set-up is this interpreter's environment
         make = ["make", "-f", str(REPO / "Makefile"), "search", "STAMP=.git/installed.stamp", f"SEARCH_ARGS={joined}"]
         workers = [
@@ -146,7 +146,7 @@ def test_two_clones_share_one_study_through_the_grpc_proxy_and_push_every_trial(
 
     study = journal(root / "studies.journal", "digits")
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(finished) == 3 and not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(finished) == 2 and not [t for t in study.trials if t.state == TrialState.RUNNING]
     names = {f"digits-{t.number}" for t in finished}
     ran_in = {clone: set(experiments(clone)) & names for clone in (a, b)}
     assert ran_in[a] | ran_in[b] == names and not ran_in[a] & ran_in[b]  # each trial ran once, in one clone
@@ -173,7 +173,7 @@ def test_two_clones_share_one_study_through_the_grpc_proxy_and_push_every_trial(
                 "tools.search",
                 "digits",
                 "--trials",
-                "3",
+                "2",
                 "--storage",
                 str(root / "studies.journal"),
             ],
