@@ -210,6 +210,8 @@ def test_each_notebook_runs_headless_on_the_pipelines_outputs(
         unreadable = tmp_path / "unreadable.jpg"
         unreadable.write_bytes(b"not a photo")
         settings["PHOTOS"] = [str(unreadable), "data/sample/test/cat", "data/sample/test/dog"]
+        # Two networks side by side, small ones: each network's path through predict is tested in test_predict_networks.
+        settings["BASES"] = ["vgg16", "mobilenet"]
     before = sh(["git", "status", "--porcelain"], project)
     errors, figures, text = outputs_of(execute(project, name, settings))
     assert not errors
@@ -221,6 +223,7 @@ def test_each_notebook_runs_headless_on_the_pipelines_outputs(
         assert "by hand: {'params': " in text  # the course's arithmetic, asserted equal to the library's count
     if name == "pretrained.ipynb":
         assert f"{unreadable}: cannot read" in text
+        assert re.search(r"^  rank +vgg16 +mobilenet$", text, re.M)  # the networks' guesses side by side
 
 
 # Before any test below commits the project's dvc.lock: a clone of it is a fresh clone, without results.
