@@ -1,9 +1,12 @@
 """The classes and splits of both studies, named once."""
 
+import numpy as np
+
 SPLITS = ("train", "validation", "test")
 CLASS_NAMES = ("cat", "dog")  # index = label: cat 0, dog 1, everywhere
 
 DIGITS_DATASETS = ("mnist", "fashion_mnist")  # dvc.yaml's digits_datasets: the digits stages run once per dataset
+CATS_DOGS = "cats_dogs"  # the fine-tuned model's name among the exported models, the digits ones being their datasets'
 DIGITS_CLASS_NAMES = {
     "mnist": tuple(str(digit) for digit in range(10)),
     "fashion_mnist": (
@@ -19,3 +22,8 @@ DIGITS_CLASS_NAMES = {
         "Ankle boot",
     ),
 }
+
+
+def predicted_labels(dog_probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Labels (0 cat / 1 dog) for P(dog): a dog from ``threshold`` up, the one place the threshold is applied."""
+    return (np.asarray(dog_probabilities) >= threshold).astype(int)

@@ -19,11 +19,6 @@ from tensorflow.core.protobuf import fingerprint_pb2
 
 from dogs_vs_cats.models import built_under
 
-SAVED_MODEL = "saved_model"  # folder names inside one model's export folder
-TFLITE = "model.tflite"
-TFLITE_FLOAT16 = "model_float16.tflite"
-CARD = "MODEL_CARD.md"
-
 
 def in_float32(model: keras.Model) -> keras.Model:
     """``model`` rebuilt from its config to compute in float32 throughout, with its weights and nothing else.

@@ -360,11 +360,6 @@ def unfreeze(extractor: keras.Model, which: str) -> list[str]:
     return names
 
 
-def predicted_labels(dog_probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """Labels (0 cat / 1 dog) for P(dog): a dog from ``threshold`` up, the one place the threshold is applied."""
-    return (np.asarray(dog_probabilities) >= threshold).astype(int)
-
-
 @contextmanager
 def built_under(precision: str) -> Iterator[None]:
     """Layers made inside compute in ``precision`` (a Keras dtype policy, e.g. ``mixed_bfloat16``); the global

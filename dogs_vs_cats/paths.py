@@ -1,6 +1,7 @@
 """Every path the pipeline reads or writes, named once; relative to the repository root."""
 
 from pathlib import Path
+from typing import NamedTuple
 
 PARAMS = Path("params.yaml")
 
@@ -30,6 +31,36 @@ EVALUATED_MODELS = {
 }
 
 EXPORT_DIR = MODELS_DIR / "export"  # what leaves the pipeline: SavedModel, TFLite and a model card per model
+EXPORT_OUTPUTS_DIR = Path("data/export_outputs")  # export's outputs on each test split, which model_cards scores
+
+
+class ExportFiles(NamedTuple):
+    """What ``export`` writes into a model's export folder (its ``MODEL_CARD.md`` is ``model_cards``')."""
+
+    saved_model: Path  # a folder: TensorFlow's SavedModel
+    tflite: Path
+    tflite_float16: Path  # TFLite with float16 weights
+
+
+def export_files(folder: Path) -> ExportFiles:
+    """The exported files in ``folder``."""
+    return ExportFiles(folder / "saved_model", folder / "model.tflite", folder / "model_float16.tflite")
+
+
+def export_folder(name: str) -> Path:
+    """One model's export folder, ``name`` being ``cats_dogs`` or a digits dataset."""
+    return EXPORT_DIR / name
+
+
+def model_card(name: str) -> Path:
+    """One exported model's card, beside its files."""
+    return export_folder(name) / "MODEL_CARD.md"
+
+
+def export_outputs(name: str) -> Path:
+    """What ``export`` measured of one model's files on its test split (``dogs_vs_cats.exported``)."""
+    return EXPORT_OUTPUTS_DIR / f"{name}.npz"
+
 
 METRICS_DIR = Path("metrics")
 DATA_METRICS = METRICS_DIR / "data.json"

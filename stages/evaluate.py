@@ -26,12 +26,12 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from dogs_vs_cats import evaluation, gradcam, paths, stats
-from dogs_vs_cats.classes import CLASS_NAMES
+from dogs_vs_cats.classes import CLASS_NAMES, predicted_labels
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.costs import layer_costs, precision_of, takes_images, totals
 from dogs_vs_cats.datasets import image_dataset, labels_of, load_features, resized_pixels
 from dogs_vs_cats.images import read_image
-from dogs_vs_cats.models import load_saved, predicted_labels
+from dogs_vs_cats.models import load_saved
 from runtime.errors import PipelineError, one_line
 from runtime.files import atomic_path, input_file, write_json
 from runtime.progress import keras_verbosity

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from dogs_vs_cats import gradcam, paths
-from dogs_vs_cats.classes import CLASS_NAMES, DIGITS_CLASS_NAMES
+from dogs_vs_cats.classes import CLASS_NAMES, DIGITS_CLASS_NAMES, predicted_labels
 from dogs_vs_cats.config import FeaturesConfig, load_params
 from dogs_vs_cats.costs import precision_of, takes_images
 from dogs_vs_cats.datasets import resized_pixels
@@ -53,7 +53,6 @@ from dogs_vs_cats.models import (
     IMAGENET_NETWORKS,
     build_imagenet_classifier,
     load_saved,
-    predicted_labels,
     preprocess_mode,
 )
 from runtime.errors import PipelineError

@@ -1,4 +1,5 @@
-"""stages.export: the SavedModel and TFLite files compute what the Keras model computes, and serve raw pixels."""
+"""stages.export: the SavedModel and TFLite files compute what the Keras model computes, and serve raw pixels;
+stages.model_cards: the cards and metrics/export.json score what export kept."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dogs_vs_cats import export
+from dogs_vs_cats import export, paths
 from dogs_vs_cats.datasets import image_dataset, resized_pixels
+from dogs_vs_cats.exported import score
 from dogs_vs_cats.models import built_under, load_saved
 from runtime.errors import PipelineError
 from stages.export import FLOAT16_TOLERANCE, TOLERANCE, disk_space_named, export_one
@@ -26,7 +28,7 @@ def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     folder = tmp_path_factory.mktemp("export")
     with inside(trained):
         test = image_dataset("test", LEARNABLE["image.side"], 16)
-        checked = export_one(load_saved(Path("models/finetuned.keras")), test, folder, 0.5)
+        checked = score(export_one(load_saved(Path("models/finetuned.keras")), test, paths.export_files(folder)), 0.5)
     return folder, checked
 
 
@@ -44,14 +46,16 @@ def test_each_exported_file_computes_the_keras_models_outputs(trained: Path, exp
     pixels, expected = _test_batch(trained)
     assert checked.test_images == len(pixels) == 2 * LEARNABLE["sample.test_per_class"]
     assert checked.float32_max_abs_difference <= 1e-5
-    served = export.load_saved_model(folder / export.SAVED_MODEL)
+    served = export.load_saved_model(paths.export_files(folder).saved_model)
     np.testing.assert_allclose(np.asarray(served.serve(pixels)), expected, atol=1e-5)
-    lite = export.LiteModel((folder / export.TFLITE).read_bytes())
+    lite = export.LiteModel((paths.export_files(folder).tflite).read_bytes())
     np.testing.assert_allclose(lite(pixels), expected, atol=1e-5)
     # float16 weights: close, not equal, and half the file.
-    lite16 = export.LiteModel((folder / export.TFLITE_FLOAT16).read_bytes())
+    lite16 = export.LiteModel((paths.export_files(folder).tflite_float16).read_bytes())
     np.testing.assert_allclose(lite16(pixels), expected, atol=0.05)
-    assert checked.float16_bytes < 0.6 * checked.float32_bytes == 0.6 * (folder / export.TFLITE).stat().st_size
+    assert (
+        checked.float16_bytes < 0.6 * checked.float32_bytes == 0.6 * (paths.export_files(folder).tflite).stat().st_size
+    )
     accuracy = float(np.mean((lite16(pixels)[:, 0] >= 0.5) == np.repeat([0, 1], len(pixels) // 2)))
     assert checked.float16_accuracy == pytest.approx(accuracy)
 
@@ -64,7 +68,7 @@ def test_the_saved_model_serves_raw_photos_the_same_answer_every_call(trained: P
     files = sorted((trained / "data/sample/test").rglob("*.jpg"))[:8]
     size = LEARNABLE["image.side"]
     raw = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size)), dtype="float32") for f in files])
-    served = export.load_saved_model(folder / export.SAVED_MODEL)
+    served = export.load_saved_model(paths.export_files(folder).saved_model)
     first, second = np.asarray(served.serve(raw)), np.asarray(served.serve(raw))
     np.testing.assert_array_equal(first, second)
     keras_model = load_saved(trained / "models/finetuned.keras")
@@ -112,7 +116,7 @@ def test_a_model_that_outputs_nan_is_never_exported(tmp_path: Path) -> None:
     # max(0.0, nan) is 0.0 and nan > tolerance is False: a NaN model passed every check.
     test = [(np.ones((3, 4), "float32"), np.array([0, 1, 1]))]
     with pytest.raises(PipelineError, match=r"outputs on its test split are not all finite; train it again"):
-        export_one(_dense(float("nan")), test, tmp_path, 0.5)
+        export_one(_dense(float("nan")), test, paths.export_files(tmp_path))
 
 
 def test_the_float16_file_is_held_to_its_tolerance(tmp_path: Path, monkeypatch) -> None:
@@ -123,7 +127,7 @@ def test_the_float16_file_is_held_to_its_tolerance(tmp_path: Path, monkeypatch) 
     test = [(np.ones((3, 4), "float32"), np.array([0, 1, 1]))]
     (tmp_path / "out").mkdir()
     with pytest.raises(PipelineError, match=rf"exported float16 outputs differ .* \(more than {FLOAT16_TOLERANCE}\)"):
-        export_one(_dense(), test, tmp_path / "out", 0.5)
+        export_one(_dense(), test, paths.export_files(tmp_path / "out"))
 
 
 def test_a_healthy_export_prints_no_warning_and_no_tflite_info(tmp_path: Path, capfd) -> None:
@@ -134,12 +138,12 @@ def test_a_healthy_export_prints_no_warning_and_no_tflite_info(tmp_path: Path, c
     capfd.readouterr()
     for n in range(4):
         (tmp_path / str(n)).mkdir()
-        export_one(_dense(0.1 * n), test, tmp_path / str(n), 0.5)
+        export_one(_dense(0.1 * n), test, paths.export_files(tmp_path / str(n)))
     err = capfd.readouterr().err
     assert "retracing" not in err and "XNNPACK" not in err and "WARNING" not in err, err
 
 
-def test_missing_or_damaged_metrics_stop_export_before_any_work(workdir: Path) -> None:
+def test_missing_or_damaged_metrics_stop_model_cards_before_any_card(workdir: Path) -> None:
     from tests.conftest import call_stage
 
     metrics = workdir / "metrics"
@@ -149,12 +153,12 @@ def test_missing_or_damaged_metrics_stop_export_before_any_work(workdir: Path) -
         ' "params": 10, "gmacs": 0.1, "roc_auc": null}}'
     )
     (metrics / "finetune/metrics.json").write_text('{"best": {"epoch": 1, "loss"')
-    result = call_stage("export", workdir)
+    result = call_stage("model_cards", workdir)
     assert result.returncode == 1
     assert result.stderr.startswith("error: metrics/finetune/metrics.json: cannot read it (")
     assert result.stderr.rstrip().endswith("run dvc repro --force finetune") and result.stderr.count("\n") == 1
     (metrics / "finetune/metrics.json").write_text('{"best": {"loss": 0.1}}')
-    result = call_stage("export", workdir)
+    result = call_stage("model_cards", workdir)
     assert result.stderr == (
         "error: metrics/finetune/metrics.json: best.epoch is None, not a number; run dvc repro --force finetune\n"
     )
@@ -186,7 +190,7 @@ def test_an_export_that_computes_something_else_stops_the_stage(tmp_path: Path, 
     monkeypatch.setattr(export.LiteModel, "__call__", lambda self, batch: real(self, batch) + 2 * TOLERANCE)
     test = [(np.ones((3, 4), "float32"), np.array([0, 1, 1]))]
     with pytest.raises(PipelineError, match=r"the exported tflite outputs differ from the Keras model's by 0\.0002"):
-        export_one(model, test, tmp_path, 0.5)
+        export_one(model, test, paths.export_files(tmp_path))
 
 
 EXPORT_ONE = """

@@ -212,8 +212,8 @@ def test_finetune_model_starts_as_head_on_extractor() -> None:
 
 
 def test_image_models_are_told_from_feature_models_by_their_input() -> None:
+    from dogs_vs_cats.classes import predicted_labels
     from dogs_vs_cats.costs import takes_images
-    from dogs_vs_cats.models import predicted_labels
 
     images = keras.Model(inputs := keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D()(inputs))
     features = keras.Model(inputs := keras.Input((1, 1, 512)), keras.layers.Flatten()(inputs))  # 4-D, not RGB

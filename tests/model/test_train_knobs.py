@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from dogs_vs_cats import export
+from dogs_vs_cats import export, paths
 from dogs_vs_cats.costs import precision_of
 from dogs_vs_cats.datasets import image_dataset
 from dogs_vs_cats.models import load_saved
@@ -119,14 +119,14 @@ def test_every_precision_trains_saves_and_loads(
     with inside(copy_of_trained):
         trained = load_saved(Path("models/finetuned.keras"))
         test = image_dataset("test", LEARNABLE["image.side"], 16)
-        checked = export_one(trained, test, copy_of_trained / "export", 0.5)
+        kept = export_one(trained, test, paths.export_files(copy_of_trained / "export"))
         pixels = np.concatenate([x.numpy() for x, _ in test])
-    served = export.load_saved_model(copy_of_trained / "export" / export.SAVED_MODEL)
+    served = export.load_saved_model(paths.export_files(copy_of_trained / "export").saved_model)
     # The card quotes the difference from the model it scores, the one trained in mixed precision, not from
     # its float32 rebuild (about 1e-7): rounding to 8 or 11 bits of mantissa shows.
     expected = np.abs(np.asarray(served.serve(pixels)) - trained.predict(pixels, verbose=0)).max()
-    assert checked.float32_max_abs_difference == pytest.approx(expected, rel=1e-3)
-    assert checked.float32_max_abs_difference > 1e-5, checked
+    assert kept.float32_max_abs_difference == pytest.approx(expected, rel=1e-3)
+    assert kept.float32_max_abs_difference > 1e-5, kept
 
 
 def _layers(model: keras.Model) -> list[keras.layers.Layer]:

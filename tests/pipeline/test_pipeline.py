@@ -57,8 +57,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sh(["git", "config", "user.name", "test"], root)
     sh(["git", "add", "-A"], root)
     sh(["git", "commit", "-q", "-m", "tiny config"], root)
+    notes = root / USERS_NOTES  # the user's own file beside the exported files: export and model_cards keep it
+    notes.parent.mkdir(parents=True)
+    notes.write_text("notes of mine\n")
     root.joinpath("repro.log").write_text(sh(["dvc", "repro"], root))
     return root
+
+
+USERS_NOTES = Path("models/export/cats_dogs/NOTES.md")
 
 
 STAGES = [
@@ -72,6 +78,7 @@ STAGES = [
     "evaluate",
 ]
 DIGITS = [f"digits_{step}@{data}" for data in ("mnist", "fashion_mnist") for step in ("data", "train", "evaluate")]
+EXPORT = ["export", "model_cards"]
 
 
 def stale(project: Path) -> set[str]:
@@ -107,16 +114,17 @@ def test_repro_runs_every_stage_and_writes_every_declared_output(project: Path) 
     assert set(results) == {"test_images", "baseline", "head", "frozen", "finetuned", "mcnemar"}
     for model in ("baseline", "head", "frozen", "finetuned"):
         assert (project / f"metrics/evaluate/gallery/{model}.png").is_file()
-    assert ran((project / "repro.log").read_text(), ["export"]) == ["export"]
+    assert ran((project / "repro.log").read_text(), EXPORT) == EXPORT
 
 
 def test_export_writes_each_model_and_a_card_made_from_the_metrics(project: Path) -> None:
     exported = json.loads((project / "metrics/export.json").read_text())
     assert list(exported) == ["cats_dogs", *DIGITS_CLASS_NAMES]
     finetuned = json.loads((project / "metrics/evaluate.json").read_text())["finetuned"]
+    assert (project / USERS_NOTES).read_text() == "notes of mine\n"
     for name, checked in exported.items():
         folder = project / "models/export" / name
-        assert {p.name for p in folder.iterdir()} == {
+        assert {p.name for p in folder.iterdir()} - {USERS_NOTES.name} == {
             "saved_model",
             "model.tflite",
             "model_float16.tflite",
@@ -243,7 +251,7 @@ def test_make_demo_in_a_fresh_clone_runs_offline_and_the_dogs_vs_cats_notebook_s
     params = (clone / "params.yaml").read_text()
     out = sh(["make", "demo", "SCENARIO=tiny", "STAMP=.git/installed.stamp"], clone)
     assert (clone / "params.yaml").read_text() == params and not (clone / "dvc.lock").exists()
-    assert ran(out, [*STAGES, *DIGITS]) == []
+    assert ran(out, [*STAGES, *DIGITS, *EXPORT]) == []
     (row,) = [line for line in out.splitlines() if "[tiny-" in line]
     name = row.split("[")[1].split("]")[0]
     shown = [float(cell) for cell in row.split("|")[2:-1]]
@@ -492,23 +500,24 @@ def _each_dataset(step: str) -> set[str]:
 
 # What the README and docs/ say each key re-runs, as `dvc status` sees it before anything runs: the stages that
 # read the key (what follows them re-runs because their outputs change, tests below run that for head.*).
-CARDS_QUOTE = ("network", "learning_rate", "epochs")  # digits keys the model cards of export quote
+CARDS_QUOTE = ("network", "learning_rate", "epochs")  # digits keys the model cards quote
 CHANGED_BY = {
-    # export's model cards quote the head's size and the fine-tuning, the threshold and the precision.
-    **{f"head.{key}": {"train_head"} | ({"export"} if key in ("units", "dropout") else set())
+    # The model cards quote the head's size and the fine-tuning, the threshold and the precision; export, which
+    # runs the models, reads none of these: its files follow the models alone.
+    **{f"head.{key}": {"train_head"} | ({"model_cards"} if key in ("units", "dropout") else set())
        for key in ("normalize", "units", "dropout", "learning_rate", "batch_size", "epochs", "patience")},
     **{f"frozen.{key}": {"train_frozen"} for key in ("normalize", "units", "dropout", "learning_rate", "epochs")},
     "augment.zoom": {"train_baseline", "train_frozen", "finetune"},
     "baseline.dropout": {"train_baseline"},
-    "finetune.learning_rate": {"finetune", "export"},
-    "evaluate.threshold": {"evaluate", "export"},
-    # docs/digits.md: a digits.* key re-runs the digits stages (and the cards' export) and nothing of Dogs vs. Cats.
+    "finetune.learning_rate": {"finetune", "model_cards"},
+    "evaluate.threshold": {"evaluate", "model_cards"},
+    # docs/digits.md: a digits.* key re-runs the digits stages (and the cards) and nothing of Dogs vs. Cats.
     "digits.data.validation": _each_dataset("data"),
-    **{f"digits.{key}": _each_dataset("train") | ({"export"} if key in CARDS_QUOTE else set())
+    **{f"digits.{key}": _each_dataset("train") | ({"model_cards"} if key in CARDS_QUOTE else set())
        for key in ("network", "dropout", "augment.zoom", "learning_rate", "epochs")},
     "digits.gallery_size": _each_dataset("evaluate"),
     # Every stage that runs a network in it: the features too (docs/timings-and-gpu.md).
-    "train.precision": {"train_baseline", "extract_features", "train_head", "train_frozen", "finetune", "export"}
+    "train.precision": {"train_baseline", "extract_features", "train_head", "train_frozen", "finetune", "model_cards"}
     | _each_dataset("train"),
 }  # fmt: skip
 CHANGED_TO = {"digits.network": {"strong": "book", "book": "strong"}, "train.precision": {"float32": "mixed_bfloat16"}}
@@ -633,7 +642,7 @@ def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(p
     b = _clone(origin, tmp_path / "b")
     sh(["dvc", "pull"], b)
     assert json.loads(sh(["dvc", "status", "--json"], b)) == {}
-    assert ran(sh(["dvc", "repro"], b), [*STAGES, *DIGITS, "export"]) == []
+    assert ran(sh(["dvc", "repro"], b), [*STAGES, *DIGITS, *EXPORT]) == []
     assert (b / "models/finetuned.keras").read_bytes() == (project / "models/finetuned.keras").read_bytes()
 
     # DVC's model registry: a version is a GTO tag (what `gto register` makes); anyone with the Git URL then
@@ -653,11 +662,11 @@ def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(p
     # changes the head alone: it re-runs only what follows the head, and leaves the baseline as it was.
     before = (project / "models/baseline.keras").read_bytes()
     out = sh(["dvc", "exp", "run", "--name", "grid-a", "-S", "head.learning_rate=2e-3"], project)
-    assert ran(out) == ["train_head", "finetune", "evaluate"]
+    assert ran(out, [*STAGES, *EXPORT]) == ["train_head", "finetune", "evaluate", *EXPORT]
     assert (project / "models/baseline.keras").read_bytes() == before
     _a_head_change_shows_in_diffs_and_the_report(project)
     out = sh(["dvc", "exp", "run", "--name", "grid-b", "-S", "evaluate.threshold=0.6"], b)
-    assert ran(out) == ["evaluate"]
+    assert ran(out, [*STAGES, *EXPORT]) == ["evaluate", "model_cards"]  # the threshold never exports again
     for machine, name in ((project, "grid-a"), (b, "grid-b")):
         sh(["dvc", "exp", "push", "--run-cache", "origin", name], machine)
 
@@ -708,7 +717,7 @@ def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(p
 
     # Back on A, a point already run (the committed learning rate) comes from the run-cache: nothing runs.
     out = sh(["dvc", "exp", "run", "-S", f"head.learning_rate={committed['head']['learning_rate']}"], project)
-    assert ran(out, STAGES + DIGITS) == []
+    assert ran(out, STAGES + DIGITS + EXPORT) == []
     for stage in ("train_head", "finetune", "evaluate"):
         assert f"Stage '{stage}' is cached - skipping run" in out
     assert sh(["git", "status", "--porcelain", "--", "params.yaml", "dvc.lock", "metrics"], project) == ""
@@ -732,9 +741,9 @@ def test_a_digits_training_change_touches_no_other_stage(project: Path) -> None:
         changed = stale(project)
     finally:
         params.write_text(original)
-    # Only the training of each dataset, and the export whose model cards quote the epochs; the evaluations
+    # Only the training of each dataset, and the model cards, which quote the epochs; the evaluations
     # follow in the DAG (test_dvc_yaml checks the deps). No Dogs vs. Cats stage.
-    assert sorted(changed) == ["digits_train@fashion_mnist", "digits_train@mnist", "export"]
+    assert sorted(changed) == ["digits_train@fashion_mnist", "digits_train@mnist", "model_cards"]
 
 
 def test_the_demo_scenario_differs_from_tiny_only_in_size() -> None:
