@@ -667,6 +667,7 @@ def test_runs_and_experiments_are_shared_through_a_dvc_remote_and_a_git_remote(p
     _a_head_change_shows_in_diffs_and_the_report(project)
     out = sh(["dvc", "exp", "run", "--name", "grid-b", "-S", "evaluate.threshold=0.6"], b)
     assert ran(out, [*STAGES, *EXPORT]) == ["evaluate", "model_cards"]  # the threshold never exports again
+    assert "dog when P(dog) >= 0.6 (`evaluate.threshold`)" in (b / "models/export/cats_dogs/MODEL_CARD.md").read_text()
     for machine, name in ((project, "grid-a"), (b, "grid-b")):
         sh(["dvc", "exp", "push", "--run-cache", "origin", name], machine)
 
