@@ -7,6 +7,7 @@ CLASS_NAMES = ("cat", "dog")  # index = label: cat 0, dog 1, everywhere
 
 DIGITS_DATASETS = ("mnist", "fashion_mnist")  # dvc.yaml's digits_datasets: the digits stages run once per dataset
 CATS_DOGS = "cats_dogs"  # the fine-tuned model's name among the exported models, the digits ones being their datasets'
+EXPORTED = (CATS_DOGS, *DIGITS_DATASETS)  # dvc.yaml's exported: the models export ships, one run each
 DIGITS_CLASS_NAMES = {
     "mnist": tuple(str(digit) for digit in range(10)),
     "fashion_mnist": (

@@ -205,6 +205,6 @@ def extract_split(model: keras.Model, dataset: tf.data.Dataset, path: Path, show
 def load_features(split: str) -> Features:
     """Read ``data/features/<split>.npz``."""
     arrays = npz_arrays(
-        paths.features_file(split), ("features", "labels", "files"), "run dvc repro -f extract_features"
+        paths.features_file(split), ("features", "labels", "files"), "run dvc repro -f -s extract_features"
     )
     return Features(*arrays)

@@ -31,7 +31,7 @@ class Split:
 def load_split(dataset: str, split: str) -> Split:
     """One split written by ``digits_data``."""
     path = paths.digits_data_dir(dataset) / f"{split}.npz"
-    return Split(*npz_arrays(path, ("x", "y"), f"run dvc repro -f digits_data@{dataset}"))
+    return Split(*npz_arrays(path, ("x", "y"), f"run dvc repro -f -s digits_data@{dataset}"))
 
 
 def split_validation(train: Split, count: int, seed: int) -> tuple[Split, Split]:

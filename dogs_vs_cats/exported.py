@@ -16,7 +16,7 @@ from dogs_vs_cats.classes import predicted_labels
 from runtime.errors import PipelineError
 from runtime.files import npz_arrays
 
-AGAIN = "run dvc repro --force export"
+AGAIN = "run dvc repro -f -s export"
 
 
 @dataclass(frozen=True)
@@ -36,23 +36,34 @@ class Outputs:
             np.savez(stream, **{name: np.asarray(getattr(self, name)) for name in FIELDS})
 
     @classmethod
-    def load(cls, path: Path) -> Outputs:
-        """The outputs ``export`` kept at ``path``; a missing, damaged or inconsistent file is one line."""
+    def load(cls, path: Path, outputs: int, test_images: int) -> Outputs:
+        """The outputs ``export`` kept at ``path`` for a model of ``outputs`` outputs (1: P(dog), else softmax) on a
+        test split of ``test_images`` images; a file missing, damaged, or of another model or split is one line."""
         arrays = dict(zip(FIELDS, npz_arrays(path, FIELDS, AGAIN), strict=True))
         labels, trained, float16 = arrays["labels"], arrays["trained"], arrays["float16"]
+        sizes = [arrays[name] for name in ("float32_max_abs_difference", "float32_bytes", "float16_bytes")]
+        shape, classes = (test_images, outputs), max(outputs, 2)
         if not (
-            labels.ndim == 1
-            and trained.ndim == 2
-            and trained.shape == float16.shape == (len(labels), *trained.shape[1:])
+            labels.shape == (test_images,)
+            and labels.dtype.kind in "iu"
+            and ((labels >= 0) & (labels < classes)).all()
+            and all(
+                array.shape == shape and array.dtype.kind == "f" and np.isfinite(array).all()
+                for array in (trained, float16)
+            )
+            and all(size.shape == () and size.dtype.kind in "iuf" and np.isfinite(size) and size >= 0 for size in sizes)
         ):
-            raise PipelineError(f"{path}: its arrays do not belong together; {AGAIN}")
+            raise PipelineError(
+                f"{path}: not the outputs of a model of {outputs} output(s) on the {test_images} test images scored; "
+                f"{AGAIN}"
+            )
         return cls(
             labels=labels.astype(int),
             trained=trained,
             float16=float16,
-            float32_max_abs_difference=float(arrays["float32_max_abs_difference"]),
-            float32_bytes=int(arrays["float32_bytes"]),
-            float16_bytes=int(arrays["float16_bytes"]),
+            float32_max_abs_difference=float(sizes[0]),
+            float32_bytes=int(sizes[1]),
+            float16_bytes=int(sizes[2]),
         )
 
 

@@ -71,9 +71,7 @@ def atomic_path(target: Path, *, replace: bool = False) -> Iterator[Path]:
     target = Path(target)
     if not replace:
         refuse_existing(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(target)
-    tmp = temp_dir(target.parent, target.name)
+    tmp = _temp_beside(target)
     staged = tmp / target.name
     try:
         yield staged
@@ -86,6 +84,22 @@ def atomic_path(target: Path, *, replace: bool = False) -> Iterator[Path]:
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temp_beside(target: Path) -> Path:
+    """A new temp folder beside ``target`` (its folder made if missing), once stale ones of killed runs are gone;
+    a folder that cannot be written in is one line."""
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        return temp_dir(folder, target.name)
+    except (FileExistsError, NotADirectoryError):
+        raise PipelineError(f"{folder}: a file is where this folder should be, for {target.name}; move it") from None
+    except OSError as error:
+        raise PipelineError(
+            f"{folder}: cannot write {target.name} in it ({error.strerror}); make it writable"
+        ) from None
 
 
 def refuse_existing(target: Path) -> None:

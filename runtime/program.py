@@ -36,7 +36,10 @@ def start_program(name: str) -> None:
 
 
 def _end_at_once(signum: int, frame: object) -> None:
-    # Until run() puts its own handlers in, only imports have run: nothing to undo, so end here, in one line.
+    # Before run() puts its own handlers in, only imports have run, and after it ends only the teardown: nothing
+    # to undo, so end here, in one line, with what the program printed.
+    with contextlib.suppress(Exception):  # a print the signal interrupted: its line is lost, not the exit
+        sys.stdout.flush()
     os.write(2, f"error: {ENDINGS[signum]}\n".encode())
     os._exit(128 + signum)
 
@@ -85,6 +88,12 @@ def run(main: Callable[[], None], *, no_arguments: bool = False) -> None:
         _end(signal.SIGINT)
     except Terminated:
         _end(signal.SIGTERM)
+    finally:
+        # The interpreter's teardown (TensorFlow's atexit handlers: a second or so) is no place for an exception:
+        # a signal then ends the program at once, in one line, as during the imports.
+        for signum in ENDINGS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, _end_at_once)
 
 
 def _answered(main: Callable[[], None]) -> bool:

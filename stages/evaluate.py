@@ -71,7 +71,7 @@ def roc_points(model: str, labels: np.ndarray, probabilities: np.ndarray) -> pd.
 
 def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
     """The manifest's test rows, after checking every test file is there, unchanged, and alone."""
-    again = "run dvc repro -f sample"
+    again = "run dvc repro -f -s sample"
     try:
         manifest = pd.read_csv(input_file(manifest_path, again))
     except (ValueError, UnicodeDecodeError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
@@ -81,13 +81,13 @@ def checked_test_split(manifest_path: Path, sample_dir: Path) -> pd.DataFrame:
         raise PipelineError(f"{manifest_path}: has no column {missing[0]}, not the manifest sample writes; {again}")
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     for row in test.itertuples():
-        file = input_file(sample_dir / row.path, f"it is listed in {manifest_path}; run dvc repro -f sample")
+        file = input_file(sample_dir / row.path, f"it is listed in {manifest_path}; run dvc repro -f -s sample")
         if hashlib.sha256(file.read_bytes()).hexdigest() != row.sha256:
-            raise PipelineError(f"{file}: changed since sampling (sha256 differs); run dvc repro -f sample")
+            raise PipelineError(f"{file}: changed since sampling (sha256 differs); run dvc repro -f -s sample")
     on_disk = {p.relative_to(sample_dir).as_posix() for p in (sample_dir / "test").rglob("*") if p.is_file()}
     extra = sorted(on_disk - set(test["path"]))
     if extra:
-        raise PipelineError(f"{sample_dir / extra[0]}: not in {manifest_path}; run dvc repro -f sample")
+        raise PipelineError(f"{sample_dir / extra[0]}: not in {manifest_path}; run dvc repro -f -s sample")
     return test
 
 

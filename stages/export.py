@@ -1,11 +1,12 @@
-"""Stage ``export``: the fine-tuned cat/dog model and each digits model, out of the pipeline.
+"""Stage ``export``: the fine-tuned cat/dog model or a digits model out of the pipeline, one model a run
+(``python -m stages.export cats_dogs``, ``mnist`` or ``fashion_mnist``: dvc.yaml's ``foreach``).
 
-For each model, under ``models/export/<name>/``: a TensorFlow SavedModel (``saved_model/``, what TF Serving
+Under ``models/export/<name>/``: a TensorFlow SavedModel (``saved_model/``, what TF Serving
 loads, taking raw pixels: the preprocessing is inside), TFLite in float32 (``model.tflite``) and with float16
 weights (``model_float16.tflite``). On the model's test split it checks that the SavedModel and the float32
 TFLite compute the Keras model's outputs (within ``TOLERANCE``, else it stops), and keeps the trained model's and
-the float16 file's outputs in ``data/export_outputs/``, from which ``model_cards`` writes each model's card and
-``metrics/export.json`` at ``evaluate.threshold``: a threshold sweep never exports again.
+the float16 file's outputs in ``data/export_outputs/<name>.npz``, from which ``model_cards`` writes each model's
+card and ``metrics/export.json`` at ``evaluate.threshold``: a threshold sweep never exports again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ start_program(__name__)  # first: the imports below take seconds (TensorFlow's),
 
 import contextlib
 import errno
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -24,8 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from dogs_vs_cats import export, paths
-from dogs_vs_cats.classes import CATS_DOGS, DIGITS_DATASETS
-from dogs_vs_cats.config import Params, load_params
+from dogs_vs_cats.classes import CATS_DOGS, EXPORTED
 from dogs_vs_cats.datasets import image_dataset
 from dogs_vs_cats.digits_io import load_split
 from dogs_vs_cats.digits_model import batches
@@ -33,9 +34,13 @@ from dogs_vs_cats.exported import Outputs, largest_difference
 from dogs_vs_cats.models import load_saved
 from runtime.errors import PipelineError
 from runtime.files import atomic_path
+from runtime.program import signals_deferred
 
 TOLERANCE = 1e-4  # the largest difference from the Keras model's output an exported float32 model may have
 FLOAT16_TOLERANCE = 0.05  # the same for the file with float16 weights, on a probability from 0 to 1
+# Test images a batch while the files are checked: prediction only, so any image size fits; not a param, so that
+# no setting of the training stages re-runs an export whose model did not change.
+CHECK_BATCH = 32
 
 
 def outputs_on(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], test) -> tuple[dict, np.ndarray]:
@@ -110,32 +115,36 @@ def disk_space_named(target: Path) -> Iterator[None]:
         raise PipelineError(f"{target}: no space left on the device; free some, then run dvc repro export") from None
 
 
-def test_split_of(name: str, params: Params) -> Iterable:
-    """The test split of the model ``name``, in the batches its stages use."""
+def test_split_of(name: str, model: keras.Model) -> Iterable:
+    """The test split of the model ``name``, at the side ``model`` takes."""
     if name == CATS_DOGS:
-        return image_dataset("test", params.image.side, params.image.batch_size)
-    return batches(load_split(name, "test"), params.digits.batch_size)
+        return image_dataset("test", model.input_shape[1], CHECK_BATCH)
+    return batches(load_split(name, "test"), CHECK_BATCH)
 
 
 def main() -> None:
-    params = load_params()
-    models = {CATS_DOGS: paths.FINETUNED_MODEL, **{dataset: paths.digits_model(dataset) for dataset in DIGITS_DATASETS}}
-    kept = {}
-    # Every file is written aside and each takes its place only once all are checked: a failure or a kill
-    # leaves no export half made.
-    with disk_space_named(paths.EXPORT_DIR), contextlib.ExitStack() as written:
-        for name, model in models.items():
-            staged = paths.ExportFiles(
-                *(
-                    written.enter_context(atomic_path(path, replace=True))
-                    for path in paths.export_files(paths.export_folder(name))
-                )
+    arguments = sys.argv[1:]
+    if len(arguments) != 1 or arguments[0] not in EXPORTED:
+        raise PipelineError(f"usage: python -m stages.export {{{','.join(EXPORTED)}}}")
+    name = arguments[0]
+    model = load_saved(paths.FINETUNED_MODEL if name == CATS_DOGS else paths.digits_model(name))
+    test = test_split_of(name, model)
+    # Every file is written aside and takes its place once all are checked, the renames safe from Ctrl-C: a
+    # failure or a kill leaves no export half made.
+    with disk_space_named(paths.export_folder(name)):
+        with contextlib.ExitStack() as written:
+            files = paths.export_files(paths.export_folder(name))
+            kept = export_one(
+                model,
+                test,
+                paths.ExportFiles(*(written.enter_context(atomic_path(path, replace=True)) for path in files)),
             )
-            kept[name] = export_one(load_saved(model), test_split_of(name, params), staged)
-            kept[name].save(written.enter_context(atomic_path(paths.export_outputs(name), replace=True)))
-    for name, outputs in kept.items():
-        print(f"export: {name}: outputs within {outputs.float32_max_abs_difference:.1g} of the trained model's")
+            kept.save(written.enter_context(atomic_path(paths.export_outputs(name), replace=True)))
+            renames = written.pop_all()
+        with signals_deferred(), renames:
+            pass
+    print(f"export: {name}: outputs within {kept.float32_max_abs_difference:.1g} of the trained model's")
 
 
 if __name__ == "__main__":
-    run(main, no_arguments=True)
+    run(main)

@@ -12,6 +12,7 @@ from runtime.program import run, start_program
 
 start_program(__name__)  # first, as in every stage: Ctrl-C and SIGTERM end it in one line
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from runtime.files import atomic_path, input_file, write_json
 def read_metrics(path: Path, stage: str, needs: tuple[str, ...]) -> dict:
     """The metrics ``stage`` wrote at ``path``, with a number at each dotted key a model card ``needs``; read
     before any work, so a missing or damaged file stops the stage at once with one line."""
-    again = f"run dvc repro --force {stage}"
+    again = f"run dvc repro -f -s {stage}"
     input_file(path, again)
     try:
         data = json.loads(path.read_text())
@@ -42,22 +43,19 @@ def read_metrics(path: Path, stage: str, needs: tuple[str, ...]) -> dict:
 
 
 def cats_dogs_metrics() -> tuple[dict, dict]:
-    """What the fine-tuned model's card quotes: its test scores and its training summary."""
-    scores = read_metrics(
-        paths.EVALUATE_METRICS,
-        "evaluate",
-        tuple(
-            f"finetuned.{key}"
-            for key in ("accuracy", "accuracy_ci95.low", "accuracy_ci95.high", "log_loss", "params", "gmacs")
-        ),
-    )["finetuned"]
-    return scores, read_metrics(paths.live_dir("finetune") / "metrics.json", "finetune", ("best.epoch",))
+    """What the fine-tuned model's card quotes: its test scores (with the test split's size) and its training
+    summary."""
+    needs = ("accuracy", "accuracy_ci95.low", "accuracy_ci95.high", "log_loss", "params", "gmacs")
+    scores = read_metrics(paths.EVALUATE_METRICS, "evaluate", ("test_images", *(f"finetuned.{key}" for key in needs)))
+    return {**scores["finetuned"], "test_images": scores["test_images"]}, read_metrics(
+        paths.live_dir("finetune") / "metrics.json", "finetune", ("best.epoch",)
+    )
 
 
 def digits_metrics(dataset: str) -> tuple[dict, dict]:
     """What a digits model's card quotes: its test scores and its training summary."""
     scores = read_metrics(
-        paths.digits_metrics(dataset), f"digits_evaluate@{dataset}", ("accuracy", "f1_macro", "log_loss")
+        paths.digits_metrics(dataset), f"digits_evaluate@{dataset}", ("test_images", "accuracy", "f1_macro", "log_loss")
     )
     needs = ("best.epoch", "train_images", "validation_images")
     return scores, read_metrics(paths.digits_live_dir(dataset) / "metrics.json", f"digits_train@{dataset}", needs)
@@ -197,30 +195,33 @@ def digits_card(params: Params, dataset: str, metrics: tuple[dict, dict], checke
 
 def main() -> None:
     params = load_params()
-    # Every input is read before anything is written: a damaged file leaves the cards as they were.
+    # Every input is read before anything is written, and every output takes its place together: a damaged file,
+    # or a failure half way, leaves the cards and metrics/export.json as they were.
     metrics = {CATS_DOGS: cats_dogs_metrics(), **{dataset: digits_metrics(dataset) for dataset in DIGITS_DATASETS}}
-    results = {name: score(Outputs.load(paths.export_outputs(name)), params.evaluate.threshold) for name in metrics}
+    results = {}
+    for name, (scores, _) in metrics.items():
+        outputs = 1 if name == CATS_DOGS else len(DIGITS_CLASS_NAMES[name])
+        kept = Outputs.load(paths.export_outputs(name), outputs, scores["test_images"])
+        results[name] = score(kept, params.evaluate.threshold)
     cards = {
         CATS_DOGS: cats_dogs_card(params, metrics[CATS_DOGS], results[CATS_DOGS]),
         **{dataset: digits_card(params, dataset, metrics[dataset], results[dataset]) for dataset in DIGITS_DATASETS},
     }
-    for name, card in cards.items():
-        with atomic_path(paths.model_card(name), replace=True) as tmp:
-            tmp.write_text(card)
+    exported = {
+        name: {
+            "float32_max_abs_difference": result.float32_max_abs_difference,
+            "float16_max_abs_difference": result.float16_max_abs_difference,
+            "float16_accuracy_change": result.float16_accuracy - result.accuracy,
+        }
+        for name, result in results.items()
+    }
+    with contextlib.ExitStack() as written:
+        for name, card in cards.items():
+            written.enter_context(atomic_path(paths.model_card(name), replace=True)).write_text(card)
+        write_json(written.enter_context(atomic_path(paths.EXPORT_METRICS, replace=True)), exported)
     for name, result in results.items():
         change = 100 * (result.float16_accuracy - result.accuracy)
         print(f"model_cards: {name}: float16 weights {change:+.2f} points of accuracy")
-    write_json(
-        paths.EXPORT_METRICS,
-        {
-            name: {
-                "float32_max_abs_difference": result.float32_max_abs_difference,
-                "float16_max_abs_difference": result.float16_max_abs_difference,
-                "float16_accuracy_change": result.float16_accuracy - result.accuracy,
-            }
-            for name, result in results.items()
-        },
-    )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def open_zip(path: Path) -> zipfile.ZipFile:
         raise PipelineError(f"{path}: not found; run dvc repro download") from None
     except (zipfile.BadZipFile, OSError) as error:
         raise PipelineError(
-            f"{path}: not a readable zip ({error}); run dvc repro -f download to fetch it again"
+            f"{path}: not a readable zip ({error}); run dvc repro -f -s download to fetch it again"
         ) from None
 
 

@@ -87,7 +87,7 @@ def call_stage(name: str, cwd: Path, args: tuple[str, ...] = ()) -> subprocess.C
 
     module = importlib.import_module(module_of(name))
     out, err, status = io.StringIO(), io.StringIO(), 0
-    sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}  # run() sets its own
     with inside(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         argv, sys.argv = sys.argv, [module_of(name), *args]
         try:
@@ -96,7 +96,8 @@ def call_stage(name: str, cwd: Path, args: tuple[str, ...] = ()) -> subprocess.C
             status = exit.code if isinstance(exit.code, int) else 1
         finally:
             sys.argv = argv
-            signal.signal(signal.SIGTERM, sigterm)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
     return subprocess.CompletedProcess([name, *args], status, out.getvalue(), err.getvalue())
 
 

@@ -143,24 +143,38 @@ def test_a_healthy_export_prints_no_warning_and_no_tflite_info(tmp_path: Path, c
     assert "retracing" not in err and "XNNPACK" not in err and "WARNING" not in err, err
 
 
+def test_export_takes_one_exported_models_name_and_needs_its_model_first(workdir: Path) -> None:
+    from tests.conftest import call_stage
+
+    for args in ((), ("cifar10",), ("mnist", "fashion_mnist")):
+        result = call_stage("export", workdir, args)
+        assert (result.returncode, result.stderr) == (
+            1,
+            "error: usage: python -m stages.export {cats_dogs,mnist,fashion_mnist}\n",
+        ), args
+    result = call_stage("export", workdir, ("mnist",))
+    assert result.returncode == 1 and result.stderr.startswith("error: models/digits/mnist.keras: ")
+    assert result.stderr.count("\n") == 1 and not (workdir / "models/export").exists()
+
+
 def test_missing_or_damaged_metrics_stop_model_cards_before_any_card(workdir: Path) -> None:
     from tests.conftest import call_stage
 
     metrics = workdir / "metrics"
     (metrics / "finetune").mkdir(parents=True)
     (metrics / "evaluate.json").write_text(
-        '{"finetuned": {"accuracy": 0.5, "accuracy_ci95": {"low": 0.4, "high": 0.6}, "log_loss": 0.7,'
+        '{"test_images": 4, "finetuned": {"accuracy": 0.5, "accuracy_ci95": {"low": 0.4, "high": 0.6}, "log_loss": 0.7,'
         ' "params": 10, "gmacs": 0.1, "roc_auc": null}}'
     )
     (metrics / "finetune/metrics.json").write_text('{"best": {"epoch": 1, "loss"')
     result = call_stage("model_cards", workdir)
     assert result.returncode == 1
     assert result.stderr.startswith("error: metrics/finetune/metrics.json: cannot read it (")
-    assert result.stderr.rstrip().endswith("run dvc repro --force finetune") and result.stderr.count("\n") == 1
+    assert result.stderr.rstrip().endswith("run dvc repro -f -s finetune") and result.stderr.count("\n") == 1
     (metrics / "finetune/metrics.json").write_text('{"best": {"loss": 0.1}}')
     result = call_stage("model_cards", workdir)
     assert result.stderr == (
-        "error: metrics/finetune/metrics.json: best.epoch is None, not a number; run dvc repro --force finetune\n"
+        "error: metrics/finetune/metrics.json: best.epoch is None, not a number; run dvc repro -f -s finetune\n"
     )
     assert not (workdir / "models/export").exists()
 

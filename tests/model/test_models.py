@@ -23,6 +23,7 @@ from dogs_vs_cats.models import (
     load_saved,
     unfreeze,
 )
+from runtime import program
 from runtime.program import run
 from tests.conftest import REPO
 
@@ -189,9 +190,28 @@ def test_a_signal_while_keras_reads_the_weights_ends_the_program(
         run(lambda: loaded.append(load_saved(path)))
     assert ended.value.code == status and not loaded
     assert capsys.readouterr().err.count("\n") == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # run's handlers are back
+    assert signal.getsignal(signal.SIGINT) is program._end_at_once  # not the deferring one: run's, for the teardown
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(saving_lib, "is_memory_sufficient", reader)
     assert load_saved(path).count_params() > 0  # the control: the same file loads
+
+
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, program.Terminated)]
+)
+def test_a_deferred_signal_waits_for_the_block_then_ends_it_with_runs_handlers_back(signum: int, raised: type) -> None:
+    handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: program._terminate}  # what run() sets
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        finished = []
+        with pytest.raises(raised), program.signals_deferred():
+            os.kill(os.getpid(), signum)
+            finished.append(True)  # the block runs to its end first
+        assert finished == [True]
+        assert all(signal.getsignal(sig) is handler for sig, handler in handlers.items())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def test_augmentation_is_active_only_in_training() -> None:

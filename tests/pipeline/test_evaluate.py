@@ -149,7 +149,7 @@ def test_test_split_is_checked_against_the_manifest(tmp_path: Path) -> None:
 def test_a_damaged_manifest_is_one_line(tmp_path: Path, content: bytes, error: str) -> None:
     manifest, sample_dir = _sample(tmp_path)
     manifest.write_bytes(content)
-    with pytest.raises(PipelineError, match=rf"manifest.csv: {error}.*; run dvc repro -f sample$"):
+    with pytest.raises(PipelineError, match=rf"manifest.csv: {error}.*; run dvc repro -f -s sample$"):
         evaluate.checked_test_split(manifest, sample_dir)
 
 

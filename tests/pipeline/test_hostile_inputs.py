@@ -130,7 +130,7 @@ def test_a_zip_whose_directory_is_unreadable_is_one_fatal_line(workdir: Path) ->
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: data/raw/train.zip: not a readable zip (")
-    assert line.endswith("); run dvc repro -f download to fetch it again")
+    assert line.endswith("); run dvc repro -f -s download to fetch it again")
     assert not (workdir / "data/sample").exists()
 
 
@@ -303,6 +303,42 @@ def test_a_signal_while_tensorflow_is_imported_is_one_line(tmp_path: Path, signu
     _, stderr = stage.communicate(timeout=60)
     assert (stage.returncode, stderr) == (status, f"error: {word}\n")
     assert time.monotonic() - sent < 20
+
+
+FINISHED_STAGE = textwrap.dedent(
+    """
+    import atexit, sys, time
+    from runtime.program import run
+
+    def main():
+        atexit.register(time.sleep, 60)  # the teardown (TensorFlow's atexit handlers), made long
+        atexit.register(lambda: print("tearing down", file=sys.stderr, flush=True))  # runs first
+        print("done")  # still in the buffer of a pipe
+
+    run(main)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_a_signal_after_the_work_is_one_line_and_keeps_the_output(
+    tmp_path: Path, signum: int, status: int, word: str
+) -> None:
+    # It was "Exception ignored in atexit callback" and a traceback, with exit status 0.
+    stage = subprocess.Popen(
+        [sys.executable, "-c", FINISHED_STAGE],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert stage.stderr.readline() == "tearing down\n"
+    stage.send_signal(signum)
+    stdout, stderr = stage.communicate(timeout=30)
+    assert (stage.returncode, stdout, stderr) == (status, "done\n", f"error: {word}\n")
 
 
 def test_temp_folders_of_killed_runs_are_removed_when_the_stage_next_runs(workdir: Path) -> None:

@@ -109,6 +109,20 @@ def test_each_stage_can_be_restored_from_the_run_cache(stage: str) -> None:
     assert not any(options.get("persist") for _, options in _declared(entry.get("outs", [])) + small)
 
 
+def test_the_foreach_lists_are_the_models_and_datasets_the_stages_accept() -> None:
+    # A name in dvc.yaml's vars that the stage refuses fails the run; one the vars lack is never made.
+    from dogs_vs_cats import paths
+    from dogs_vs_cats.classes import CATS_DOGS, EXPORTED
+
+    (digits,) = [entry["digits_datasets"] for entry in dvc_yaml()["vars"] if "digits_datasets" in entry]
+    (exported,) = [entry["exported"] for entry in dvc_yaml()["vars"] if "exported" in entry]
+    assert tuple(digits) == DIGITS_DATASETS and tuple(exported) == EXPORTED
+    for name, item in exported.items():
+        model = paths.FINETUNED_MODEL if name == CATS_DOGS else paths.digits_model(name)
+        test = paths.SAMPLE_DIR if name == CATS_DOGS else paths.digits_data_dir(name)
+        assert (item["model"], item["test"]) == (model.as_posix(), test.as_posix())
+
+
 @pytest.mark.parametrize("dataset", DIGITS_DATASETS)
 def test_a_digits_confusion_template_is_dvcs_own_in_label_order(dataset: str) -> None:
     from dvc_render.vega_templates import ConfusionTemplate
@@ -178,13 +192,31 @@ def test_each_plot_is_declared_once_and_titled() -> None:
         assert options["template"].replace("${key}", "mnist") in templates, path
 
 
+def _each_run() -> dict[str, dict]:
+    """Each stage as DVC runs it: a ``foreach`` stage once per item (``export@cats_dogs``), its ``${key}`` and
+    ``${item.<field>}`` filled in."""
+    variables = {name: value for entry in dvc_yaml()["vars"] for name, value in entry.items()}
+    runs = {}
+    for name, entry in dvc_yaml()["stages"].items():
+        if "foreach" not in entry:
+            runs[name] = entry
+            continue
+        items = variables[entry["foreach"].strip("${}")]
+        for key, item in items.items():
+            text = json.dumps(entry["do"]).replace("${key}", key)
+            for field, value in item.items():
+                text = text.replace(f"${{item.{field}}}", str(value))
+            runs[f"{name}@{key}"] = json.loads(text)
+    return runs
+
+
 def _downstream_of(stage: str) -> set[str]:
-    """``stage`` and every stage that reads, directly or not, what it writes."""
-    entries = stage_entries()
+    """``stage`` and every stage that reads, directly or not, what it writes (a ``foreach`` stage by its name)."""
+    runs = _each_run()
 
     def outs(name: str) -> set[str]:
-        return {next(iter(o)) if isinstance(o, dict) else o for o in entries[name].get("outs", [])} | {
-            next(iter(m)) for m in entries[name].get("metrics", [])
+        return {next(iter(o)) if isinstance(o, dict) else o for o in runs[name].get("outs", [])} | {
+            next(iter(m)) for m in runs[name].get("metrics", [])
         }
 
     found, todo = set(), [stage]
@@ -194,8 +226,8 @@ def _downstream_of(stage: str) -> set[str]:
             continue
         found.add(name)
         written = outs(name)
-        todo += [other for other, entry in entries.items() if written & set(map(str, entry.get("deps", [])))]
-    return found
+        todo += [other for other, entry in runs.items() if written & set(map(str, entry.get("deps", [])))]
+    return {name.split("@")[0] for name in found}
 
 
 @pytest.mark.parametrize("name", ["dvc.yaml", "params.yaml"])

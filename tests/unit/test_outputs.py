@@ -56,6 +56,26 @@ def test_atomic_path_replaces_a_stage_output_whole_and_leaves_no_temp(tmp_path: 
     assert [p.name for p in tmp_path.iterdir()] == ["sample"]
 
 
+def test_an_output_folder_that_cannot_take_the_output_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    # A file where a model's export folder should be, and a folder the process may not write in (simulated:
+    # tests may run as root), were tracebacks from mkdir and mkdtemp.
+    (tmp_path / "mnist").write_text("my notes")
+    with pytest.raises(PipelineError) as raised, atomic_path(tmp_path / "mnist/MODEL_CARD.md", replace=True):
+        pass
+    assert (
+        str(raised.value) == f"{tmp_path / 'mnist'}: a file is where this folder should be, for MODEL_CARD.md; move it"
+    )
+    assert (tmp_path / "mnist").read_text() == "my notes"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkdtemp", refused)
+    with pytest.raises(PipelineError) as raised, atomic_path(tmp_path / "model.tflite", replace=True):
+        pass
+    assert str(raised.value) == f"{tmp_path}: cannot write model.tflite in it (Permission denied); make it writable"
+
+
 def test_output_file_goes_inside_a_folder_and_replaces_a_file_only_when_forced(tmp_path: Path) -> None:
     assert output_file(tmp_path, "report.md", force=False, option="--out") == tmp_path / "report.md"
     (tmp_path / "report.md").write_text("mine")
@@ -144,7 +164,7 @@ def test_an_input_that_cannot_be_read_is_one_line_not_a_traceback_later(tmp_path
 def test_npz_arrays_refuses_a_damaged_or_foreign_file_in_one_line(tmp_path: Path) -> None:
     import numpy as np
 
-    fix = "run dvc repro -f extract_features"
+    fix = "run dvc repro -f -s extract_features"
     np.savez(tmp_path / "good.npz", x=np.arange(3), y=np.ones(2))
     x, y = npz_arrays(tmp_path / "good.npz", ("x", "y"), fix)
     assert x.tolist() == [0, 1, 2] and y.tolist() == [1.0, 1.0]
