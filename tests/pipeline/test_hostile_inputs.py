@@ -241,6 +241,17 @@ def test_a_folder_with_no_usable_images_is_one_line(workdir: Path, tmp_path: Pat
         download.main()
 
 
+SIGNALS = [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]  # each, its status and line
+
+
+def _started(arguments: list[str], cwd: Path) -> subprocess.Popen:
+    """``python <arguments>`` started in ``cwd`` with this repository importable, its output piped."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, *arguments], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 SLOW_STAGE = textwrap.dedent(
     """
     import time
@@ -260,18 +271,9 @@ SLOW_STAGE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(
-    ("signum", "status", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
-)
+@pytest.mark.parametrize(("signum", "status", "word"), SIGNALS)
 def test_a_signal_removes_the_partial_output(tmp_path: Path, signum: int, status: int, word: str) -> None:
-    stage = subprocess.Popen(
-        [sys.executable, "-c", SLOW_STAGE],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stage = _started(["-c", SLOW_STAGE], tmp_path)
     assert stage.stdout.readline() == "writing\n"
     assert len(list((tmp_path / "data").glob(".sample.*.tmp"))) == 1
     stage.send_signal(signum)
@@ -281,20 +283,11 @@ def test_a_signal_removes_the_partial_output(tmp_path: Path, signum: int, status
     assert list((tmp_path / "data").iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    ("signum", "status", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
-)
+@pytest.mark.parametrize(("signum", "status", "word"), SIGNALS)
 def test_a_signal_while_tensorflow_is_imported_is_one_line(tmp_path: Path, signum: int, status: int, word: str) -> None:
     # Ctrl-C in a stage's first second: before run(), in the middle of its imports. It was a 99-line traceback
     # (SIGINT) or a silent death (SIGTERM).
-    stage = subprocess.Popen(
-        [sys.executable, "-m", "stages.evaluate"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stage = _started(["-m", "stages.evaluate"], tmp_path)
     maps, deadline = Path(f"/proc/{stage.pid}/maps"), time.monotonic() + 60
     while "tensorflow" not in maps.read_text() and time.monotonic() < deadline:  # TensorFlow's libraries load
         time.sleep(0.005)
@@ -320,21 +313,12 @@ FINISHED_STAGE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(
-    ("signum", "status", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
-)
+@pytest.mark.parametrize(("signum", "status", "word"), SIGNALS)
 def test_a_signal_after_the_work_is_one_line_and_keeps_the_output(
     tmp_path: Path, signum: int, status: int, word: str
 ) -> None:
     # It was "Exception ignored in atexit callback" and a traceback, with exit status 0.
-    stage = subprocess.Popen(
-        [sys.executable, "-c", FINISHED_STAGE],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stage = _started(["-c", FINISHED_STAGE], tmp_path)
     assert stage.stderr.readline() == "tearing down\n"
     stage.send_signal(signum)
     stdout, stderr = stage.communicate(timeout=30)
