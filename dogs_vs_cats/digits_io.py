@@ -29,9 +29,21 @@ class Split:
 
 
 def load_split(dataset: str, split: str) -> Split:
-    """One split written by ``digits_data``."""
+    """One split written by ``digits_data``; one of other images, no images or labels past 9 is one line."""
     path = paths.digits_data_dir(dataset) / f"{split}.npz"
-    return Split(*npz_arrays(path, ("x", "y"), f"run dvc repro -f -s digits_data@{dataset}"))
+    again = f"run dvc repro -f -s digits_data@{dataset}"
+    x, y = npz_arrays(path, ("x", "y"), again)
+    if not (
+        y.ndim == 1
+        and len(y) > 0
+        and x.shape == (len(y), SIDE, SIDE)
+        and x.dtype == y.dtype == np.uint8
+        and (y < CLASSES).all()
+    ):
+        raise PipelineError(
+            f"{path}: not {SIDE}x{SIDE} uint8 images with labels 0 to {CLASSES - 1}, at least one; {again}"
+        )
+    return Split(x, y)
 
 
 def split_validation(train: Split, count: int, seed: int) -> tuple[Split, Split]:

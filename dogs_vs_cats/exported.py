@@ -16,8 +16,6 @@ from dogs_vs_cats.classes import predicted_labels
 from runtime.errors import PipelineError
 from runtime.files import npz_arrays
 
-AGAIN = "run dvc repro -f -s export"
-
 
 @dataclass(frozen=True)
 class Outputs:
@@ -39,7 +37,8 @@ class Outputs:
     def load(cls, path: Path, outputs: int, test_images: int) -> Outputs:
         """The outputs ``export`` kept at ``path`` for a model of ``outputs`` outputs (1: P(dog), else softmax) on a
         test split of ``test_images`` images; a file missing, damaged, or of another model or split is one line."""
-        arrays = dict(zip(FIELDS, npz_arrays(path, FIELDS, AGAIN), strict=True))
+        again = f"run dvc repro -f -s export@{path.stem}"  # the file is named for its model
+        arrays = dict(zip(FIELDS, npz_arrays(path, FIELDS, again), strict=True))
         labels, trained, float16 = arrays["labels"], arrays["trained"], arrays["float16"]
         sizes = [arrays[name] for name in ("float32_max_abs_difference", "float32_bytes", "float16_bytes")]
         shape, classes = (test_images, outputs), max(outputs, 2)
@@ -55,7 +54,7 @@ class Outputs:
         ):
             raise PipelineError(
                 f"{path}: not the outputs of a model of {outputs} output(s) on the {test_images} test images scored; "
-                f"{AGAIN}"
+                f"{again}"
             )
         return cls(
             labels=labels.astype(int),

@@ -78,9 +78,12 @@ def run(main: Callable[[], None], *, no_arguments: bool = False) -> None:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, handler)
     try:
-        if no_arguments and _answered(main):
-            return
-        main()
+        try:
+            if no_arguments and _answered(main):
+                return
+            main()
+        finally:  # a signal while main's objects are freed (TensorFlow's: most of a second) is still caught below
+            _ending()
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
@@ -88,12 +91,14 @@ def run(main: Callable[[], None], *, no_arguments: bool = False) -> None:
         _end(signal.SIGINT)
     except Terminated:
         _end(signal.SIGTERM)
-    finally:
-        # The interpreter's teardown (TensorFlow's atexit handlers: a second or so) is no place for an exception:
-        # a signal then ends the program at once, in one line, as during the imports.
-        for signum in ENDINGS:
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                signal.signal(signum, _end_at_once)
+
+
+def _ending() -> None:
+    """From here on the program only ends: the interpreter's teardown (TensorFlow's atexit handlers) is no place
+    for an exception, so a signal ends it at once, in one line, as during the imports."""
+    for signum in ENDINGS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _end_at_once)
 
 
 def _answered(main: Callable[[], None]) -> bool:
@@ -111,6 +116,7 @@ def _answered(main: Callable[[], None]) -> bool:
 
 
 def _end(signum: int) -> None:
+    _ending()
     print(f"error: {ENDINGS[signum]}", file=sys.stderr)
     sys.exit(128 + signum)
 

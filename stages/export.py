@@ -28,7 +28,7 @@ import tensorflow as tf
 from dogs_vs_cats import export, paths
 from dogs_vs_cats.classes import CATS_DOGS, EXPORTED
 from dogs_vs_cats.datasets import image_dataset
-from dogs_vs_cats.digits_io import load_split
+from dogs_vs_cats.digits_io import CLASSES, SIDE, load_split
 from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.exported import Outputs, largest_difference
 from dogs_vs_cats.models import load_saved
@@ -104,22 +104,36 @@ def export_one(trained: keras.Model, test, files: paths.ExportFiles) -> Outputs:
 
 
 @contextlib.contextmanager
-def disk_space_named(target: Path) -> Iterator[None]:
-    """A full disk while writing ``target`` is one line: TensorFlow's SavedModel writer says so in a
-    ``ResourceExhaustedError`` of forty lines, Python in an ``OSError``."""
+def disk_space_named(target: Path, again: str) -> Iterator[None]:
+    """A full disk while writing ``target`` is one line ending in ``again``: TensorFlow's SavedModel writer says so
+    in a ``ResourceExhaustedError`` of forty lines, Python in an ``OSError``."""
     try:
         yield
     except (OSError, tf.errors.ResourceExhaustedError) as error:
         if getattr(error, "errno", None) != errno.ENOSPC and "No space left" not in str(error):
             raise
-        raise PipelineError(f"{target}: no space left on the device; free some, then run dvc repro export") from None
+        raise PipelineError(f"{target}: no space left on the device; free some, then {again}") from None
 
 
-def test_split_of(name: str, model: keras.Model) -> Iterable:
-    """The test split of the model ``name``, at the side ``model`` takes."""
+def trained_and_tested(name: str) -> tuple[keras.Model, Iterable]:
+    """The model ``name`` and its test split in batches, checked to belong together before any work."""
+    path, outputs = (paths.FINETUNED_MODEL, 1) if name == CATS_DOGS else (paths.digits_model(name), CLASSES)
+    model = load_saved(path)
+    shape = model.input_shape[1:]
+    takes = (
+        len(shape) == 3 and shape[0] == shape[1] and shape[2] == 3 if name == CATS_DOGS else shape == (SIDE, SIDE, 1)
+    )
+    if not takes or model.output_shape[1:] != (outputs,):
+        trained_by = "finetune" if name == CATS_DOGS else f"digits_train@{name}"
+        raise PipelineError(
+            f"{path}: takes {shape} and gives {model.output_shape[1:]}, not what the {name} model takes and gives; "
+            f"run dvc repro -f -s {trained_by}"
+        )
     if name == CATS_DOGS:
-        return image_dataset("test", model.input_shape[1], CHECK_BATCH)
-    return batches(load_split(name, "test"), CHECK_BATCH)
+        if not any(path.is_file() for path in (paths.SAMPLE_DIR / "test").rglob("*")):
+            raise PipelineError(f"{paths.SAMPLE_DIR / 'test'}: no test images; run dvc repro -f -s sample")
+        return model, image_dataset("test", shape[0], CHECK_BATCH)
+    return model, batches(load_split(name, "test"), CHECK_BATCH)
 
 
 def main() -> None:
@@ -127,11 +141,10 @@ def main() -> None:
     if len(arguments) != 1 or arguments[0] not in EXPORTED:
         raise PipelineError(f"usage: python -m stages.export {{{','.join(EXPORTED)}}}")
     name = arguments[0]
-    model = load_saved(paths.FINETUNED_MODEL if name == CATS_DOGS else paths.digits_model(name))
-    test = test_split_of(name, model)
+    model, test = trained_and_tested(name)
     # Every file is written aside and takes its place once all are checked, the renames safe from Ctrl-C: a
     # failure or a kill leaves no export half made.
-    with disk_space_named(paths.export_folder(name)):
+    with disk_space_named(paths.export_folder(name), f"run dvc repro -f -s export@{name}"):
         with contextlib.ExitStack() as written:
             files = paths.export_files(paths.export_folder(name))
             kept = export_one(

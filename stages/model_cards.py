@@ -22,6 +22,7 @@ from dogs_vs_cats.config import Params, load_params
 from dogs_vs_cats.exported import Checked, Outputs, score
 from runtime.errors import PipelineError, one_line
 from runtime.files import atomic_path, input_file, write_json
+from runtime.program import signals_deferred
 
 
 def read_metrics(path: Path, stage: str, needs: tuple[str, ...]) -> dict:
@@ -219,6 +220,9 @@ def main() -> None:
         for name, card in cards.items():
             written.enter_context(atomic_path(paths.model_card(name), replace=True)).write_text(card)
         write_json(written.enter_context(atomic_path(paths.EXPORT_METRICS, replace=True)), exported)
+        renames = written.pop_all()
+    with signals_deferred(), renames:  # the renames safe from Ctrl-C
+        pass
     for name, result in results.items():
         change = 100 * (result.float16_accuracy - result.accuracy)
         print(f"model_cards: {name}: float16 weights {change:+.2f} points of accuracy")

@@ -331,3 +331,25 @@ def test_bfloat16_reaches_float32_accuracy_on_real_digits_within_one_point(book_
     }
     print(f"scikit-learn's digits, test accuracy: {accuracy}")
     assert accuracy["mixed_bfloat16"] >= accuracy["float32"] - 0.01, accuracy
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        {"x": np.zeros((3, 20, 20), np.uint8), "y": np.zeros(3, np.uint8)},  # another image size
+        {"x": np.zeros((0, 28, 28), np.uint8), "y": np.zeros(0, np.uint8)},  # no images
+        {"x": np.zeros((2, 28, 28), np.uint8), "y": np.array([3, 23], np.uint8)},  # a label past 9
+        {"x": np.zeros((2, 28, 28), np.float32), "y": np.zeros(2, np.uint8)},  # other pixels
+    ],
+)
+def test_a_split_of_other_images_or_labels_is_one_line_naming_digits_data(workdir: Path, arrays: dict) -> None:
+    # A bare AssertionError (another size), an error deep in export (no images), or a split export took in.
+    folder = workdir / "data/digits/mnist"
+    folder.mkdir(parents=True)
+    np.savez(folder / "test.npz", **arrays)
+    with pytest.raises(PipelineError) as raised:
+        digits_io.load_split("mnist", "test")
+    assert str(raised.value) == (
+        "data/digits/mnist/test.npz: not 28x28 uint8 images with labels 0 to 9, at least one; "
+        "run dvc repro -f -s digits_data@mnist"
+    )

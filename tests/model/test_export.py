@@ -155,6 +155,23 @@ def test_export_takes_one_exported_models_name_and_needs_its_model_first(workdir
     result = call_stage("export", workdir, ("mnist",))
     assert result.returncode == 1 and result.stderr.startswith("error: models/digits/mnist.keras: ")
     assert result.stderr.count("\n") == 1 and not (workdir / "models/export").exists()
+    # Another model in the fine-tuned model's place (a digits one), then the right kind without test images.
+    digits = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    (workdir / "models").mkdir()
+    digits.save(workdir / "models/finetuned.keras")
+    assert call_stage("export", workdir, ("cats_dogs",)).stderr == (
+        "error: models/finetuned.keras: takes (28, 28, 1) and gives (10,), not what the cats_dogs model takes and "
+        "gives; run dvc repro -f -s finetune\n"
+    )
+    keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]).save(
+        workdir / "models/finetuned.keras"
+    )
+    for label in ("cat", "dog"):
+        (workdir / "data/sample/test" / label).mkdir(parents=True)
+    result = call_stage("export", workdir, ("cats_dogs",))
+    assert (result.returncode, result.stderr.count("\n")) == (1, 1), result.stderr
+    assert result.stderr.startswith("error: data/sample") and "run dvc repro -f -s sample" in result.stderr
+    assert not (workdir / "models/export").exists()
 
 
 def test_missing_or_damaged_metrics_stop_model_cards_before_any_card(workdir: Path) -> None:
@@ -187,13 +204,13 @@ def test_missing_or_damaged_metrics_stop_model_cards_before_any_card(workdir: Pa
     ],
 )
 def test_a_full_disk_is_one_line(error: Exception) -> None:
-    with pytest.raises(PipelineError) as raised, disk_space_named(Path("models/export")):
+    with pytest.raises(PipelineError) as raised, disk_space_named(Path("models/export/mnist"), "run it again"):
         raise error
-    assert str(raised.value) == "models/export: no space left on the device; free some, then run dvc repro export"
+    assert str(raised.value) == "models/export/mnist: no space left on the device; free some, then run it again"
 
 
 def test_other_write_errors_stay_tracebacks() -> None:
-    with pytest.raises(PermissionError), disk_space_named(Path("models/export")):
+    with pytest.raises(PermissionError), disk_space_named(Path("models/export/mnist"), "run it again"):
         raise PermissionError(errno.EACCES, "Permission denied")
 
 

@@ -325,6 +325,32 @@ def test_a_signal_after_the_work_is_one_line_and_keeps_the_output(
     assert (stage.returncode, stdout, stderr) == (status, "done\n", f"error: {word}\n")
 
 
+LATE_SIGNAL = textwrap.dedent(
+    """
+    import os, sys
+    from runtime import program
+
+    ending = program._ending
+
+    def signalled_first():  # the signal lands as main's objects are freed, before run's ending handlers
+        program._ending = ending
+        os.kill(os.getpid(), int(sys.argv[1]))
+        ending()
+
+    program._ending = signalled_first
+    program.run(lambda: print("done"))
+    """
+)
+
+
+@pytest.mark.parametrize(("signum", "status", "word"), SIGNALS)
+def test_a_signal_as_main_returns_is_one_line(tmp_path: Path, signum: int, status: int, word: str) -> None:
+    # It was a traceback through run()'s finally, exit status 1.
+    stage = _started(["-c", LATE_SIGNAL, str(int(signum))], tmp_path)
+    stdout, stderr = stage.communicate(timeout=30)
+    assert (stage.returncode, stdout, stderr) == (status, "done\n", f"error: {word}\n")
+
+
 def test_temp_folders_of_killed_runs_are_removed_when_the_stage_next_runs(workdir: Path) -> None:
     download.main()
     data = workdir / "data"

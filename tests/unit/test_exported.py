@@ -79,14 +79,15 @@ def test_a_file_of_another_model_or_split_or_damaged_is_one_line_naming_export(t
     with pytest.raises(PipelineError) as raised:
         Outputs.load(path, 1, 4)
     assert str(raised.value) == (
-        f"{path}: not the outputs of a model of 1 output(s) on the 4 test images scored; run dvc repro -f -s export"
+        f"{path}: not the outputs of a model of 1 output(s) on the 4 test images scored; "
+        "run dvc repro -f -s export@cats_dogs"
     )
 
 
 def test_a_file_that_is_no_npz_is_one_line_naming_export(tmp_path: Path) -> None:
     (tmp_path / "mnist.npz").write_bytes(b"not an npz")
     with pytest.raises(
-        PipelineError, match=r"mnist.npz: not a .npz file holding labels, .*; run dvc repro -f -s export$"
+        PipelineError, match=r"mnist.npz: not a .npz file holding labels, .*; run dvc repro -f -s export@mnist$"
     ):
         Outputs.load(tmp_path / "mnist.npz", 10, 4)
 
