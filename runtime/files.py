@@ -20,6 +20,7 @@ from typing import Any
 
 from runtime.errors import PipelineError
 from runtime.processes import gone, start_time
+from runtime.program import signals_deferred
 
 
 def input_file(path: Path, fix: str) -> Path:
@@ -84,6 +85,17 @@ def atomic_path(target: Path, *, replace: bool = False) -> Iterator[Path]:
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_paths(targets: list[Path], *, replace: bool = False) -> Iterator[list[Path]]:
+    """``atomic_path`` for outputs that belong together: each is written to its temporary sibling, and all take
+    their place once the block ends without error, the renames safe from Ctrl-C (held until the last is done)."""
+    with contextlib.ExitStack() as written:
+        yield [written.enter_context(atomic_path(target, replace=replace)) for target in targets]
+        renames = written.pop_all()
+    with signals_deferred(), renames:
+        pass
 
 
 def _temp_beside(target: Path) -> Path:

@@ -33,8 +33,7 @@ from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.exported import Outputs, largest_difference
 from dogs_vs_cats.models import load_saved
 from runtime.errors import PipelineError
-from runtime.files import atomic_path
-from runtime.program import signals_deferred
+from runtime.files import atomic_paths
 
 TOLERANCE = 1e-4  # the largest difference from the Keras model's output an exported float32 model may have
 FLOAT16_TOLERANCE = 0.05  # the same for the file with float16 weights, on a probability from 0 to 1
@@ -142,20 +141,15 @@ def main() -> None:
         raise PipelineError(f"usage: python -m stages.export {{{','.join(EXPORTED)}}}")
     name = arguments[0]
     model, test = trained_and_tested(name)
-    # Every file is written aside and takes its place once all are checked, the renames safe from Ctrl-C: a
-    # failure or a kill leaves no export half made.
-    with disk_space_named(paths.export_folder(name), f"run dvc repro -f -s export@{name}"):
-        with contextlib.ExitStack() as written:
-            files = paths.export_files(paths.export_folder(name))
-            kept = export_one(
-                model,
-                test,
-                paths.ExportFiles(*(written.enter_context(atomic_path(path, replace=True)) for path in files)),
-            )
-            kept.save(written.enter_context(atomic_path(paths.export_outputs(name), replace=True)))
-            renames = written.pop_all()
-        with signals_deferred(), renames:
-            pass
+    # Every file is written aside and takes its place once all are checked: a failure or a kill leaves no export
+    # half made.
+    files = paths.export_files(paths.export_folder(name))
+    with (
+        disk_space_named(paths.export_folder(name), f"run dvc repro -f -s export@{name}"),
+        atomic_paths([*files, paths.export_outputs(name)], replace=True) as staged,
+    ):
+        kept = export_one(model, test, paths.ExportFiles(*staged[: len(files)]))
+        kept.save(staged[-1])
     print(f"export: {name}: outputs within {kept.float32_max_abs_difference:.1g} of the trained model's")
 
 

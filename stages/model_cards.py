@@ -12,7 +12,6 @@ from runtime.program import run, start_program
 
 start_program(__name__)  # first, as in every stage: Ctrl-C and SIGTERM end it in one line
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from dogs_vs_cats.classes import CATS_DOGS, DIGITS_CLASS_NAMES, DIGITS_DATASETS
 from dogs_vs_cats.config import Params, load_params
 from dogs_vs_cats.exported import Checked, Outputs, score
 from runtime.errors import PipelineError, one_line
-from runtime.files import atomic_path, input_file, write_json
-from runtime.program import signals_deferred
+from runtime.files import atomic_paths, input_file, write_json
 
 
 def read_metrics(path: Path, stage: str, needs: tuple[str, ...]) -> dict:
@@ -216,13 +214,10 @@ def main() -> None:
         }
         for name, result in results.items()
     }
-    with contextlib.ExitStack() as written:
-        for name, card in cards.items():
-            written.enter_context(atomic_path(paths.model_card(name), replace=True)).write_text(card)
-        write_json(written.enter_context(atomic_path(paths.EXPORT_METRICS, replace=True)), exported)
-        renames = written.pop_all()
-    with signals_deferred(), renames:  # the renames safe from Ctrl-C
-        pass
+    with atomic_paths([*map(paths.model_card, cards), paths.EXPORT_METRICS], replace=True) as staged:
+        for path, card in zip(staged[:-1], cards.values(), strict=True):
+            path.write_text(card)
+        write_json(staged[-1], exported)
     for name, result in results.items():
         change = 100 * (result.float16_accuracy - result.accuracy)
         print(f"model_cards: {name}: float16 weights {change:+.2f} points of accuracy")

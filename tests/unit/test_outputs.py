@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import PipelineError
-from runtime.files import atomic_path, input_file, npz_arrays, output_file
+from runtime.files import atomic_path, atomic_paths, input_file, npz_arrays, output_file
 from tests.conftest import call_stage
 from tools import bench, report
 
@@ -54,6 +54,21 @@ def test_atomic_path_replaces_a_stage_output_whole_and_leaves_no_temp(tmp_path: 
         tmp.write_text("a file now")
     assert target.read_text() == "a file now"
     assert [p.name for p in tmp_path.iterdir()] == ["sample"]
+
+
+def test_outputs_that_belong_together_take_their_place_together_or_not_at_all(tmp_path: Path) -> None:
+    card, metrics = tmp_path / "MODEL_CARD.md", tmp_path / "metrics/export.json"
+    card.write_text("old")
+    with pytest.raises(RuntimeError), atomic_paths([card, metrics], replace=True) as (new_card, new_metrics):
+        new_card.write_text("new")
+        new_metrics.write_text("new")
+        raise RuntimeError("the last check failed")
+    assert card.read_text() == "old" and not metrics.exists() and not list(tmp_path.rglob("*.tmp"))
+    with atomic_paths([card, metrics], replace=True) as (new_card, new_metrics):
+        new_card.write_text("new")
+        new_metrics.write_text("new")
+        assert card.read_text() == "old"  # nothing is in place before the block ends
+    assert card.read_text() == metrics.read_text() == "new" and not list(tmp_path.rglob("*.tmp"))
 
 
 def test_an_output_folder_that_cannot_take_the_output_is_one_line(tmp_path: Path, monkeypatch) -> None:
