@@ -129,7 +129,7 @@ def trained_and_tested(name: str) -> tuple[keras.Model, Iterable]:
             f"run dvc repro -f -s {trained_by}"
         )
     if name == CATS_DOGS:
-        if not any(path.is_file() for path in (paths.SAMPLE_DIR / "test").rglob("*")):
+        if not any(file.is_file() for file in (paths.SAMPLE_DIR / "test").rglob("*")):
             raise PipelineError(f"{paths.SAMPLE_DIR / 'test'}: no test images; run dvc repro -f -s sample")
         return model, image_dataset("test", shape[0], CHECK_BATCH)
     return model, batches(load_split(name, "test"), CHECK_BATCH)
