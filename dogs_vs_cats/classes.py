@@ -28,3 +28,8 @@ DIGITS_CLASS_NAMES = {
 def predicted_labels(dog_probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """Labels (0 cat / 1 dog) for P(dog): a dog from ``threshold`` up, the one place the threshold is applied."""
     return (np.asarray(dog_probabilities) >= threshold).astype(int)
+
+
+def outputs_of(exported: str) -> int:
+    """How many outputs the exported model ``exported`` gives: P(dog) alone, or one per digits class."""
+    return 1 if exported == CATS_DOGS else len(DIGITS_CLASS_NAMES[exported])

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.classes import DIGITS_DATASETS
 from runtime.errors import PipelineError
 from runtime.files import atomic_path, npz_arrays
 
@@ -64,10 +63,3 @@ def save_splits(folder: Path, splits: dict[str, Split]) -> None:
         tmp.mkdir()
         for name, split in splits.items():
             np.savez(tmp / f"{name}.npz", x=split.x, y=split.y)
-
-
-def dataset_arg(argv: list[str], stage: str) -> str:
-    """The one command-line argument of a digits ``stage``: which dataset."""
-    if len(argv) != 1 or argv[0] not in DIGITS_DATASETS:
-        raise PipelineError(f"usage: python -m stages.{stage} {{{','.join(DIGITS_DATASETS)}}}")
-    return argv[0]

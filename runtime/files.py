@@ -199,7 +199,12 @@ def writable_folder(folder: Path, option: str) -> None:
         raise PipelineError(f"{option} {folder}: {existing} is not writable; name a folder of yours")
 
 
+def json_text(data: Any) -> str:
+    """``data`` as a metrics file holds it: indented JSON with a trailing newline."""
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write a stage's declared output ``data`` as indented JSON, atomically, with a trailing newline."""
+    """Write a stage's declared output ``data`` as ``json_text``, atomically."""
     with atomic_path(path, replace=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json_text(data))

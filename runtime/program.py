@@ -101,6 +101,14 @@ def _ending() -> None:
             signal.signal(signum, _end_at_once)
 
 
+def chosen_name(arguments: list[str], names: tuple[str, ...], program: str) -> str:
+    """The one argument of ``program`` (``stages.export``, run once per name by dvc.yaml's ``foreach``): one of
+    ``names``, else a PipelineError of its usage line."""
+    if len(arguments) != 1 or arguments[0] not in names:
+        raise PipelineError(f"usage: python -m {program} {{{','.join(names)}}}")
+    return arguments[0]
+
+
 def _answered(main: Callable[[], None]) -> bool:
     """True when the arguments asked for help and got it; a PipelineError for any other argument."""
     module = sys.modules[main.__module__]

@@ -8,19 +8,20 @@ reads it.
 
 from __future__ import annotations
 
-from runtime.program import run, start_program
+from runtime.program import chosen_name, run, start_program
 
 start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
 
 import sys
 
 from dogs_vs_cats import digits_sources, paths
+from dogs_vs_cats.classes import DIGITS_DATASETS
 from dogs_vs_cats.config import load_params
-from dogs_vs_cats.digits_io import dataset_arg, save_splits, split_validation
+from dogs_vs_cats.digits_io import save_splits, split_validation
 
 
 def main() -> None:
-    dataset = dataset_arg(sys.argv[1:], "digits_data")
+    dataset = chosen_name(sys.argv[1:], DIGITS_DATASETS, "stages.digits_data")
     params = load_params()
     train, test = digits_sources.load(dataset, params.digits.data)
     train, validation = split_validation(train, params.digits.data.validation, params.seed)

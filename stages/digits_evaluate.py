@@ -7,7 +7,7 @@ confusion plot) and a PNG of the most confidently wrong test images with their t
 
 from __future__ import annotations
 
-from runtime.program import run, start_program
+from runtime.program import chosen_name, run, start_program
 
 start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
 
@@ -19,10 +19,10 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from dogs_vs_cats import evaluation, paths
-from dogs_vs_cats.classes import DIGITS_CLASS_NAMES
+from dogs_vs_cats.classes import DIGITS_CLASS_NAMES, DIGITS_DATASETS
 from dogs_vs_cats.config import load_params
 from dogs_vs_cats.costs import precision_of
-from dogs_vs_cats.digits_io import CLASSES, Split, dataset_arg, load_split
+from dogs_vs_cats.digits_io import CLASSES, Split, load_split
 from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.models import load_saved
 from runtime.files import atomic_path, write_json
@@ -69,7 +69,7 @@ def gallery(split: Split, table: pd.DataFrame, size: int, title: str) -> Image.I
 
 
 def main() -> None:
-    dataset = dataset_arg(sys.argv[1:], "digits_evaluate")
+    dataset = chosen_name(sys.argv[1:], DIGITS_DATASETS, "stages.digits_evaluate")
     params = load_params()
     names = DIGITS_CLASS_NAMES[dataset]
     test = load_split(dataset, "test")

@@ -6,7 +6,7 @@ The networks (``digits.network: book``, the course's; ``strong``, the homework's
 
 from __future__ import annotations
 
-from runtime.program import run, start_program
+from runtime.program import chosen_name, run, start_program
 
 start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
 
@@ -14,14 +14,15 @@ import math
 import sys
 
 from dogs_vs_cats import paths
+from dogs_vs_cats.classes import DIGITS_DATASETS
 from dogs_vs_cats.config import load_params
-from dogs_vs_cats.digits_io import dataset_arg, load_split
+from dogs_vs_cats.digits_io import load_split
 from dogs_vs_cats.digits_model import batches, build_network, compile_digits, examples
 from dogs_vs_cats.training import fit, save_model, training_session, xla
 
 
 def main() -> None:
-    dataset = dataset_arg(sys.argv[1:], "digits_train")
+    dataset = chosen_name(sys.argv[1:], DIGITS_DATASETS, "stages.digits_train")
     params = load_params()
     cfg = params.digits
     train, validation = load_split(dataset, "train"), load_split(dataset, "validation")

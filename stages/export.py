@@ -11,7 +11,7 @@ card and ``metrics/export.json`` at ``evaluate.threshold``: a threshold sweep ne
 
 from __future__ import annotations
 
-from runtime.program import run, start_program
+from runtime.program import chosen_name, run, start_program
 
 start_program(__name__)  # first: the imports below take seconds (TensorFlow's), and Ctrl-C during them ends in one line
 
@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from dogs_vs_cats import export, paths
-from dogs_vs_cats.classes import CATS_DOGS, EXPORTED
+from dogs_vs_cats.classes import CATS_DOGS, EXPORTED, outputs_of
 from dogs_vs_cats.datasets import image_dataset
-from dogs_vs_cats.digits_io import CLASSES, SIDE, load_split
+from dogs_vs_cats.digits_io import SIDE, load_split
 from dogs_vs_cats.digits_model import batches
 from dogs_vs_cats.exported import Outputs, largest_difference
 from dogs_vs_cats.models import load_saved
@@ -116,13 +116,13 @@ def disk_space_named(target: Path, again: str) -> Iterator[None]:
 
 def trained_and_tested(name: str) -> tuple[keras.Model, Iterable]:
     """The model ``name`` and its test split in batches, checked to belong together before any work."""
-    path, outputs = (paths.FINETUNED_MODEL, 1) if name == CATS_DOGS else (paths.digits_model(name), CLASSES)
+    path = paths.FINETUNED_MODEL if name == CATS_DOGS else paths.digits_model(name)
     model = load_saved(path)
     shape = model.input_shape[1:]
     takes = (
         len(shape) == 3 and shape[0] == shape[1] and shape[2] == 3 if name == CATS_DOGS else shape == (SIDE, SIDE, 1)
     )
-    if not takes or model.output_shape[1:] != (outputs,):
+    if not takes or model.output_shape[1:] != (outputs_of(name),):
         trained_by = "finetune" if name == CATS_DOGS else f"digits_train@{name}"
         raise PipelineError(
             f"{path}: takes {shape} and gives {model.output_shape[1:]}, not what the {name} model takes and gives; "
@@ -136,10 +136,7 @@ def trained_and_tested(name: str) -> tuple[keras.Model, Iterable]:
 
 
 def main() -> None:
-    arguments = sys.argv[1:]
-    if len(arguments) != 1 or arguments[0] not in EXPORTED:
-        raise PipelineError(f"usage: python -m stages.export {{{','.join(EXPORTED)}}}")
-    name = arguments[0]
+    name = chosen_name(sys.argv[1:], EXPORTED, "stages.export")
     model, test = trained_and_tested(name)
     # Every file is written aside and takes its place once all are checked: a failure or a kill leaves no export
     # half made.

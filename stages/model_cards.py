@@ -16,11 +16,11 @@ import json
 from pathlib import Path
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.classes import CATS_DOGS, DIGITS_CLASS_NAMES, DIGITS_DATASETS
+from dogs_vs_cats.classes import CATS_DOGS, DIGITS_CLASS_NAMES, DIGITS_DATASETS, outputs_of
 from dogs_vs_cats.config import Params, load_params
 from dogs_vs_cats.exported import Checked, Outputs, score
 from runtime.errors import PipelineError, one_line
-from runtime.files import atomic_paths, input_file, write_json
+from runtime.files import atomic_paths, input_file, json_text
 
 
 def read_metrics(path: Path, stage: str, needs: tuple[str, ...]) -> dict:
@@ -199,8 +199,7 @@ def main() -> None:
     metrics = {CATS_DOGS: cats_dogs_metrics(), **{dataset: digits_metrics(dataset) for dataset in DIGITS_DATASETS}}
     results = {}
     for name, (scores, _) in metrics.items():
-        outputs = 1 if name == CATS_DOGS else len(DIGITS_CLASS_NAMES[name])
-        kept = Outputs.load(paths.export_outputs(name), outputs, scores["test_images"])
+        kept = Outputs.load(paths.export_outputs(name), outputs_of(name), scores["test_images"])
         results[name] = score(kept, params.evaluate.threshold)
     cards = {
         CATS_DOGS: cats_dogs_card(params, metrics[CATS_DOGS], results[CATS_DOGS]),
@@ -217,7 +216,7 @@ def main() -> None:
     with atomic_paths([*map(paths.model_card, cards), paths.EXPORT_METRICS], replace=True) as staged:
         for path, card in zip(staged[:-1], cards.values(), strict=True):
             path.write_text(card)
-        write_json(staged[-1], exported)
+        staged[-1].write_text(json_text(exported))
     for name, result in results.items():
         change = 100 * (result.float16_accuracy - result.accuracy)
         print(f"model_cards: {name}: float16 weights {change:+.2f} points of accuracy")
